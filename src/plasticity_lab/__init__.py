@@ -1,0 +1,1 @@
+"""plasticity-lab: PPO on ProcGen with distribution shifts, mitigations and plasticity diagnostics."""
