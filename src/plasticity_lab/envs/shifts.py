@@ -1,0 +1,165 @@
+"""Distribution shifts between training rounds (arXiv 2405.19153, ProcGen protocol).
+
+This module is the single definition of every shift type: how the shift state evolves from one
+round to the next (`next_shift`) and how a state translates into what the environment does
+(tile permutation of frames, action remapping, level range, difficulty). Train and test
+environments are configured from the same `ShiftState`, so they always shift together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SHIFT_TYPES = ("permute", "shuffle", "window", "expand", "difficulty", "none")
+
+FRAME_SIZE = 64
+FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
+TILE_SIZE = 4
+GRID_SIZE = FRAME_SIZE // TILE_SIZE
+NUM_TILES = GRID_SIZE * GRID_SIZE
+_WORDS_PER_TILE_ROW = TILE_SIZE * 3 // 4  # 4 RGB pixels = 12 bytes = 3 uint32 words
+_WORDS_PER_ROW = GRID_SIZE * _WORDS_PER_TILE_ROW
+NUM_ACTIONS = 9
+TEST_LEVEL_START = 10_000
+
+
+def _as_perm(perm: Any, size: int, name: str) -> np.ndarray | None:
+    """Validate and freeze a permutation so a ShiftState can never be mutated through it."""
+    if perm is None:
+        return None
+    arr = np.array(perm, dtype=np.int64)
+    if arr.shape != (size,) or not np.array_equal(np.sort(arr), np.arange(size)):
+        raise ValueError(f"{name} must be a permutation of range({size})")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftState:
+    """Everything a round's environment configuration depends on; `None` perms mean identity."""
+
+    round: int = 0
+    tile_perm: np.ndarray | None = None
+    action_perm: np.ndarray | None = None
+    level_offset: int = 0
+    level_extra: int = 0
+    hard: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile_perm", _as_perm(self.tile_perm, NUM_TILES, "tile_perm"))
+        object.__setattr__(
+            self, "action_perm", _as_perm(self.action_perm, NUM_ACTIONS, "action_perm")
+        )
+        if self.round < 0 or self.level_offset < 0 or self.level_extra < 0:
+            raise ValueError("round, level_offset and level_extra must be non-negative")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain python types only, so checkpoints need no numpy pickling."""
+        return {
+            "round": int(self.round),
+            "tile_perm": None if self.tile_perm is None else self.tile_perm.tolist(),
+            "action_perm": None if self.action_perm is None else self.action_perm.tolist(),
+            "level_offset": int(self.level_offset),
+            "level_extra": int(self.level_extra),
+            "hard": bool(self.hard),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShiftState:
+        return cls(
+            round=int(data["round"]),
+            tile_perm=data["tile_perm"],
+            action_perm=data["action_perm"],
+            level_offset=int(data["level_offset"]),
+            level_extra=int(data["level_extra"]),
+            hard=bool(data["hard"]),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ShiftState):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _new_perm(rng: np.random.Generator, size: int, current: np.ndarray | None) -> np.ndarray:
+    """Draw a permutation that differs from the current one, so every shift really changes."""
+    previous = np.arange(size) if current is None else current
+    while True:
+        perm = rng.permutation(size)
+        if not np.array_equal(perm, previous):
+            return perm
+
+
+def next_shift(
+    state: ShiftState, shift_type: str, rng: np.random.Generator, k: int
+) -> ShiftState:
+    """The next round's state; `k` is the level step for `window` and `expand`."""
+    if shift_type not in SHIFT_TYPES:
+        raise ValueError(f"unknown shift type {shift_type!r}; allowed: {', '.join(SHIFT_TYPES)}")
+    if shift_type in ("window", "expand") and k <= 0:
+        raise ValueError(f"shift {shift_type!r} needs k > 0, got {k}")
+    fields = state.to_dict()
+    fields["round"] += 1
+    if shift_type == "permute":
+        fields["tile_perm"] = _new_perm(rng, NUM_TILES, state.tile_perm)
+    elif shift_type == "shuffle":
+        fields["action_perm"] = _new_perm(rng, NUM_ACTIONS, state.action_perm)
+    elif shift_type == "window":
+        fields["level_offset"] += k
+    elif shift_type == "expand":
+        fields["level_extra"] += k
+    elif shift_type == "difficulty":
+        fields["hard"] = not state.hard
+    return ShiftState.from_dict(fields)
+
+
+def level_range(num_levels: int, state: ShiftState, train: bool) -> tuple[int, int]:
+    """(start_level, num_levels) for ProcGen: train [off, off+K+extra), test the same + 10000."""
+    base = 0 if train else TEST_LEVEL_START
+    return base + state.level_offset, num_levels + state.level_extra
+
+
+def distribution_mode(state: ShiftState) -> str:
+    return "hard" if state.hard else "easy"
+
+
+def map_actions(actions: np.ndarray, action_perm: np.ndarray | None) -> np.ndarray:
+    """Agent action a becomes env action perm[a]."""
+    return actions if action_perm is None else action_perm[actions]
+
+
+def tile_index_map(tile_perm: np.ndarray) -> np.ndarray:
+    """Gather map over the 4-byte words of a flattened RGB frame: output tile j = input tile perm[j].
+
+    One 4-pixel row of a tile is 12 bytes = 3 whole words, so moving words instead of pixels
+    makes the permutation a single gather with 4x fewer (and wider) elements.
+    """
+    words = np.arange(FRAME_SIZE * _WORDS_PER_ROW).reshape(
+        GRID_SIZE, TILE_SIZE, GRID_SIZE, _WORDS_PER_TILE_ROW
+    )
+    tiles = words.transpose(0, 2, 1, 3).reshape(NUM_TILES, TILE_SIZE, _WORDS_PER_TILE_ROW)
+    moved = tiles[np.asarray(tile_perm)].reshape(
+        GRID_SIZE, GRID_SIZE, TILE_SIZE, _WORDS_PER_TILE_ROW
+    )
+    return moved.transpose(0, 2, 1, 3).reshape(-1)
+
+
+def gather_pixels(obs_batch: np.ndarray, index_map: np.ndarray) -> np.ndarray:
+    """Apply a `tile_index_map` to a (n, 64, 64, 3) uint8 batch in a single take."""
+    if obs_batch.shape[1:] != FRAME_SHAPE or obs_batch.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape (n, {FRAME_SHAPE}), got {obs_batch.shape}")
+    words = np.ascontiguousarray(obs_batch).reshape(len(obs_batch), -1).view(np.uint32)
+    # mode="clip" skips the bounds check; the map is in range by construction.
+    return np.take(words, index_map, axis=1, mode="clip").view(np.uint8).reshape(obs_batch.shape)
+
+
+def permute_tiles(obs_batch: np.ndarray, tile_perm: np.ndarray | None) -> np.ndarray:
+    """Shuffle the 4x4 tiles of every frame; returns the input itself when tile_perm is None."""
+    if tile_perm is None:
+        return obs_batch
+    return gather_pixels(obs_batch, tile_index_map(tile_perm))

@@ -1,0 +1,1 @@
+"""Run loop, checkpoints, logging and run-directory layout."""

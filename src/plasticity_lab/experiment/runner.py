@@ -1,0 +1,331 @@
+"""One training run: PPO on a shifting ProcGen task, with interventions, metrics and checkpoints.
+
+``Run.train()`` reads top to bottom: shift if due -> collect a fixed-length vectorised rollout
+-> PPO update (intervention hooks at their points) -> periodic hooks -> test evaluation ->
+metrics row -> checkpoint if due. Every random draw comes from a generator stored in the
+checkpoint, so a resumed run continues exactly where the uninterrupted one would be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
+from plasticity_lab.config import RunConfig
+from plasticity_lab.envs.procgen import ProcgenVecEnv, evaluate_episodes, parse_task
+from plasticity_lab.envs.shifts import ShiftState, next_shift
+from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, config_fingerprint, load_checkpoint, save_atomic
+from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
+from plasticity_lab.interventions import build_interventions
+from plasticity_lab.nets import build_model
+
+NUM_ACTIONS = 9
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def flat_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+class StopRequested:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the end of the epoch and exits."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Run:
+    """A single (condition, seed) run writing into ``run_dir``."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, seed: int, device: str = "auto", label: str = "") -> None:
+        self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
+        self.label = label or run_dir.name
+        self.device = pick_device(device)
+        self.ppo = cfg.ppo_trainer
+        self.env_cfg = cfg.environment
+        game, levels = parse_task(self.env_cfg.task)
+        self.shift_k = self.env_cfg.shift_k or levels
+        self.config_dict = cfg.to_yaml_dict()
+        self.fingerprint = config_fingerprint(self.config_dict)
+
+        seeds = np.random.SeedSequence(seed).generate_state(4)
+        torch.manual_seed(int(seeds[0]))
+        self.model = build_model(cfg.model, NUM_ACTIONS).to(self.device)
+        self.interventions = build_interventions(cfg.interventions, self.model)
+        self.optimizer = self.make_optimizer()
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(int(seeds[1]))
+        self.shift_rng = np.random.default_rng(int(seeds[2]))
+        self.eval_seed = int(seeds[3])
+        self.shift_state = ShiftState()
+        self.task_index = 0
+        self.env = ProcgenVecEnv(self.env_cfg.task, self.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
+        self.start_epoch = 0
+        self.env_steps = 0
+        self.wall_offset = 0.0
+        self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in getattr(iv, "stat_keys", ())]
+        self.autocast = self.ppo.precision == "bf16"
+
+    # ------------------------------------------------------------------ optimiser and hooks
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        params = list(self.model.parameters())
+        defaults = dict(lr=self.ppo.lr, betas=self.ppo.adam_betas, weight_decay=self.ppo.weight_decay)
+        for iv in self.interventions:
+            custom = iv.optimizer(params, defaults)
+            if custom is not None:
+                return custom
+        return torch.optim.AdamW(params, **defaults)
+
+    def hook_list(self) -> list[str]:
+        return [f"{iv.name}:{hook}" for iv in self.interventions for hook in iv.hooks()]
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, next_epoch: int, wall_time: float) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "next_epoch": next_epoch,
+            "env_steps": self.env_steps,
+            "wall_time": wall_time,
+            "task_index": self.task_index,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "interventions": [iv.state_dict() for iv in self.interventions],
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "gen": self.gen.get_state(),
+            "shift_rng": self.shift_rng.bit_generator.state,
+            "shift_state": self.shift_state.to_dict(),
+            "env": self.env.get_state(),
+            "config": self.config_dict,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        # Interventions first: one may have changed the network's structure (e.g. injection)
+        # and must rebuild it before the weights are loaded.
+        for iv, iv_state in zip(self.interventions, state["interventions"]):
+            iv.load_state_dict(iv_state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer = self.make_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.gen.set_state(state["gen"])
+        self.shift_rng.bit_generator.state = state["shift_rng"]
+        self.shift_state = ShiftState.from_dict(state["shift_state"])
+        self.env.set_state(state["env"])
+        self.task_index = state["task_index"]
+        self.start_epoch = state["next_epoch"]
+        self.env_steps = state["env_steps"]
+        self.wall_offset = state["wall_time"]
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save(self, next_epoch: int, wall_time: float) -> None:
+        state = self.checkpoint_state(next_epoch, wall_time)
+        save_atomic(state, self.ckpt_dir / "latest.pt")
+        if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
+            # one model per task (its end), kept for analysis
+            save_atomic({"format": FORMAT_VERSION, "model": state["model"], "config": self.config_dict,
+                         "next_epoch": next_epoch, "task_index": self.task_index},
+                        self.ckpt_dir / f"task_{self.task_index}.pt")
+
+    # ------------------------------------------------------------------ experience
+    def policy_sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad(), self.amp():
+            logits, values, _ = self.model(obs)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
+        return actions, log_probs.gather(1, actions.unsqueeze(1)).squeeze(1), values.float()
+
+    def collect(self) -> tuple[Rollout, list[float], list[int]]:
+        steps, envs = self.steps_per_env, self.env_cfg.env_copies
+        ro = Rollout.allocate(steps, envs, self.env.obs_shape, self.device)
+        returns: list[float] = []
+        lengths: list[int] = []
+        finals: list[tuple[int, np.ndarray, np.ndarray]] = []
+        obs = torch.from_numpy(self.env.observe_current()).to(self.device)
+        for t in range(steps):
+            ro.obs[t] = obs
+            actions, log_probs, values = self.policy_sample(obs, self.gen)
+            res = self.env.step(actions.cpu().numpy())
+            ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
+            ro.rewards[t] = torch.from_numpy(res.reward).to(self.device)
+            ro.terminated[t] = torch.from_numpy(res.terminated).to(self.device)
+            ro.truncated[t] = torch.from_numpy(res.truncated).to(self.device)
+            done = res.terminated | res.truncated
+            if done.any():
+                returns.extend(res.episode_return[done].tolist())
+                lengths.extend(res.episode_length[done].tolist())
+            if res.truncated.any():
+                idx = np.flatnonzero(res.truncated)
+                finals.append((t, idx, res.final_obs[idx]))
+            obs = torch.from_numpy(res.obs).to(self.device)
+        with torch.no_grad(), self.amp():
+            ro.last_values = self.model(obs)[1].float()
+            if finals:
+                batch = torch.from_numpy(np.concatenate([f[2] for f in finals])).to(self.device)
+                boot = self.model(batch)[1].float()
+                offset = 0
+                for t, idx, _ in finals:
+                    ro.next_values[t, torch.from_numpy(idx).to(self.device)] = boot[offset : offset + len(idx)]
+                    offset += len(idx)
+        self.env_steps += steps * envs
+        return ro, returns, lengths
+
+    # ------------------------------------------------------------------ learning
+    def update(self, ro: Rollout) -> dict[str, float]:
+        p = self.ppo
+        adv = compute_gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_values, ro.last_values, p.gamma, p.gae_lambda)
+        rets = adv + ro.values
+        obs, actions = ro.obs.flatten(0, 1), ro.actions.flatten()
+        old_logp, adv, rets = ro.log_probs.flatten(), adv.flatten(), rets.flatten()
+        n = obs.shape[0]
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(p.num_passes):
+            perm = torch.randperm(n, generator=self.gen, device=self.device)
+            for start in range(0, n - p.batch_size + 1, p.batch_size):
+                mb = perm[start : start + p.batch_size]
+                with self.amp():
+                    logits, values, features = self.model(obs[mb])
+                parts = ppo_loss(logits, values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
+                loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
+                for iv in self.interventions:
+                    extra = iv.loss(self.model, obs[mb])
+                    if extra is not None:
+                        loss = loss + extra
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
+                self.optimizer.step()
+                for iv in self.interventions:
+                    iv.after_step(self.model, self.optimizer)
+                stats = {
+                    "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
+                    "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
+                    "grad_norm": grad_norm, "dead_units": (features.detach() == 0).float().mean(),
+                }
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                count += 1
+        out = {k: v / count for k, v in sums.items()}
+        var = torch.var(rets)
+        out["explained_variance"] = float(1 - torch.var(rets - ro.values.flatten()) / var) if var > 0 else float("nan")
+        out["v_estimate"] = float(ro.values.mean())
+        periodic_obs = obs[perm[: min(n, 256)]]
+        for iv in self.interventions:
+            out.update(iv.periodic(self.model, self.optimizer, periodic_obs, self.current_epoch))
+        return out
+
+    def shift(self) -> None:
+        self.shift_state = next_shift(self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k)
+        self.env.apply_shift(self.shift_state)
+        self.task_index += 1
+        for iv in self.interventions:
+            iv.at_shift(self.model, self.optimizer)
+        if self.ppo.reset_optimizer_at_shift:
+            self.optimizer = self.make_optimizer()
+
+    def evaluate(self, epoch: int) -> float:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.eval_seed + epoch)
+
+        def policy(frames: np.ndarray) -> np.ndarray:
+            return self.policy_sample(torch.from_numpy(frames).to(self.device), gen)[0].cpu().numpy()
+
+        returns, _ = evaluate_episodes(
+            policy, self.env_cfg.task, self.ppo.test_episodes, seed=self.eval_seed + epoch, shift=self.shift_state
+        )
+        return float(np.mean(returns))
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, resume: bool = False) -> str:
+        """Run (or continue) to the last epoch. Returns "done" or "interrupted"."""
+        if resume and (self.ckpt_dir / "latest.pt").exists():
+            self.restore(load_checkpoint(self.ckpt_dir / "latest.pt", self.fingerprint, self.device))
+        p = self.ppo
+        metrics = MetricsCSV(self.run_dir / "metrics.csv", self.columns, self.start_epoch)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch if self.start_epoch else None)
+        progress = Progress(self.label, p.num_epochs, self.start_epoch)
+        t0 = time.monotonic() - self.wall_offset
+        status = "done"
+        try:
+            with StopRequested() as stop:
+                for epoch in range(self.start_epoch, p.num_epochs):
+                    self.current_epoch = epoch
+                    if epoch in p.shift_points:
+                        self.shift()
+                    t_epoch = time.monotonic()
+                    ro, ep_returns, ep_lengths = self.collect()
+                    before = flat_params(self.model)
+                    stats = self.update(ro)
+                    after = flat_params(self.model)
+                    test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
+                    row = {
+                        "epoch": epoch, "env_steps": self.env_steps, "wall_time": time.monotonic() - t0,
+                        "task": self.task_index,
+                        "train_r": float(np.mean(ep_returns)) if ep_returns else None,
+                        "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
+                        "test_r": test_r,
+                        "weight_m": float(after.pow(2).mean().sqrt()),
+                        "weight_diff": float((after - before).pow(2).mean().sqrt()),
+                        "steps_per_s": p.buffer_size / (time.monotonic() - t_epoch),
+                        **stats,
+                    }
+                    metrics.write(row)
+                    for key in self.columns[1:]:
+                        value = row.get(key)
+                        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                            writer.add_scalar(key, value, epoch)
+                    progress.update(epoch, row)
+                    nxt = epoch + 1
+                    if stop.signal is not None or nxt % p.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
+                        self.save(nxt, time.monotonic() - t0)
+                    if stop.signal is not None and nxt < p.num_epochs:
+                        status = "interrupted"
+                        break
+        finally:
+            progress.close()
+            writer.close()
+            metrics.close()
+        if status == "done":
+            (self.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
+        return status

@@ -1,0 +1,92 @@
+"""Study directories: results/NAME/<condition>/seed_<s>/, created only after all input checks.
+
+``plan_runs`` does every check that can fail on bad input (config, condition names, existing runs
+without resume) before anything is written, so a refused command leaves no directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    condition: str
+    seed: int
+    cfg: RunConfig
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.condition}/seed_{self.seed}"
+
+
+def study_dir(out_dir: str | Path, name: str) -> Path:
+    return Path(out_dir) / "results" / name
+
+
+def run_dir_for(out_dir: str | Path, name: str, condition: str, seed: int) -> Path:
+    return study_dir(out_dir, name) / condition / f"seed_{seed}"
+
+
+def plan_runs(
+    study: StudyConfig,
+    name: str,
+    conditions: list[str] | None,
+    seeds: list[int],
+    out_dir: str | Path,
+    resume: bool,
+) -> list[RunSpec]:
+    """Resolve and check every run; raises ConfigError (nothing written) on any problem."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"-n {name!r}: the experiment name must be a plain directory name")
+    chosen = conditions or study.conditions
+    specs = []
+    for condition in chosen:
+        cfg = study.condition(condition)
+        for seed in seeds:
+            if seed < 0:
+                raise ConfigError(f"-s {seed}: seeds must be >= 0")
+            run_dir = run_dir_for(out_dir, name, condition, seed)
+            if run_dir.exists() and not resume:
+                raise ConfigError(
+                    f"{run_dir} already exists: pass -r to resume it, or choose another -n/-s (nothing was overwritten)"
+                )
+            specs.append(RunSpec(name, condition, seed, cfg, run_dir))
+    return specs
+
+
+def write_study_config(study: StudyConfig, out_dir: str | Path, name: str) -> None:
+    """results/NAME/config.yaml: the base config with every condition's resolved overrides."""
+    path = study_dir(out_dir, name) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = study.base.to_yaml_dict()
+    doc["source"] = study.source
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+
+
+def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
+    """Create the run directory and write its resolved config.yaml and run.json (once)."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_doc = spec.cfg.to_yaml_dict()
+    cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
+    cfg_doc["run"] = {"name": spec.name, "condition": spec.condition, "seed": spec.seed, "hooks": hooks}
+    (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
+    info_path = spec.run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {"invocations": []}
+    info["invocations"].append(
+        {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    )
+    info_path.write_text(json.dumps(info, indent=2))

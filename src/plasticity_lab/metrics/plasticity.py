@@ -1,0 +1,284 @@
+"""Plasticity diagnostics: rank measures of features, dormant / dead units and weight stable rank.
+
+Every function here is pure: it never modifies its input, keeps no state and returns a
+Python ``float`` (except :func:`dormant_scores` and :func:`unit_activity`, which return
+tensors because other modules select units with them).  Inputs may be ``torch.Tensor``
+objects on any device (CPU or CUDA) or anything ``numpy.asarray`` accepts (numpy arrays,
+nested lists).  Tensors are detached and all arithmetic is done in float64 on the input's
+own device, so float32 activations and CUDA tensors give the same answers up to the
+precision of the input values themselves.
+
+Layouts
+-------
+* Feature / activation matrices are ``(n, units)``: one row per sample, one column per unit.
+* Convolutional activations are ``(n, C, H, W)`` (any number of trailing spatial
+  dimensions is accepted): the unit is the channel ``C`` and the spatial positions are
+  pooled as described in each function.
+* Weights are reshaped to ``(out, -1)``, i.e. dimension 0 is the output dimension
+  (``nn.Linear.weight`` is ``(out, in)``, ``nn.Conv2d.weight`` is ``(out, in, kH, kW)``).
+
+Conventions for degenerate inputs (all-zero matrices, all-zero activations) are stated in
+each docstring; inputs with no rows or containing NaN/inf raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "effective_rank",
+    "srank",
+    "feature_rank",
+    "dormant_scores",
+    "dormant_fraction",
+    "unit_activity",
+    "dead_fraction",
+    "activation_rate",
+    "stable_rank",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_float64(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a detached float64 tensor on its own device (numpy -> CPU tensor)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        # ascontiguousarray also copes with negative-stride numpy views, which torch rejects.
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    if t.is_complex():
+        raise ValueError(f"{name}: complex input is not supported")
+    t = t.to(torch.float64)
+    if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: input contains NaN or inf")
+    return t
+
+
+def _as_matrix(x: Any, name: str) -> torch.Tensor:
+    """float64 ``(n, d)`` matrix; inputs with more than 2 dims are flattened to ``(n, -1)``."""
+    t = _to_float64(x, name)
+    if t.ndim < 2:
+        raise ValueError(f"{name}: expected a 2-D (n, d) matrix, got shape {tuple(t.shape)}")
+    if t.ndim > 2:
+        t = t.reshape(t.shape[0], -1)
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: empty matrix of shape {tuple(t.shape)}")
+    return t
+
+
+def _as_activations(x: Any, name: str) -> torch.Tensor:
+    """float64 activations ``(n, units)`` or ``(n, C, *spatial)`` with n >= 1 and >= 1 unit."""
+    t = _to_float64(x, name)
+    if t.ndim < 2:
+        raise ValueError(
+            f"{name}: expected activations of shape (n, units) or (n, C, H, W), "
+            f"got shape {tuple(t.shape)}"
+        )
+    if t.numel() == 0:
+        raise ValueError(f"{name}: empty activations of shape {tuple(t.shape)}")
+    return t
+
+
+def _singular_values(x: Any, name: str) -> torch.Tensor:
+    """Singular values (descending, float64, on the input's device) of the (n, d) matrix."""
+    return torch.linalg.svdvals(_as_matrix(x, name))
+
+
+# --------------------------------------------------------------------------- rank measures
+
+
+def effective_rank(features: Any) -> float:
+    r"""Entropy-based effective rank of an ``(n, d)`` feature matrix.
+
+    Roy & Vetterli (2007), "The effective rank: a measure of effective dimensionality",
+    EUSIPCO.  With singular values :math:`s_1 \ge \dots \ge s_m` (:math:`m = \min(n, d)`)::
+
+        p_i   = s_i / sum_j s_j
+        erank = exp( -sum_i p_i * log(p_i) )        (terms with p_i = 0 contribute 0)
+
+    The value lies in ``[1, min(n, d)]`` for a non-zero matrix: 1 for a rank-1 matrix and
+    ``min(n, d)`` when all singular values are equal.  Convention: an all-zero matrix has no
+    spectrum to normalise and returns ``0.0``.  Inputs with more than two dimensions are
+    flattened to ``(n, -1)``.
+    """
+    s = _singular_values(features, "effective_rank")
+    total = s.sum()
+    if not bool(total > 0):
+        return 0.0
+    p = s / total
+    entropy = -torch.special.xlogy(p, p).sum()  # xlogy(0, 0) == 0
+    return float(torch.exp(entropy).item())
+
+
+def srank(features: Any, delta: float = 0.01) -> float:
+    r"""Kumar et al. (2021) effective feature rank ``srank_delta``.
+
+    Kumar, Agarwal, Ghosh & Levine (2021), "Implicit Under-Parameterization Inhibits
+    Data-Efficient Deep Reinforcement Learning", ICLR.  With singular values sorted
+    descending :math:`s_1 \ge s_2 \ge \dots`::
+
+        srank_delta = min { k : sum_{i<=k} s_i >= (1 - delta) * sum_i s_i }
+
+    ``delta`` must lie in ``[0, 1)``.  Returned as a float holding an integer in
+    ``[1, min(n, d)]``; an all-zero matrix returns ``0.0``.
+    """
+    if not 0.0 <= float(delta) < 1.0:
+        raise ValueError(f"srank: delta must be in [0, 1), got {delta}")
+    s = _singular_values(features, "srank")
+    cumulative = torch.cumsum(s, dim=0)
+    total = cumulative[-1]  # the same sum the cumulative sums reach, so k <= len(s) always
+    if not bool(total > 0):
+        return 0.0
+    threshold = (1.0 - float(delta)) * total
+    # cumulative is non-decreasing: the number of prefixes still below threshold, plus one.
+    k = int((cumulative < threshold).sum().item()) + 1
+    return float(min(k, s.numel()))
+
+
+def feature_rank(features: Any, eps: float = 0.01) -> float:
+    r"""Lyle et al. (2022) feature rank: number of singular values of ``features / sqrt(n)``
+    strictly above ``eps``.
+
+    Lyle, Rowland & Dabney (2022), "Understanding and Preventing Capacity Loss in
+    Reinforcement Learning", ICLR.  For an ``(n, d)`` matrix ``Phi``::
+
+        feature_rank = #{ i : s_i(Phi / sqrt(n)) > eps }
+
+    Returned as a float holding an integer in ``[0, min(n, d)]`` (0 for an all-zero matrix).
+    """
+    if float(eps) < 0:
+        raise ValueError(f"feature_rank: eps must be >= 0, got {eps}")
+    x = _as_matrix(features, "feature_rank")
+    s = torch.linalg.svdvals(x) / math.sqrt(x.shape[0])
+    return float((s > float(eps)).sum().item())
+
+
+# --------------------------------------------------------------------------- unit activity
+
+
+def dormant_scores(activations: Any) -> torch.Tensor:
+    r"""Per-unit normalised activity scores of ReDo (Sokar et al. 2023).
+
+    Sokar, Agarwal, Castro & Evci (2023), "The Dormant Neuron Phenomenon in Deep
+    Reinforcement Learning", ICML.  For a layer with ``H`` units::
+
+        a_i = E_x |h_i(x)|
+        s_i = a_i / ( (1/H) * sum_k a_k )
+
+    * Dense activations ``(n, H)``: the unit is a column, ``E_x`` is the mean over rows.
+    * Conv activations ``(n, C, H, W)`` (or any trailing spatial dims): the unit is a
+      channel and ``E`` is the mean over the batch *and* all spatial positions.
+
+    Convention: if every activation is zero the denominator is zero and every score is
+    defined as ``0`` (so every unit is dormant for any ``tau >= 0``).
+
+    This is the single definition of the score; :func:`dormant_fraction` and the ReDo
+    intervention both use it.  Returns a float64 tensor of shape ``(H,)`` / ``(C,)`` on
+    the input's device.
+    """
+    a = _as_activations(activations, "dormant_scores")
+    reduce_dims = (0,) + tuple(range(2, a.ndim))
+    mean_abs = a.abs().mean(dim=reduce_dims)
+    layer_mean = mean_abs.mean()
+    if not bool(layer_mean > 0):
+        return torch.zeros_like(mean_abs)
+    return mean_abs / layer_mean
+
+
+def dormant_fraction(activations: Any, tau: float) -> float:
+    r"""Fraction of tau-dormant units (Sokar et al. 2023, ReDo).
+
+    A unit is dormant when its score ``s_i <= tau`` where ``s_i`` is given by
+    :func:`dormant_scores` (``s_i = E_x|h_i(x)| / ((1/H) sum_k E_x|h_k(x)|)``)::
+
+        dormant_fraction = (1/H) * #{ i : s_i <= tau }
+
+    All-zero activations: every score is 0, so every unit counts as dormant (returns 1.0
+    for any ``tau >= 0``).
+    """
+    scores = dormant_scores(activations)
+    return float((scores <= float(tau)).to(torch.float64).mean().item())
+
+
+def unit_activity(activations: Any) -> torch.Tensor:
+    """Boolean ``(n, units)`` mask: is unit ``j`` active (``> 0``) on sample ``i``?
+
+    * Dense ``(n, H)``: ``mask[i, j] = h[i, j] > 0``.
+    * Conv ``(n, C, H, W)`` (any trailing spatial dims): a channel counts as active on a
+      sample if *any* of its spatial entries is ``> 0``, i.e.
+      ``mask[i, c] = any_{y,x} h[i, c, y, x] > 0``.
+
+    This is the one definition of "active" used by :func:`dead_fraction` and
+    :func:`activation_rate`.  The mask lives on the input's device.
+    """
+    a = _as_activations(activations, "unit_activity")
+    positive = a > 0
+    if positive.ndim > 2:
+        positive = positive.flatten(start_dim=2).any(dim=2)
+    return positive
+
+
+def dead_fraction(activations: Any) -> float:
+    """Fraction of units that are never active over the given rows.
+
+    With the mask ``A = unit_activity(activations)`` (``A[i, j]``: unit ``j`` is ``> 0`` on
+    sample ``i``; a conv channel is active on a sample if any spatial entry is ``> 0``)::
+
+        dead_fraction = (1/H) * #{ j : A[i, j] is False for every row i }
+
+    This is the "dead ReLU unit" count used in the plasticity literature (e.g. Lyle et al.
+    2022; Abbas et al. 2023, "Loss of Plasticity in Continual Deep Reinforcement Learning").
+    """
+    active = unit_activity(activations)
+    dead = ~active.any(dim=0)
+    return float(dead.to(torch.float64).mean().item())
+
+
+def activation_rate(activations: Any) -> float:
+    """Mean over units of the fraction of rows in which the unit is active (``> 0``).
+
+    With ``A = unit_activity(activations)`` of shape ``(n, H)`` (same conv convention as
+    :func:`unit_activity`)::
+
+        activation_rate = (1/H) * sum_j (1/n) * sum_i A[i, j]
+
+    which equals the overall fraction of ``True`` entries of ``A``.  Activation sparsity
+    of this kind is a standard plasticity diagnostic (e.g. Lyle et al. 2023, "Understanding
+    Plasticity in Neural Networks", ICML).
+    """
+    active = unit_activity(activations)
+    return float(active.to(torch.float64).mean(dim=0).mean().item())
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def stable_rank(weight: Any) -> float:
+    r"""Stable rank of a weight tensor: ``||W||_F^2 / ||W||_2^2``.
+
+    Rudelson & Vershynin (2007), "Sampling from large matrices: an approach through
+    geometric functional analysis", J. ACM; used as a plasticity diagnostic of weights
+    (e.g. Lyle et al. 2023).  ``W`` is reshaped to ``(out, -1)`` first (dimension 0 is the
+    output dimension, so a conv kernel ``(out, in, k, k)`` becomes ``(out, in*k*k)``)::
+
+        stable_rank = sum_i s_i^2 / s_1^2
+
+    where ``s_1`` is the largest singular value.  It lies in ``[1, rank(W)]``.
+    A zero weight returns ``0.0``.  A 1-D tensor is treated as an ``(out, 1)`` column and
+    therefore has stable rank 1 (if non-zero).
+    """
+    w = _to_float64(weight, "stable_rank")
+    if w.ndim == 0 or w.numel() == 0:
+        raise ValueError(f"stable_rank: expected a non-empty weight tensor, got shape {tuple(w.shape)}")
+    w = w.reshape(w.shape[0], -1)
+    s = torch.linalg.svdvals(w)
+    top = s[0]
+    if not bool(top > 0):
+        return 0.0
+    return float(((s / top) ** 2).sum().item())

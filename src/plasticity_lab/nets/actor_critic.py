@@ -1,0 +1,142 @@
+"""The conv64 actor-critic of the reference paper, built so interventions can find its layers.
+
+The encoder is a list of :class:`Block` (layer -> norm -> activation); ``Block.out_units`` is the
+number of units (channels for conv) that ReDo-style methods score, and ``ActorCritic.unit_links``
+says which parameters read each block's units, so a unit can be reset without knowing the
+architecture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from plasticity_lab.config import ModelConfig
+from plasticity_lab.nets.layers import make_activation, make_norm, width_factor
+
+OBS_SHAPE = (64, 64, 3)
+
+
+class Block(nn.Module):
+    """One hidden layer: affine map, optional norm, activation."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.layer, self.norm, self.act = layer, norm, act
+
+    @property
+    def out_units(self) -> int:
+        return self.layer.out_channels if isinstance(self.layer, nn.Conv2d) else self.layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.layer(x)))
+
+
+@dataclass(frozen=True)
+class UnitLink:
+    """Block ``block`` has ``units`` units; unit u feeds input columns [u*span, (u+1)*span) of
+    each layer in ``readers`` (span > 1 where a conv map is flattened; ``copies`` > 1 where a
+    concatenating activation doubles the features: copy c of unit u sits at c*units + u)."""
+
+    block: int
+    readers: tuple[nn.Module, ...]
+    span: int
+    copies: int
+
+
+class ActorCritic(nn.Module):
+    """Shared conv64 trunk with a policy head (logits) and a value head."""
+
+    def __init__(self, cfg: ModelConfig, num_actions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_actions = num_actions
+        factor = width_factor(cfg.activation)
+        channels = [c // factor for c in (32, 64, 128, 128)]
+        hidden = cfg.h_size // factor
+        blocks: list[Block] = []
+        in_ch, size = 3, 64
+        for ch in channels:
+            size //= 2
+            blocks.append(
+                Block(
+                    nn.Conv2d(in_ch, ch, kernel_size=4, stride=2, padding=1),
+                    make_norm(cfg.norm, (ch, size, size)),
+                    make_activation(cfg.activation, cfg.leaky_slope),
+                )
+            )
+            in_ch = ch * factor
+        self.flat_dim = in_ch * size * size
+        self.spatial = size * size
+        blocks.append(
+            Block(
+                nn.Linear(self.flat_dim, hidden),
+                make_norm(cfg.norm, (hidden,)),
+                make_activation(cfg.activation, cfg.leaky_slope),
+            )
+        )
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_dim = hidden * factor
+        self.policy = nn.Linear(self.feature_dim, num_actions)
+        self.value = nn.Linear(self.feature_dim, 1)
+        self._apply_spectral_norm(cfg.spectral_norm)
+
+    def _apply_spectral_norm(self, scope: str) -> None:
+        targets = {
+            "none": [],
+            "encoder": [b.layer for b in self.blocks],
+            "all": [b.layer for b in self.blocks] + [self.policy, self.value],
+            "penultimate": [self.blocks[-1].layer],
+        }[scope]
+        for layer in targets:
+            parametrizations.spectral_norm(layer)
+
+    @property
+    def heads(self) -> tuple[nn.Module, nn.Module]:
+        return self.policy, self.value
+
+    def unit_links(self) -> list[UnitLink]:
+        """Who reads each block's units (for unit-level resets such as ReDo and CBP)."""
+        copies = width_factor(self.cfg.activation)
+        links = []
+        for i, block in enumerate(self.blocks):
+            if i + 1 < len(self.blocks):
+                nxt = self.blocks[i + 1].layer
+                span = self.spatial if isinstance(nxt, nn.Linear) else 1
+                links.append(UnitLink(i, (nxt,), span, copies))
+            else:
+                links.append(UnitLink(i, tuple(self.heads), 1, copies))
+        return links
+
+    @staticmethod
+    def preprocess(obs: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 64, 64, 3) frames -> float (N, 3, 64, 64) in [0, 1]."""
+        return obs.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def trunk(self, obs: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(obs)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.blocks[-1](x.flatten(1))
+
+    def activations(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """Post-activation outputs of every block (conv maps, then the trunk features)."""
+        outs = []
+        x = self.preprocess(obs)
+        for block in self.blocks[:-1]:
+            x = block(x)
+            outs.append(x)
+        outs.append(self.blocks[-1](x.flatten(1)))
+        return outs
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (logits, value, trunk features) for uint8 frames."""
+        features = self.trunk(obs)
+        return self.policy(features), self.value(features).squeeze(-1), features
+
+
+def build_model(cfg: ModelConfig, num_actions: int) -> ActorCritic:
+    return ActorCritic(cfg, num_actions)
