@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return EXIT_BAD_INPUT
         if status == "interrupted":
             print(f"{spec.label}: stopped; checkpoint written. Resume with the same command plus -r.", flush=True)
-            return 128 + int(signal.SIGINT)
+            return 128 + int(run.stop_signal or signal.SIGINT)
     return 0
 
 

@@ -182,7 +182,9 @@ class RunConfig(Strict):
 def _format_error(source: str, prefix: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(part) for part in first["loc"] if part != "function-after")
-    key = ".".join(part for part in (prefix, loc) if part) or "(top level)"
+    key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
+        part for part in (prefix, loc) if part)
+    key = key or "(top level)"
     msg = first["msg"].replace("Value error, ", "")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

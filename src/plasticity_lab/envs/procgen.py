@@ -113,6 +113,10 @@ class ProcgenVecEnv:
         """(start_level, num_levels) the underlying ProcGen env samples from."""
         return self._start_level, self._level_count
 
+    def current_level_seeds(self) -> np.ndarray:
+        """ProcGen level seed of each env's current episode (diagnostics; loops over envs)."""
+        return np.array([info["level_seed"] for info in self._env.get_info()], dtype=np.int64)
+
     def _configure(self, state: ShiftState) -> bool:
         """Adopt `state`; True when the level distribution changed and envs must be rebuilt."""
         start, count = level_range(self.num_levels, state, self.train)

@@ -96,6 +96,8 @@ class Run:
         self.wall_offset = 0.0
         self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in getattr(iv, "stat_keys", ())]
         self.autocast = self.ppo.precision == "bf16"
+        self.stop_signal: int | None = None
+        self.current_epoch = 0
 
     # ------------------------------------------------------------------ optimiser and hooks
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -163,8 +165,8 @@ class Run:
         save_atomic(state, self.ckpt_dir / "latest.pt")
         if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
             # one model per task (its end), kept for analysis
-            save_atomic({"format": FORMAT_VERSION, "model": state["model"], "config": self.config_dict,
-                         "next_epoch": next_epoch, "task_index": self.task_index},
+            save_atomic({"format": FORMAT_VERSION, "model": state["model"], "interventions": state["interventions"],
+                         "config": self.config_dict, "next_epoch": next_epoch, "task_index": self.task_index},
                         self.ckpt_dir / f"task_{self.task_index}.pt")
 
     # ------------------------------------------------------------------ experience
@@ -244,7 +246,7 @@ class Run:
                     "grad_norm": grad_norm, "dead_units": (features.detach() == 0).float().mean(),
                 }
                 for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value)
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
                 count += 1
         out = {k: v / count for k, v in sums.items()}
         var = torch.var(rets)
@@ -317,10 +319,11 @@ class Run:
                             writer.add_scalar(key, value, epoch)
                     progress.update(epoch, row)
                     nxt = epoch + 1
-                    if stop.signal is not None or nxt % p.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
+                    if stop.signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
                         self.save(nxt, time.monotonic() - t0)
                     if stop.signal is not None and nxt < p.num_epochs:
                         status = "interrupted"
+                        self.stop_signal = stop.signal
                         break
         finally:
             progress.close()

@@ -29,6 +29,7 @@ class RedoParams(Params):
 class Redo(Intervention):
     name = "redo"
     Params = RedoParams
+    stat_keys = ("redo_reset_units",)
 
     def periodic(self, model, optimizer, obs, epoch):
         if epoch == 0 or epoch % self.params.every:

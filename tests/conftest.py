@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs that train in seconds on 2 cores."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TINY: dict[str, Any] = {
+    "experiment": {"save_freq": 2, "conditions": {"baseline": {}}},
+    "environment": {"task": "coinrun_10", "env_copies": 8},
+    "model": {"h_size": 32},
+    "ppo_trainer": {
+        "num_epochs": 6, "shift_points": [3], "buffer_size": 128, "batch_size": 32,
+        "num_passes": 1, "test_interval": 3, "test_episodes": 4,
+    },
+}
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):
+    """write_config(extra: dict | None, text: str | None) -> path of a YAML config in tmp_path."""
+
+    def _write(extra: dict[str, Any] | None = None, text: str | None = None, name: str = "cfg.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text if text is not None else yaml.safe_dump(merge(TINY, extra or {})))
+        return path
+
+    return _write

@@ -1,0 +1,85 @@
+"""Config validation and CLI behaviour on bad input: one line naming file and key, exit 2, no run dir."""
+
+from __future__ import annotations
+
+import pytest
+
+from plasticity_lab.cli import main, train_main
+from plasticity_lab.config import ConfigError, load_study
+
+
+def run_train(args, capsys):
+    code = train_main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+BAD = [
+    ({"ppo_trainer": {"num_epochs": -5}}, "ppo_trainer.num_epochs"),
+    ({"ppo_trainer": {"shift_points": [3, 50]}}, "shift point 50"),
+    ({"ppo_trainer": {"batch_size": 512}}, "larger than buffer_size"),
+    ({"ppo_trainer": {"lr": "fast"}}, "ppo_trainer.lr"),
+    ({"ppo_trainer": {"nonsense": 1}}, "ppo_trainer.nonsense: unknown key"),
+    ({"environment": {"task": "pong_10"}}, "environment.task"),
+    ({"environment": {"shift_type": "rotate"}}, "environment.shift_type"),
+    ({"model": {"activation": "swish"}}, "model.activation"),
+    ({"experiment": {"conditions": {"x": {"model.activation": "swish"}}}}, "experiment.conditions.x -> model.activation"),
+    ({"experiment": {"conditions": {"x": {"nosection.a": 1}}}}, "nosection.a: unknown section"),
+    ({"experiment": {"conditions": {"x": {"interventions.magic": {}}}}}, "method 'magic' is not implemented"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD)
+def test_bad_values_exit_2_with_one_line_naming_file_and_key(extra, needle, write_config, tmp_path, capsys):
+    cfg = write_config(extra)
+    cond = list(extra.get("experiment", {}).get("conditions", {"baseline": 0}))[0]
+    code, err = run_train(["-n", "x", "-p", str(cfg), "-c", cond, "-o", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and str(cfg) in err and needle in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_malformed_files(tmp_path, write_config, capsys):
+    code, err = run_train(["-n", "x", "-p", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2 and "file not found" in err
+    cfg = write_config(text="experiment: [unclosed\n")
+    code, err = run_train(["-n", "x", "-p", str(cfg), "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and "malformed YAML" in err and str(cfg) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_condition_lists_allowed(write_config, tmp_path, capsys):
+    code, err = run_train(["-n", "x", "-p", str(write_config()), "-c", "magic", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "unknown condition 'magic'" in err and "baseline" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_conditions_resolve_from_a_fresh_copy():
+    study = load_study("hyperparams_quick.yaml")
+    assert study.condition("mish").model.activation == "mish"
+    assert study.condition("specnorm").model.activation == "relu"  # no leak from mish
+    assert study.condition("specnorm").model.spectral_norm == "encoder"
+    assert study.condition("redo-reset").interventions["redo"]["tau"] == 0.025
+    assert study.condition("baseline").interventions == {}
+    cfg = study.condition("baseline")
+    assert (cfg.ppo_trainer.num_epochs, cfg.ppo_trainer.shift_points, cfg.model.h_size, cfg.ppo_trainer.lr) == (
+        3000, [1000, 2000], 256, 0.0005)
+
+
+def test_quick_config_has_the_study_reports_seven_conditions():
+    assert load_study("configs/hyperparams_quick.yaml").conditions == [
+        "baseline", "leaky-relu", "mish", "layernorm", "rmsnorm", "redo-reset", "specnorm"]
+
+
+def test_reference_config_loads_and_unbuilt_methods_fail_only_when_chosen():
+    study = load_study("hyperparams.yaml")
+    assert study.condition("baseline").ppo_trainer.ent_coef == 0.02
+    assert study.condition("ent-0.1").ppo_trainer.ent_coef == 0.1
+    for name in study.errors:
+        with pytest.raises(ConfigError, match="is not implemented"):
+            study.condition(name)
+
+
+def test_plab_train_is_the_same_command(write_config, tmp_path, capsys):
+    code = main(["train", "-n", "x", "-p", str(write_config({"ppo_trainer": {"num_epochs": 0}})), "-o", str(tmp_path)])
+    assert code == 2 and "num_epochs" in capsys.readouterr().err
