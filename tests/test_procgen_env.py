@@ -67,7 +67,8 @@ def test_parse_task() -> None:
     assert len(GAMES) == 16
     for game in GAMES:
         assert parse_task(f"{game}_7") == (game, 7)
-    for bad in ("pong_10", "coinrun", "coinrun_0", "coinrun_-3", "coinrun_x", "_10", "Coinrun_5"):
+    bad_tasks = ("pong_10", "coinrun", "coinrun_0", "coinrun_-3", "coinrun_x", "_10", "Coinrun_5")
+    for bad in (*bad_tasks, "coinrun_²"):
         with pytest.raises(ValueError, match="bigfish.*starpilot"):
             parse_task(bad)
     with pytest.raises(ValueError):

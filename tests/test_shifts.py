@@ -83,7 +83,8 @@ def test_permute_each_shift_draws_a_new_permutation() -> None:
     assert not np.array_equal(s1.tile_perm, np.arange(NUM_TILES))
     assert not np.array_equal(s1.tile_perm, s2.tile_perm)
     frames = distinct_tile_frames(1)
-    assert not np.array_equal(permute_tiles(frames, s1.tile_perm), permute_tiles(frames, s2.tile_perm))
+    out1, out2 = permute_tiles(frames, s1.tile_perm), permute_tiles(frames, s2.tile_perm)
+    assert not np.array_equal(out1, out2)
     # Only the permutation changes.
     assert (s2.action_perm, s2.level_offset, s2.level_extra, s2.hard) == (None, 0, 0, False)
 
@@ -130,7 +131,9 @@ def test_difficulty_toggles() -> None:
 
 
 def test_none_only_increments_round() -> None:
-    s = ShiftState(round=3, action_perm=np.arange(9)[::-1], level_offset=7, level_extra=2, hard=True)
+    s = ShiftState(
+        round=3, action_perm=np.arange(9)[::-1], level_offset=7, level_extra=2, hard=True
+    )
     n = next_shift(s, "none", np.random.default_rng(0), k=5)
     assert n.round == 4
     assert {**n.to_dict(), "round": 3} == s.to_dict()

@@ -36,7 +36,6 @@ GAMES = (
     "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot",
 )  # fmt: skip
 NOOP_ACTION = 4
-ACTION_REPEAT = 2
 STEP_PENALTY = 0.01
 MAX_EPISODE_STEPS = 200
 
@@ -44,7 +43,7 @@ MAX_EPISODE_STEPS = 200
 def parse_task(task: str) -> tuple[str, int]:
     """Split `GAME_K` into the game and its number of training levels K."""
     game, sep, count = task.rpartition("_")
-    if not sep or game not in GAMES or not count.isdigit() or int(count) <= 0:
+    if not sep or game not in GAMES or not (count.isascii() and count.isdigit()) or int(count) <= 0:
         raise ValueError(
             f"invalid task {task!r}: expected GAME_K with K > 0 and GAME one of {', '.join(GAMES)}"
         )
@@ -176,8 +175,8 @@ class ProcgenVecEnv:
             raise ValueError(f"actions must lie in [0, {NUM_ACTIONS})")
         env_actions = map_actions(actions, self._shift.action_perm).astype(np.int32)
 
-        # Frame 1; an env whose episode ends here idles on frame 2 and that frame's reward
-        # belongs to the next episode, so it is dropped.
+        # Action repeat 2. An env whose episode ends on frame 1 idles (no-op) on frame 2, and
+        # that frame's reward belongs to the next episode, so it is dropped.
         self._env.act(env_actions)
         reward_1, _, ended_1 = self._env.observe()
         self._env.act(np.where(ended_1, NOOP_ACTION, env_actions).astype(np.int32))
@@ -267,13 +266,19 @@ def evaluate_episodes(
     returns = np.zeros(num_episodes, dtype=np.float32)
     lengths = np.zeros(num_episodes, dtype=np.int64)
     finished = np.zeros(num_episodes, dtype=bool)
-    obs = env.observe_current()
-    while not finished.all():
-        result = env.step(np.asarray(policy(obs)))
-        first_end = (result.terminated | result.truncated) & ~finished
-        returns[first_end] = result.episode_return[first_end]
-        lengths[first_end] = result.episode_length[first_end]
-        finished |= first_end
-        obs = result.obs
-    env.close()
+    try:
+        obs = env.observe_current()
+        actions = np.full(num_episodes, NOOP_ACTION, dtype=np.int64)
+        while not finished.all():
+            # only envs still in their first episode need the network (the rest are ignored)
+            active = ~finished
+            actions[active] = np.asarray(policy(obs[active]))
+            result = env.step(actions)
+            first_end = (result.terminated | result.truncated) & ~finished
+            returns[first_end] = result.episode_return[first_end]
+            lengths[first_end] = result.episode_length[first_end]
+            finished |= first_end
+            obs = result.obs
+    finally:
+        env.close()
     return returns, lengths

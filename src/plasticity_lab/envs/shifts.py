@@ -134,7 +134,7 @@ def map_actions(actions: np.ndarray, action_perm: np.ndarray | None) -> np.ndarr
 
 
 def tile_index_map(tile_perm: np.ndarray) -> np.ndarray:
-    """Gather map over the 4-byte words of a flattened RGB frame: output tile j = input tile perm[j].
+    """Gather map over the 4-byte words of a flat RGB frame: output tile j = input tile perm[j].
 
     One 4-pixel row of a tile is 12 bytes = 3 whole words, so moving words instead of pixels
     makes the permutation a single gather with 4x fewer (and wider) elements.
@@ -152,8 +152,9 @@ def tile_index_map(tile_perm: np.ndarray) -> np.ndarray:
 def gather_pixels(obs_batch: np.ndarray, index_map: np.ndarray) -> np.ndarray:
     """Apply a `tile_index_map` to a (n, 64, 64, 3) uint8 batch in a single take."""
     if obs_batch.shape[1:] != FRAME_SHAPE or obs_batch.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames of shape (n, {FRAME_SHAPE}), got {obs_batch.shape}")
-    words = np.ascontiguousarray(obs_batch).reshape(len(obs_batch), -1).view(np.uint32)
+        raise ValueError(f"expected uint8 (n, 64, 64, 3), got {obs_batch.dtype} {obs_batch.shape}")
+    frame_bytes = FRAME_SIZE * FRAME_SIZE * 3
+    words = np.ascontiguousarray(obs_batch).reshape(len(obs_batch), frame_bytes).view(np.uint32)
     # mode="clip" skips the bounds check; the map is in range by construction.
     return np.take(words, index_map, axis=1, mode="clip").view(np.uint8).reshape(obs_batch.shape)
 

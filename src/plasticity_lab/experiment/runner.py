@@ -278,6 +278,27 @@ class Run:
         )
         return float(np.mean(returns))
 
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Collect, update, evaluate if due; returns the epoch's metrics row (minus wall_time)."""
+        p = self.ppo
+        self.current_epoch = epoch
+        t_epoch = time.monotonic()
+        ro, ep_returns, ep_lengths = self.collect()
+        before = flat_params(self.model)
+        stats = self.update(ro)
+        after = flat_params(self.model)
+        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
+        return {
+            "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
+            "train_r": float(np.mean(ep_returns)) if ep_returns else None,
+            "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
+            "test_r": test_r,
+            "weight_m": float(after.pow(2).mean().sqrt()),
+            "weight_diff": float((after - before).pow(2).mean().sqrt()),
+            "steps_per_s": p.buffer_size / (time.monotonic() - t_epoch),
+            **stats,
+        }
+
     # ------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> str:
         """Run (or continue) to the last epoch. Returns "done" or "interrupted"."""
@@ -292,26 +313,10 @@ class Run:
         try:
             with StopRequested() as stop:
                 for epoch in range(self.start_epoch, p.num_epochs):
-                    self.current_epoch = epoch
                     if epoch in p.shift_points:
                         self.shift()
-                    t_epoch = time.monotonic()
-                    ro, ep_returns, ep_lengths = self.collect()
-                    before = flat_params(self.model)
-                    stats = self.update(ro)
-                    after = flat_params(self.model)
-                    test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
-                    row = {
-                        "epoch": epoch, "env_steps": self.env_steps, "wall_time": time.monotonic() - t0,
-                        "task": self.task_index,
-                        "train_r": float(np.mean(ep_returns)) if ep_returns else None,
-                        "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
-                        "test_r": test_r,
-                        "weight_m": float(after.pow(2).mean().sqrt()),
-                        "weight_diff": float((after - before).pow(2).mean().sqrt()),
-                        "steps_per_s": p.buffer_size / (time.monotonic() - t_epoch),
-                        **stats,
-                    }
+                    row = self.run_epoch(epoch)
+                    row["wall_time"] = time.monotonic() - t0
                     metrics.write(row)
                     for key in self.columns[1:]:
                         value = row.get(key)

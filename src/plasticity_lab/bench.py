@@ -1,0 +1,114 @@
+"""`plab bench`: seconds per 1024 training transitions vs. the pure network-compute floor.
+
+The floor is the same network work with no environment, storage or bookkeeping: forward passes
+of env_copies-sized batches for the rollout, then forward+backward+AdamW for every minibatch of
+the update, on synthetic frames already on the device. The ratio epoch / floor says how much the
+toolkit adds on top of the unavoidable compute; both are measured in the same process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from plasticity_lab.config import load_study
+from plasticity_lab.experiment.runner import Run
+
+WARMUP = 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def network_floor(run: Run, repeats: int) -> float:
+    """Median seconds of the pure network compute of one epoch (see module docstring)."""
+    p, envs = run.ppo, run.env_cfg.env_copies
+    model = run.model
+    opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
+    frames = torch.randint(0, 256, (p.buffer_size, 64, 64, 3), dtype=torch.uint8, device=run.device)
+    actions = torch.randint(0, 9, (p.buffer_size,), device=run.device)
+    times = []
+    for _ in range(repeats + WARMUP):
+        _sync(run.device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), run.amp():
+            for start in range(0, p.buffer_size, envs):
+                model(frames[start : start + envs])
+        for _ in range(p.num_passes):
+            for start in range(0, p.buffer_size - p.batch_size + 1, p.batch_size):
+                with run.amp():
+                    logits, values, _ = model(frames[start : start + p.batch_size])
+                    loss = torch.nn.functional.cross_entropy(logits.float(), actions[start : start + p.batch_size]) + values.float().pow(2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
+                opt.step()
+        _sync(run.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[WARMUP:])
+
+
+def make_run(precision: str, device: str, root: Path) -> Run:
+    cfg = load_study("hyperparams_quick.yaml").condition("baseline").model_copy(deep=True)
+    cfg.ppo_trainer.precision = precision
+    cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
+    run = Run(cfg, root / precision, seed=0, device=device, label=f"bench-{precision}")
+    run.shift()  # apply one permute shift so the tile permutation is part of every step
+    return run
+
+
+def time_epochs(run: Run, epochs: int) -> float:
+    times = []
+    for epoch in range(epochs + WARMUP):
+        _sync(run.device)
+        t0 = time.perf_counter()
+        run.run_epoch(epoch + 1)
+        _sync(run.device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[WARMUP:])
+
+
+def time_eval(run: Run, episodes: int) -> float:
+    run.ppo.test_episodes = episodes
+    t0 = time.perf_counter()
+    run.evaluate(0)
+    return time.perf_counter() - t0
+
+
+def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") -> dict[str, float]:
+    """Print and return the measured seconds and ratios (fp32 floor is always measured)."""
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = make_run("fp32", device, Path(tmp))
+        print(f"device {fp32.device}, torch {torch.__version__}, threads {torch.get_num_threads()}; "
+              "study-report protocol: coinrun_100, conv64 h256, 1024 transitions, 16 envs, 3 passes of 64")
+        results["floor_fp32_s"] = network_floor(fp32, epochs)
+        runs = {"fp32": fp32}
+        if precision == "bf16":
+            runs["bf16"] = make_run("bf16", device, Path(tmp))
+        for name, run in runs.items():
+            if name != "fp32":
+                results[f"floor_{name}_s"] = network_floor(run, epochs)
+            results[f"epoch_{name}_s"] = time_epochs(run, epochs)
+            results[f"ratio_{name}_vs_fp32_floor"] = results[f"epoch_{name}_s"] / results["floor_fp32_s"]
+            print(f"[{name}] epoch {results[f'epoch_{name}_s']:.3f} s per 1024 transitions; "
+                  f"floor {results.get(f'floor_{name}_s', results['floor_fp32_s']):.3f} s; "
+                  f"epoch / fp32 floor = {results[f'ratio_{name}_vs_fp32_floor']:.2f}x")
+        if precision == "bf16":
+            results["ratio_bf16_floor_vs_fp32_floor"] = results["floor_bf16_s"] / results["floor_fp32_s"]
+            print(f"bf16 floor / fp32 floor = {results['ratio_bf16_floor_vs_fp32_floor']:.2f}x")
+        results["eval_50_episodes_s"] = time_eval(fp32, 50)
+        results["eval_fraction_of_epoch"] = results["eval_50_episodes_s"] / results["epoch_fp32_s"]
+        print(f"test evaluation of 50 episodes: {results['eval_50_episodes_s']:.3f} s "
+              f"= {results['eval_fraction_of_epoch']:.2f} epochs (run every test_interval=10 epochs)")
+        for run in runs.values():
+            with contextlib.suppress(Exception):
+                run.env.close()
+    return results
