@@ -312,13 +312,16 @@ def test_evaluate_takes_first_episode_of_every_env() -> None:
         calls.append(obs.copy())
         return inner(obs)
 
-    inner = random_policy(0)
+    def inner(obs: np.ndarray) -> np.ndarray:
+        # depends only on each frame, so it gives the same action whichever envs are batched
+        return obs.reshape(len(obs), -1).sum(axis=1, dtype=np.int64) % 9
+
     returns, lengths = evaluate_episodes(policy, "coinrun_10", n, seed=seed)
 
     # Independent replay: the same test-level env and the same action stream.
     env = ProcgenVecEnv("coinrun_10", n, seed=seed, train=False)
     assert np.array_equal(env.observe_current(), calls[0])
-    replay_policy = random_policy(0)
+    replay_policy = inner
     first_len = np.zeros(n, dtype=int)
     first_ret = np.zeros(n, dtype=np.float32)
     obs = env.observe_current()
@@ -330,4 +333,5 @@ def test_evaluate_takes_first_episode_of_every_env() -> None:
     assert np.all(first_len > 0)
     assert np.array_equal(lengths, first_len) and np.array_equal(returns, first_ret)
     assert len(calls) == lengths.max()  # stops as soon as every env has finished once
+    assert [len(c) for c in calls] == [int((lengths > t).sum()) for t in range(len(calls))]  # finished envs skip the network
     assert lengths.min() < lengths.max()  # mixed lengths, so a short-episode bias would show
