@@ -23,13 +23,16 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out_dir", default=".", help="output root (default: current directory)")
     parser.add_argument("-r", "--resume", action="store_true", help="continue existing runs from their latest checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (auto: CUDA when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from plasticity_lab.config import load_study
     from plasticity_lab.experiment.checkpoint import CheckpointError
     from plasticity_lab.experiment.runner import Run, pick_device
-    from plasticity_lab.experiment.study import plan_runs, prepare_run_dir, write_study_config
+    from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
 
     study = load_study(args.hyperparams)
     conditions = [args.condition] if args.condition else None
@@ -38,19 +41,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         device = str(pick_device(args.device))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    for spec in specs:
+        check_unlocked(spec.run_dir)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
     write_study_config(study, args.out_dir, args.name)
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
             continue
         run = Run(spec.cfg, spec.run_dir, spec.seed, device=device, label=spec.label)
-        prepare_run_dir(spec, run.hook_list(), device)
-        print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
-        try:
-            status = run.train(resume=args.resume)
-        except CheckpointError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+        with run_lock(spec.run_dir):
+            prepare_run_dir(spec, run.hook_list(), device)
+            print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
+            try:
+                status = run.train(resume=args.resume)
+            except CheckpointError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return EXIT_BAD_INPUT
         if status == "interrupted":
             print(f"{spec.label}: stopped; checkpoint written. Resume with the same command plus -r.", flush=True)
             return 128 + int(run.stop_signal or signal.SIGINT)
@@ -63,12 +73,60 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train conditions of a config (same flags as train.py)")
     add_train_args(train)
     train.set_defaults(func=cmd_train)
+    sw = sub.add_parser("sweep", help="all conditions x seeds, in parallel processes or on a Ray cluster")
+    sw.add_argument("config", help="config file")
+    sw.add_argument("--conditions", default=None, help="comma-separated subset of conditions (default: all)")
+    seeds = sw.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: experiment.num_sessions)")
+    seeds.add_argument("--seed-list", default=None, help="explicit comma-separated seeds, e.g. 0,3,7")
+    sw.add_argument("--workers", type=int, default=1, help="runs at a time (local: each gets cores/W threads)")
+    sw.add_argument("--backend", default="local", choices=["local", "ray"])
+    sw.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: start a local Ray")
+    sw.add_argument("--cpus-per-run", type=int, default=None, help="Ray: CPUs requested per run (default cores/W)")
+    sw.add_argument("--gpus-per-run", type=float, default=0.0, help="Ray: GPUs requested per run")
+    sw.add_argument("--name", default=None, help="study name (default: the config file's stem)")
+    sw.add_argument("-o", "--out_dir", default=".", help="output root (default: current directory)")
+    sw.add_argument("--resume", action="store_true", help="accepted for clarity: a sweep always skips finished runs and resumes interrupted ones")
+    sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
+    sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    sw.set_defaults(func=cmd_sweep)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     bench.set_defaults(func=cmd_bench)
     return parser
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: expected comma-separated integers") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from plasticity_lab.config import load_study
+    from plasticity_lab.experiment.sweep import sweep
+
+    if args.seed_list is not None:
+        seeds = parse_int_list(args.seed_list, "--seed-list")
+    else:
+        count = args.seeds if args.seeds is not None else load_study(args.config).base.experiment.num_sessions
+        if count < 1:
+            raise ConfigError(f"--seeds {count}: must be >= 1")
+        seeds = list(range(count))
+    conditions = args.conditions.split(",") if args.conditions else None
+    try:
+        states = sweep(
+            args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,
+            backend=args.backend, address=args.address, out_dir=args.out_dir, retries=args.retries,
+            device=args.device, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+        )
+    except KeyboardInterrupt:
+        print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
+        return 130
+    return 1 if any(s.status == "failed" for s in states) else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -6,16 +6,22 @@ without resume) before anything is written, so a refused command leaves no direc
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
+
+LOCK_NAME = ".lock"
 
 
 @dataclass(frozen=True)
@@ -90,3 +96,56 @@ def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
         {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     )
     info_path.write_text(json.dumps(info, indent=2))
+
+
+def _lock_owner(path: Path) -> tuple[str, int] | None:
+    try:
+        host, pid = path.read_text().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(host: str, pid: int) -> bool:
+    if host != socket.gethostname():
+        return True  # cannot check another machine: assume it is running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Raise ConfigError if a live process holds the run's lock (stale locks are ignored)."""
+    path = run_dir / LOCK_NAME
+    owner = _lock_owner(path) if path.exists() else None
+    if owner is not None and _alive(*owner):
+        raise ConfigError(
+            f"{run_dir} is being written by another process (host {owner[0]}, pid {owner[1]}); "
+            f"wait for it or, if it is gone, delete {path}"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a run directory so two processes never write the same run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            check_unlocked(run_dir)
+            path.unlink(missing_ok=True)  # stale: its owner is gone
+    else:
+        raise ConfigError(f"{run_dir}: could not take the lock {path}")
+    try:
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        os.close(fd)
+        yield
+    finally:
+        path.unlink(missing_ok=True)

@@ -4,15 +4,34 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from plasticity_lab.interventions import redo  # noqa: F401  (registers)
+from plasticity_lab.interventions import (  # noqa: F401  (register)
+    cbp,
+    cchain,
+    inject,
+    nap,
+    optimizers,
+    redo,
+    regularizers,
+    reset,
+)
 from plasticity_lab.interventions.base import REGISTRY, Intervention, build_interventions, validate_params
 
 if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
-__all__ = ["REGISTRY", "Intervention", "build_interventions", "validate_interventions"]
+__all__ = ["REGISTRY", "Intervention", "build_interventions", "check_compatible", "validate_interventions"]
+
+
+def check_compatible(names: list[str]) -> None:
+    """Refuse combinations that cannot both take effect: the runner uses the first optimiser a
+    method returns, so a second optimiser-providing method would be silently ignored."""
+    swaps = [name for name in names if "optimizer" in REGISTRY[name].hooks()]
+    if len(swaps) > 1:
+        raise ValueError(f"interventions: {' and '.join(swaps)} each replace the optimiser; use at most one of them")
 
 
 def validate_interventions(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Validate every method's parameters; returns them with defaults filled in."""
-    return {name: validate_params(name, raw).model_dump() for name, raw in cfg.interventions.items()}
+    """Validate every method's parameters and their combination; returns them with defaults filled in."""
+    params = {name: validate_params(name, raw).model_dump() for name, raw in cfg.interventions.items()}
+    check_compatible(list(params))
+    return params

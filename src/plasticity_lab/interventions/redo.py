@@ -13,7 +13,7 @@ from torch import nn
 
 from plasticity_lab.interventions.base import Intervention, Params, register
 from plasticity_lab.metrics import dormant_scores
-from plasticity_lab.nets.surgery import assign, fresh_init, weight_param
+from plasticity_lab.nets.surgery import affine_weights, assign, fresh_init, weight_param
 
 
 class RedoParams(Params):
@@ -64,4 +64,5 @@ def recycle_units(block: nn.Module, link, units: torch.Tensor, optimizer: torch.
     for copy in range(link.copies):
         cols = ((copy * units_total + units).unsqueeze(1) * link.span + offsets).flatten()
         for reader in link.readers:
-            assign(weight_param(reader), (slice(None), cols), 0.0, optimizer)
+            for weight in affine_weights(reader):
+                assign(weight, (slice(None), cols), 0.0, optimizer)

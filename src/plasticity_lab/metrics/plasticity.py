@@ -30,14 +30,19 @@ import numpy as np
 import torch
 
 __all__ = [
+    "singular_values",
     "effective_rank",
     "srank",
     "feature_rank",
     "dormant_scores",
     "dormant_fraction",
+    "dormant_scores_from_mean_abs",
+    "dormant_fraction_from_scores",
     "unit_activity",
     "dead_fraction",
     "activation_rate",
+    "dead_fraction_from_counts",
+    "activation_rate_from_counts",
     "stable_rank",
 ]
 
@@ -88,6 +93,15 @@ def _as_activations(x: Any, name: str) -> torch.Tensor:
 def _singular_values(x: Any, name: str) -> torch.Tensor:
     """Singular values (descending, float64, on the input's device) of the (n, d) matrix."""
     return torch.linalg.svdvals(_as_matrix(x, name))
+
+
+def singular_values(features: Any) -> torch.Tensor:
+    """Singular values of an ``(n, d)`` feature matrix, descending, float64, on its device.
+
+    The spectrum every rank measure below is computed from; exposed so diagnostics can save it
+    (e.g. for spectrum plots) without a second definition.
+    """
+    return _singular_values(features, "singular_values")
 
 
 # --------------------------------------------------------------------------- rank measures
@@ -178,17 +192,29 @@ def dormant_scores(activations: Any) -> torch.Tensor:
     Convention: if every activation is zero the denominator is zero and every score is
     defined as ``0`` (so every unit is dormant for any ``tau >= 0``).
 
-    This is the single definition of the score; :func:`dormant_fraction` and the ReDo
-    intervention both use it.  Returns a float64 tensor of shape ``(H,)`` / ``(C,)`` on
-    the input's device.
+    :func:`dormant_fraction` and the ReDo intervention both use it; the normalisation itself is
+    :func:`dormant_scores_from_mean_abs`.  Returns a float64 tensor of shape ``(H,)`` / ``(C,)``
+    on the input's device.
     """
     a = _as_activations(activations, "dormant_scores")
     reduce_dims = (0,) + tuple(range(2, a.ndim))
-    mean_abs = a.abs().mean(dim=reduce_dims)
-    layer_mean = mean_abs.mean()
+    return dormant_scores_from_mean_abs(a.abs().mean(dim=reduce_dims))
+
+
+def dormant_scores_from_mean_abs(mean_abs: Any) -> torch.Tensor:
+    """ReDo scores ``s_i = a_i / ((1/H) sum_k a_k)`` from per-unit ``a_i = E|h_i|``.
+
+    The single definition of the normalisation (all-zero ``a``: every score is 0), shared by
+    :func:`dormant_scores` and by diagnostics that accumulate ``E|h_i|`` over a probe set in
+    chunks instead of holding all activations.  ``mean_abs`` is a 1-D tensor of shape ``(H,)``.
+    """
+    a = _to_float64(mean_abs, "dormant_scores_from_mean_abs")
+    if a.ndim != 1 or a.numel() == 0:
+        raise ValueError(f"dormant_scores_from_mean_abs: expected a non-empty (H,) vector, got {tuple(a.shape)}")
+    layer_mean = a.mean()
     if not bool(layer_mean > 0):
-        return torch.zeros_like(mean_abs)
-    return mean_abs / layer_mean
+        return torch.zeros_like(a)
+    return a / layer_mean
 
 
 def dormant_fraction(activations: Any, tau: float) -> float:
@@ -202,8 +228,19 @@ def dormant_fraction(activations: Any, tau: float) -> float:
     All-zero activations: every score is 0, so every unit counts as dormant (returns 1.0
     for any ``tau >= 0``).
     """
-    scores = dormant_scores(activations)
-    return float((scores <= float(tau)).to(torch.float64).mean().item())
+    return dormant_fraction_from_scores(dormant_scores(activations), tau)
+
+
+def dormant_fraction_from_scores(scores: Any, tau: float) -> float:
+    """Fraction of units whose ReDo score is ``<= tau`` (boundary included).
+
+    Shared by :func:`dormant_fraction` and by diagnostics that pool the scores of several
+    layers (an "overall" fraction over all units of a network).
+    """
+    s = _to_float64(scores, "dormant_fraction_from_scores")
+    if s.ndim != 1 or s.numel() == 0:
+        raise ValueError(f"dormant_fraction_from_scores: expected a non-empty (H,) vector, got {tuple(s.shape)}")
+    return float((s <= float(tau)).to(torch.float64).mean().item())
 
 
 def unit_activity(activations: Any) -> torch.Tensor:
@@ -235,9 +272,7 @@ def dead_fraction(activations: Any) -> float:
     This is the "dead ReLU unit" count used in the plasticity literature (e.g. Lyle et al.
     2022; Abbas et al. 2023, "Loss of Plasticity in Continual Deep Reinforcement Learning").
     """
-    active = unit_activity(activations)
-    dead = ~active.any(dim=0)
-    return float(dead.to(torch.float64).mean().item())
+    return dead_fraction_from_counts(unit_activity(activations).sum(dim=0))
 
 
 def activation_rate(activations: Any) -> float:
@@ -253,7 +288,34 @@ def activation_rate(activations: Any) -> float:
     Plasticity in Neural Networks", ICML).
     """
     active = unit_activity(activations)
-    return float(active.to(torch.float64).mean(dim=0).mean().item())
+    return activation_rate_from_counts(active.sum(dim=0), active.shape[0])
+
+
+def _as_counts(active_counts: Any, name: str) -> torch.Tensor:
+    """Per-unit counts of active samples as a non-empty float64 ``(H,)`` vector."""
+    c = _to_float64(active_counts, name)
+    if c.ndim != 1 or c.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty (H,) vector of counts, got {tuple(c.shape)}")
+    return c
+
+
+def dead_fraction_from_counts(active_counts: Any) -> float:
+    """:func:`dead_fraction` from per-unit counts ``c_j = sum_i A[i, j]`` of active samples.
+
+    ``dead_fraction = (1/H) * #{ j : c_j == 0 }``.  Counts add up over chunks of samples, so a
+    probe set can be streamed through the network and still give exactly the full-set value.
+    """
+    c = _as_counts(active_counts, "dead_fraction_from_counts")
+    return float((c == 0).to(torch.float64).mean().item())
+
+
+def activation_rate_from_counts(active_counts: Any, n: int) -> float:
+    """:func:`activation_rate` from per-unit active counts ``c_j`` over ``n`` samples:
+    ``(1/H) * sum_j c_j / n`` (exact for integer counts, as they add up over chunks)."""
+    if int(n) <= 0:
+        raise ValueError(f"activation_rate_from_counts: n must be positive, got {n}")
+    c = _as_counts(active_counts, "activation_rate_from_counts")
+    return float((c / int(n)).mean().item())
 
 
 # --------------------------------------------------------------------------- weights

@@ -7,6 +7,8 @@ Layers may carry a torch parametrization (spectral norm); edits then go to the s
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -49,3 +51,46 @@ def assign(
     for state_value in optimizer.state.get(param, {}).values():
         if torch.is_tensor(state_value) and state_value.shape == param.shape:
             state_value[index] = 0
+
+
+AFFINE = (nn.Linear, nn.Conv2d)
+NORMS = (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+
+
+def param_layers(module: nn.Module) -> list[nn.Module]:
+    """The affine and norm layers inside ``module``: together they own every model parameter."""
+    return [m for m in module.modules() if isinstance(m, AFFINE + NORMS)]
+
+
+def affine_weights(module: nn.Module) -> list[nn.Parameter]:
+    """The trainable tensors behind every Linear/Conv2d weight in ``module`` (frozen ones included),
+    so code that edits "the weights of a reader" also reaches the parts of a wrapped head."""
+    return [weight_param(m) for m in module.modules() if isinstance(m, AFFINE)]
+
+
+def init_bound(layer: nn.Module) -> float:
+    """torch's default Linear/Conv2d init draws weight and bias from U(-b, b) with b = 1/sqrt(fan_in)
+    (kaiming_uniform with a=sqrt(5) reduces to this bound), so one number describes both."""
+    return 1.0 / math.sqrt(weight_param(layer)[0].numel())
+
+
+@torch.no_grad()
+def fresh_params(layer: nn.Module, cheap: bool = False) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, value torch's default init would give it now) for an affine or norm layer.
+
+    Affine layers come from :func:`fresh_init`, or with ``cheap`` from the same U(-b, b) drawn
+    directly into a tensor (no module is built: for methods that perturb at every step); norm
+    scales are 1 and offsets 0.
+    """
+    if isinstance(layer, AFFINE):
+        if cheap:
+            bound = init_bound(layer)
+            params = [weight_param(layer), layer.bias]
+            return [(p, torch.empty_like(p).uniform_(-bound, bound)) for p in params if p is not None]
+        weight, bias = fresh_init(layer)
+        pairs = [(weight_param(layer), weight)]
+        return pairs + ([(layer.bias, bias)] if bias is not None else [])
+    if isinstance(layer, NORMS):
+        fills = ((getattr(layer, "weight", None), 1.0), (getattr(layer, "bias", None), 0.0))
+        return [(p, torch.full_like(p, value)) for p, value in fills if p is not None]
+    raise TypeError(f"no fresh initialiser for {type(layer).__name__}")

@@ -1,0 +1,221 @@
+"""Sweeps: conditions x seeds, each run in its own process, locally or as Ray tasks.
+
+Every run is the ordinary ``plab train ... -r`` command in a child process, so a crash in one run
+cannot take the others down, re-running a sweep skips finished runs and resumes interrupted ones
+from their checkpoints, and the run directories look exactly like those of ``train.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from plasticity_lab.config import ConfigError, load_study
+from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, write_study_config
+from plasticity_lab.experiment.sweep_view import SweepView
+
+LOG_NAME = "train.log"
+
+
+@dataclass
+class RunState:
+    spec: RunSpec
+    attempts: int = 0
+    status: str = "pending"  # pending | running | done | failed | skipped
+    error: str = ""
+    started: float = field(default=0.0)
+
+
+def train_command(spec: RunSpec, config_path: Path, out_dir: Path, device: str, threads: int) -> list[str]:
+    return [
+        sys.executable, "-m", "plasticity_lab.cli", "train", "-n", spec.name, "-p", str(config_path),
+        "-c", spec.condition, "-s", str(spec.seed), "-o", str(out_dir), "-r",
+        "--device", device, "--threads", str(threads),
+    ]
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def core_slots(workers: int) -> list[list[int]]:
+    """Split this process's CPUs into one disjoint share per worker (at least one CPU each)."""
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // workers)
+    return [cores[(i * per) % len(cores) : (i * per) % len(cores) + per] for i in range(workers)]
+
+
+class LocalBackend:
+    """W child processes at a time, each pinned to its share of the cores."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.slots = core_slots(workers)
+
+    def threads(self) -> int:
+        return len(self.slots[0])
+
+    def run(self, states: list[RunState], command: Callable[[RunSpec], list[str]], retries: int, view: SweepView) -> None:
+        queue = deque(states)
+        running: dict[int, tuple[RunState, subprocess.Popen]] = {}
+        try:
+            while queue or running:
+                for slot in range(self.workers):
+                    if slot not in running and queue:
+                        state = queue.popleft()
+                        running[slot] = (state, self._launch(state, command(state.spec), self.slots[slot]))
+                for slot, (state, proc) in list(running.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del running[slot]
+                    if finish(state, code, retries):
+                        queue.appendleft(state)
+                view.refresh(states)
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            for _, proc in running.values():
+                proc.send_signal(signal.SIGINT)  # each run checkpoints and exits
+            for state, proc in running.values():
+                proc.wait()
+                state.status, state.error = "failed", "interrupted (resume with the same command)"
+            raise
+
+    @staticmethod
+    def _launch(state: RunState, cmd: list[str], cores: list[int]) -> subprocess.Popen:
+        state.attempts += 1
+        state.status, state.started = "running", time.monotonic()
+        state.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(state.spec.run_dir / LOG_NAME, "a")
+        return subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: os.sched_setaffinity(0, cores),
+        )
+
+
+def finish(state: RunState, code: int, retries: int) -> bool:
+    """Record a finished attempt; returns True when the run should be tried again."""
+    if code == 0 and (state.spec.run_dir / "DONE").exists():
+        state.status, state.error = "done", ""
+        return False
+    state.error = f"exit code {code}: {tail(state.spec.run_dir / LOG_NAME)}"
+    if state.attempts <= retries:
+        state.status = "pending"
+        return True
+    state.status = "failed"
+    return False
+
+
+class RayBackend:
+    """Each run is a Ray task with its CPU/GPU request; run directories must be on storage that
+    every node sees at the same path (the driver's OUT_DIR), as on one machine or over NFS."""
+
+    def __init__(self, address: str | None, cpus_per_run: int, gpus_per_run: float) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--backend ray: Ray is not installed (pip install -e '.[ray]')") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=len(os.sched_getaffinity(0)), log_to_driver=False, include_dashboard=False)
+        self.cpus, self.gpus = cpus_per_run, gpus_per_run
+
+    def threads(self) -> int:
+        return self.cpus
+
+    def run(self, states: list[RunState], command: Callable[[RunSpec], list[str]], retries: int, view: SweepView) -> None:
+        ray = self.ray
+        task = ray.remote(execute_run).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+        pending: dict = {}
+
+        def submit(state: RunState) -> None:
+            state.attempts += 1
+            state.status, state.started = "running", time.monotonic()
+            pending[task.remote(command(state.spec), str(state.spec.run_dir / LOG_NAME))] = state
+
+        for state in states:
+            submit(state)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            for ref in ready:
+                state = pending.pop(ref)
+                try:
+                    code = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a lost node or worker is a failed attempt
+                    code = -1
+                    state.error = f"ray: {type(exc).__name__}: {exc}"
+                if finish(state, code, retries):
+                    submit(state)
+            view.refresh(states)
+
+
+def execute_run(cmd: list[str], log_path: str) -> int:
+    """Run one training command, appending its output to the run's log (used by Ray tasks)."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def sweep(
+    config: str | Path,
+    *,
+    name: str | None = None,
+    conditions: list[str] | None = None,
+    seeds: list[int],
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    out_dir: str | Path = ".",
+    retries: int = 1,
+    device: str = "cpu",
+    cpus_per_run: int | None = None,
+    gpus_per_run: float = 0.0,
+) -> list[RunState]:
+    """Run every (condition, seed) not finished yet; returns the final state of each run."""
+    study = load_study(config)
+    name = name or Path(study.source).stem
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be >= 1")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries}: must be >= 0")
+    specs = plan_runs(study, name, conditions, seeds, out_dir, resume=True)
+    for spec in specs:
+        check_unlocked(spec.run_dir)
+    out_dir = Path(out_dir).resolve()
+    config_path = Path(study.source).resolve()
+    states = [RunState(spec) for spec in specs]
+    for state in states:
+        if (state.spec.run_dir / "DONE").exists():
+            state.status = "skipped"
+    todo = [s for s in states if s.status == "pending"]
+    if backend == "local":
+        runner: LocalBackend | RayBackend = LocalBackend(workers)
+    elif backend == "ray":
+        cpus = cpus_per_run or max(1, len(os.sched_getaffinity(0)) // workers)
+        runner = RayBackend(address, cpus, gpus_per_run)
+    else:
+        raise ConfigError(f"--backend {backend}: allowed: local, ray")
+    write_study_config(study, out_dir, name)
+    threads = runner.threads()
+    view = SweepView(states, total_epochs={s.spec.label: s.spec.cfg.ppo_trainer.num_epochs for s in states})
+    print(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
+          f"backend {backend}, {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}", flush=True)
+    try:
+        runner.run(todo, lambda spec: train_command(spec, config_path, out_dir, device, threads), retries, view)
+    finally:
+        view.close(states)
+    return states

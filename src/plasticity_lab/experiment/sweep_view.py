@@ -1,0 +1,108 @@
+"""Live view of a sweep: per run condition, seed, status, epoch, steps/s, last test return, ETA.
+
+Reads each run's metrics.csv tail (the runs are other processes), so it works the same for the
+local and the Ray backend. A rich table on a terminal; plain status lines otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from plasticity_lab.experiment.sweep import RunState
+
+PLAIN_EVERY_S = 30.0
+
+
+def last_rows(path, n: int = 20) -> list[dict[str, str]]:
+    """The last rows of a CSV that another process appends to (reads only the file's tail)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.readline().decode()
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(len(header), size - 8192))
+            chunk = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    lines = chunk.splitlines()
+    if size > 8192 + len(header):
+        lines = lines[1:]  # first line may be cut
+    return list(csv.DictReader(io.StringIO(header + "\n".join(lines[-n:]))))
+
+
+def run_progress(state: RunState) -> dict[str, Any]:
+    rows = last_rows(state.spec.run_dir / "metrics.csv")
+    epoch = int(rows[-1]["epoch"]) + 1 if rows else 0
+    tests = [r["test_r"] for r in rows if r.get("test_r")]
+    sps = rows[-1].get("steps_per_s", "") if rows else ""
+    return {"epoch": epoch, "steps_per_s": float(sps) if sps else None, "test_r": float(tests[-1]) if tests else None}
+
+
+class SweepView:
+    def __init__(self, states: list[RunState], total_epochs: dict[str, int]) -> None:
+        self.total = total_epochs
+        self.t0 = time.monotonic()
+        self.start_epochs = {s.spec.label: run_progress(s)["epoch"] for s in states}
+        self.last_plain = 0.0
+        self.last_status: dict[str, str] = {}
+        self.live = None
+        if sys.stdout.isatty():
+            from rich.live import Live
+
+            self.live = Live(self._table(states), refresh_per_second=2)
+            self.live.start()
+
+    def _rows(self, states: list[RunState]) -> tuple[list[tuple], str]:
+        rows, done_epochs, left = [], 0, 0
+        for s in states:
+            p = run_progress(s)
+            total = self.total[s.spec.label]
+            done_epochs += p["epoch"] - self.start_epochs[s.spec.label]
+            left += total - p["epoch"]
+            rows.append((s.spec.condition, s.spec.seed, s.status, f"{p['epoch']}/{total}",
+                         f"{p['steps_per_s']:.0f}" if p["steps_per_s"] else "-",
+                         f"{p['test_r']:.2f}" if p["test_r"] is not None else "-"))
+        elapsed = time.monotonic() - self.t0
+        rate = done_epochs / elapsed if elapsed > 0 else 0
+        eta = f"{left / rate / 60:.1f} min" if rate > 0 else "-"
+        return rows, eta
+
+    def _table(self, states: list[RunState]):
+        from rich.table import Table
+
+        rows, eta = self._rows(states)
+        table = Table(title=f"sweep: {sum(s.status in ('done', 'skipped') for s in states)}/{len(states)} finished, ETA {eta}")
+        for col in ("condition", "seed", "status", "epoch", "steps/s", "last test_r"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        return table
+
+    def refresh(self, states: list[RunState]) -> None:
+        if self.live is not None:
+            self.live.update(self._table(states))
+            return
+        changed = any(self.last_status.get(s.spec.label) != s.status for s in states)
+        now = time.monotonic()
+        if changed or now - self.last_plain > PLAIN_EVERY_S:
+            self.last_plain = now
+            self.last_status = {s.spec.label: s.status for s in states}
+            rows, eta = self._rows(states)
+            running = [f"{c}/seed_{s} {e} {sps} steps/s test_r {t}" for c, s, st, e, sps, t in rows if st == "running"]
+            finished = sum(r[2] in ("done", "skipped") for r in rows)
+            print(f"[sweep] {finished}/{len(rows)} finished, ETA {eta}; running: {'; '.join(running) or '-'}", flush=True)
+
+    def close(self, states: list[RunState]) -> None:
+        if self.live is not None:
+            self.live.update(self._table(states))
+            self.live.stop()
+        for s in states:
+            if s.status == "failed":
+                print(f"FAILED {s.spec.label} after {s.attempts} attempt(s): {s.error}", flush=True)
+        summary = {k: sum(s.status == k for s in states) for k in ("done", "skipped", "failed", "pending")}
+        print(f"[sweep] done {summary['done']}, already finished {summary['skipped']}, failed {summary['failed']}", flush=True)

@@ -1,0 +1,178 @@
+"""Optimiser swaps: methods that replace the runner's AdamW (at most one per condition).
+
+Each keeps the runner's learning rate, betas and weight decay (``ppo_trainer``) unless it is the
+setting the method changes. Optimisers from packages are subclassed only where their checkpoint
+state would not survive ``state_dict``/``load_state_dict`` (runs resume bit-exactly).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+
+from plasticity_lab.interventions.base import Intervention, Params, register
+
+
+class L2Params(Params):
+    coef: float = Field(1e-3, ge=0)
+    """AdamW (decoupled) weight decay."""
+
+
+@register
+class L2(Intervention):
+    """Weight decay towards zero: AdamW with weight_decay = coef."""
+
+    name = "l2"
+    Params = L2Params
+
+    def optimizer(self, params, defaults):
+        return torch.optim.AdamW(params, **{**defaults, "weight_decay": self.params.coef})
+
+
+class AdamBetaParams(Params):
+    beta: float = Field(0.9, ge=0, lt=1)
+    """Used as both beta1 and beta2."""
+
+
+@register
+class AdamBeta(Intervention):
+    """Non-stationary Adam (Dohare et al. 2023): beta2 = beta1, so the second-moment estimate
+    forgets as fast as the first and a sudden rise of gradient size after a shift cannot meet a
+    long-remembered small v (which makes huge updates)."""
+
+    name = "adam_beta"
+    Params = AdamBetaParams
+
+    def optimizer(self, params, defaults):
+        beta = self.params.beta
+        return torch.optim.AdamW(params, **{**defaults, "betas": (beta, beta)})
+
+
+class TracCheckpointing:
+    """Mixin for trac_optimizer's wrapped class. TRAC keeps its state in ``optimizer.state['_trac']``
+    keyed by parameter objects, which a saved state dict cannot map back, and takes references only
+    at its first step; this stores the references by position and gives parameters added later
+    (an injected head) their current value as reference."""
+
+    def _flat_params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def step(self, closure=None):
+        trac = self.state.get("_trac")
+        if trac is not None:
+            for p in self._flat_params():
+                if p not in trac:
+                    trac[p] = {"ref": p.detach().clone()}
+        return super().step()
+
+    def state_dict(self):
+        sd = super().state_dict()
+        trac = sd["state"].pop("_trac", None)
+        if trac is not None:
+            scalars = {k: v for k, v in trac.items() if isinstance(k, str)}
+            sd["trac"] = {**scalars, "refs": [trac[p]["ref"] if p in trac else None for p in self._flat_params()]}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        trac = state_dict.pop("trac", None)
+        super().load_state_dict(state_dict)
+        if trac is not None:
+            restored = {k: v for k, v in trac.items() if k != "refs"}
+            for p, ref in zip(self._flat_params(), trac["refs"]):
+                if ref is not None:
+                    restored[p] = {"ref": ref.to(p.device)}
+            self.state["_trac"] = restored
+
+
+class TracParams(Params):
+    betas: list[float] = Field([0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999], min_length=1)
+    """TRAC's discount factors (package default)."""
+    s_prev: float = Field(1e-8, gt=0)
+    """TRAC's initial scale (package default)."""
+    eps: float = Field(1e-8, gt=0)
+    """TRAC's epsilon (package default)."""
+
+
+@register
+class Trac(Intervention):
+    """TRAC (Muppidi et al. 2024): a parameter-free scale on AdamW's displacement from the
+    reference weights, tuned online, wrapped around the runner's AdamW. Its per-step log goes to
+    os.devnull (the package appends a line to a file at every step)."""
+
+    name = "trac"
+    Params = TracParams
+
+    def optimizer(self, params, defaults):
+        from trac_optimizer import start_trac
+
+        p = self.params
+        wrapped = start_trac(os.devnull, torch.optim.AdamW, betas=tuple(p.betas), s_prev=p.s_prev, eps=p.eps)
+        cls = type(f"Checkpointable{wrapped.__name__}", (TracCheckpointing, wrapped), {})
+        return cls(params, **defaults)
+
+
+@dataclass(frozen=True)
+class UpdateProbability:
+    """kron's default preconditioner-update schedule (probability 1 for ``flat_start`` steps, then
+    exp(-decay * (step - flat_start)) down to ``min_prob``), evaluated eagerly: the package's own
+    schedule goes through torch.compile, which takes ~20 s at the first step on CPU and needs a
+    C++ compiler."""
+
+    min_prob: float = 0.03
+    decay: float = 0.001
+    flat_start: int = 500
+
+    def __call__(self, step: torch.Tensor) -> float:
+        return min(1.0, max(self.min_prob, math.exp(-self.decay * (float(step) - self.flat_start))))
+
+
+class KronCheckpointing:
+    """Mixin for kron_torch.Kron so its checkpoint resumes exactly: its einsum expressions are
+    strings, which Optimizer.load_state_dict mangles (it rebuilds every iterable it meets), and its
+    update-schedule counters and RNG live outside ``state``."""
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["kron"] = {"prob_step": self._prob_step.clone(), "update_counter": self._update_counter.clone(), "rng": self.rng.getstate()}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        exprs = {i: s["exprs"] for i, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, expr in exprs.items():
+            self.state[params[i]]["exprs"] = expr
+        extra = state_dict["kron"]
+        self._prob_step = extra["prob_step"].clone()
+        self._update_counter = extra["update_counter"].clone()
+        self.rng.setstate(extra["rng"])
+
+
+class KronParams(Params):
+    lr: float = Field(3e-4, gt=0)
+    """Learning rate (the package default; its README advises ~1/3 of Adam's, ppo_trainer.lr is 5e-4)."""
+    b1: float = Field(0.9, ge=0, lt=1)
+    """Momentum."""
+
+
+@register
+class KronMethod(Intervention):
+    """PSGD Kron (kron-torch): Kronecker-factored preconditioner instead of Adam's diagonal one.
+    Weight decay is the runner's. The package prints the buffer sizes at its first step."""
+
+    name = "kron"
+    Params = KronParams
+
+    def optimizer(self, params, defaults):
+        from kron_torch import Kron
+
+        cls = type("CheckpointableKron", (KronCheckpointing, Kron), {})
+        return cls(
+            params, lr=self.params.lr, b1=self.params.b1, weight_decay=defaults["weight_decay"],
+            preconditioner_update_probability=UpdateProbability(),
+        )

@@ -1,0 +1,102 @@
+"""Loss-term regularisers: towards the initial weights (L2 Init, W2 Init) and orthogonality (Parseval).
+
+The anchored ones act on every trainable parameter (biases and norm scales included), with
+theta_0 taken when the intervention is built and kept in its checkpoint state.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from plasticity_lab.interventions.anchors import ParamAnchors
+from plasticity_lab.interventions.base import Intervention, Params, register
+
+
+def _sorted_flat(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten().sort().values
+
+
+class AnchoredRegularizer(Intervention):
+    """Shared state of the theta_0-based penalties: the anchors and their checkpointing."""
+
+    reference = staticmethod(torch.clone)
+
+    def __init__(self, params, model):
+        super().__init__(params, model)
+        self.anchors = ParamAnchors(model, self.reference)
+
+    def state_dict(self):
+        return {"theta0": self.anchors.state_dict()}
+
+    def load_state_dict(self, state):
+        self.anchors.load_state_dict(state["theta0"])
+
+
+class L2InitParams(Params):
+    coef: float = Field(0.01, ge=0)
+    """Penalty weight."""
+    squared: bool = False
+    """False: coef*||theta - theta_0|| (the reference code); True: coef*||theta - theta_0||^2 (Kumar et al.)."""
+
+
+@register
+class L2Init(AnchoredRegularizer):
+    """Regenerative regularisation (Kumar et al. 2023) over all parameters concatenated. The
+    unsquared norm's gradient coef*(theta-theta_0)/||theta-theta_0|| has constant size; at
+    theta = theta_0 torch's norm backward gives 0, not NaN."""
+
+    name = "l2_init"
+    Params = L2InitParams
+
+    def loss(self, model, obs):
+        diff = torch.cat([(p - p0).flatten() for p, p0 in self.anchors.pairs()])
+        value = diff.pow(2).sum() if self.params.squared else torch.linalg.vector_norm(diff)
+        return self.params.coef * value
+
+
+class W2InitParams(Params):
+    coef: float = Field(0.01, ge=0)
+    """Penalty weight."""
+
+
+@register
+class W2Init(AnchoredRegularizer):
+    """Wasserstein-2 regularisation towards the initial weight distribution: each parameter tensor's
+    values are sorted (the W2 coupling of two empirical distributions matches sorted values),
+    compared with theta_0's sorted values, concatenated, and coef * L2 norm taken (reference code).
+    Unlike L2 Init it lets units permute and move as long as each tensor's distribution stays."""
+
+    name = "w2_init"
+    Params = W2InitParams
+    reference = staticmethod(_sorted_flat)
+
+    def loss(self, model, obs):
+        diff = torch.cat([_sorted_flat(p) - s0 for p, s0 in self.anchors.pairs()])
+        return self.params.coef * torch.linalg.vector_norm(diff)
+
+
+class ParsevalParams(Params):
+    coef: float = Field(1e-3, ge=0)
+    """Penalty weight."""
+    scale: float = Field(1.0, gt=0)
+    """s in ||W W^T - s I||_F^2: the squared singular value the rows are pushed towards."""
+
+
+@register
+class Parseval(Intervention):
+    """Parseval regularisation (Chung et al. 2024): coef * sum over hidden layers of
+    ||W W^T - s I||_F^2 with W reshaped to (out, -1), keeping each layer's rows orthogonal so
+    gradients keep flowing. The heads are exempt (as in the paper); spectral-norm layers are
+    penalised on the weight they apply."""
+
+    name = "parseval"
+    Params = ParsevalParams
+
+    def loss(self, model, obs):
+        total = 0.0
+        for block in model.blocks:
+            w = block.layer.weight.flatten(1)
+            eye = torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
+            total = total + (w @ w.T - self.params.scale * eye).pow(2).sum()
+        return self.params.coef * total

@@ -1,0 +1,644 @@
+"""Mitigation methods: each check compares against an independent computation of what the method
+should do (formula, numpy, analytic gradient), on the small conv64 model and random frames."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from plasticity_lab.config import ConfigError, ModelConfig, load_study
+from plasticity_lab.interventions import REGISTRY, build_interventions, check_compatible
+from plasticity_lab.interventions.base import validate_params
+from plasticity_lab.interventions.inject import InjectedHead
+from plasticity_lab.interventions.optimizers import UpdateProbability
+from plasticity_lab.interventions.redo import recycle_units
+from plasticity_lab.nets import build_model
+from plasticity_lab.nets.surgery import fresh_init, fresh_params, init_bound, param_layers, weight_param
+
+B = 8
+
+
+def make_model(seed: int = 0, **cfg) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(ModelConfig(h_size=32, **cfg), 9)
+
+
+def frames(n: int = B, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=gen)
+
+
+def build(name: str, model: nn.Module, **params):
+    return REGISTRY[name](validate_params(name, params), model)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def make_optimizer(model: nn.Module, ivs, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """As the runner: the first method that returns an optimiser wins, else AdamW."""
+    params = list(model.parameters())
+    defaults = dict(lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    for iv in ivs:
+        custom = iv.optimizer(params, defaults)
+        if custom is not None:
+            return custom
+    return torch.optim.AdamW(params, **defaults)
+
+
+def train_step(model, ivs, opt, seed: int) -> torch.Tensor:
+    """One minibatch as the runner does it, with a PPO-like loss on synthetic targets."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    obs = frames(B, seed)
+    actions = torch.randint(0, 9, (B,), generator=gen)
+    returns = torch.randn(B, generator=gen)
+    logits, values, _ = model(obs)
+    loss = nn.functional.cross_entropy(logits, actions) + 0.5 * (values - returns).pow(2).mean()
+    for iv in ivs:
+        extra = iv.loss(model, obs)
+        if extra is not None:
+            loss = loss + extra
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    opt.step()
+    for iv in ivs:
+        iv.after_step(model, opt)
+    return loss.detach()
+
+
+def trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------- surgery helpers
+
+
+@pytest.mark.parametrize("cfg", [{}, {"norm": "layernorm", "spectral_norm": "all"}, {"norm": "rmsnorm"}])
+def test_fresh_params_cover_every_parameter(cfg):
+    model = make_model(**cfg)
+    covered = [p for layer in param_layers(model) for p, _ in fresh_params(layer)]
+    assert len(covered) == len(list(model.parameters()))
+    assert {id(p) for p in covered} == {id(p) for p in model.parameters()}
+
+
+def test_cheap_draw_has_torchs_default_init_bounds():
+    layers = [nn.Linear(900, 300), nn.Conv2d(16, 64, 4)]
+    for layer in layers:
+        bound = init_bound(layer)
+        assert bound == pytest.approx(1 / math.sqrt(weight_param(layer)[0].numel()))
+        reference = fresh_init(layer)
+        cheap = [v for _, v in fresh_params(layer, cheap=True)]
+        for ref, val in zip(reference, cheap):
+            assert val.shape == ref.shape
+            # torch's own draw and the cheap one fill the same interval
+            assert ref.abs().max() <= bound and val.abs().max() <= bound
+            assert ref.abs().max() > 0.9 * bound and val.abs().max() > 0.9 * bound
+        assert cheap[0].std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+# ---------------------------------------------------------------------------- reset family
+
+
+def test_reset_final_reinitialises_the_heads_only_and_clears_their_moments():
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_step(model, [], opt, 0)
+    before = snapshot(model)
+    build("reset", model).at_shift(model, opt)
+    bound = 1 / math.sqrt(model.feature_dim)
+    for name, p in model.named_parameters():
+        if name.startswith("blocks."):
+            assert torch.equal(p, before[name]), name
+            assert opt.state[p]["exp_avg"].abs().sum() > 0
+        else:
+            assert (p != before[name]).float().mean() > 0.9, name
+            assert p.abs().max() <= bound
+            assert opt.state[p]["exp_avg"].abs().sum() == 0 and opt.state[p]["exp_avg_sq"].abs().sum() == 0
+
+
+@pytest.mark.parametrize("cfg", [{"norm": "layernorm"}, {"spectral_norm": "all"}])
+def test_reset_all_reinitialises_everything_including_norm_affine(cfg):
+    model = make_model(**cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(3.0)  # far outside any default init
+    build("reset", model, parts=["encoder", "policy", "value"]).at_shift(model, None)
+    for layer in param_layers(model):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            bound = init_bound(layer)
+            assert weight_param(layer).abs().max() <= bound and layer.bias.abs().max() <= bound
+        else:
+            assert torch.equal(layer.weight, torch.ones_like(layer.weight))
+            assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+
+
+def test_shrink_perturb_matches_the_formula_with_the_same_fresh_draw():
+    model = make_model(norm="layernorm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    torch.manual_seed(123)
+    layers = param_layers(model.blocks) + param_layers(model.policy) + param_layers(model.value)
+    expected = {id(p): 0.3 * before[id(p)] + 0.7 * fresh for layer in layers for p, fresh in fresh_params(layer)}
+    torch.manual_seed(123)
+    build("shrink_perturb", model, shrink=0.3, perturb=0.7).at_shift(model, None)
+    for p in model.parameters():
+        torch.testing.assert_close(p.detach(), expected[id(p)], rtol=1e-6, atol=1e-7)
+    norm = model.blocks[0].norm
+    torch.testing.assert_close(norm.weight.detach(), 0.3 * before[id(norm.weight)] + 0.7)
+
+
+def test_shrink_perturb_leaves_parts_not_named():
+    model = make_model()
+    before = snapshot(model)
+    build("shrink_perturb", model, parts=["value"]).at_shift(model, None)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"value.weight", "value.bias"}
+
+
+def test_soft_shrink_perturb_fresh_step_formula(monkeypatch):
+    model = make_model(norm="layernorm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    frozen = model.value.bias
+    frozen.requires_grad_(False)
+
+    # Cheap: no module may be built per step.
+    def refuse(*args, **kwargs):
+        raise AssertionError("module built inside after_step")
+
+    monkeypatch.setattr(nn.Linear, "__init__", refuse)
+    monkeypatch.setattr(nn.Conv2d, "__init__", refuse)
+
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    build("soft_shrink_perturb", model, shrink=0.5, perturb=0.0).after_step(model, None)
+    for p in model.parameters():
+        expected = before[id(p)] if p is frozen else 0.5 * before[id(p)]
+        assert torch.equal(p, expected)
+
+    # shrink 1, perturb 1: the increment is exactly one fresh default-init draw
+    iv = build("soft_shrink_perturb", model, shrink=1.0, perturb=1.0)
+    increments = []
+    for _ in range(2):
+        before = {id(p): p.detach().clone() for p in model.parameters()}
+        iv.after_step(model, None)
+        increments.append({id(p): p.detach() - before[id(p)] for p in model.parameters()})
+    for layer in param_layers(model):
+        for p in layer.parameters():
+            eps = increments[0][id(p)]
+            if p is frozen:
+                assert torch.equal(eps, torch.zeros_like(eps))
+            elif isinstance(layer, (nn.Linear, nn.Conv2d)):
+                bound = init_bound(layer)
+                assert eps.abs().max() <= bound * (1 + 1e-5) and eps.abs().max() > 0.5 * bound
+                assert not torch.equal(eps, increments[1][id(p)])  # a new draw every step
+            else:  # norm scale -> +1, offset -> +0
+                target = 1.0 if p is layer.weight else 0.0
+                torch.testing.assert_close(eps, torch.full_like(eps, target), rtol=0, atol=1e-6)
+    dense = model.blocks[-1].layer
+    assert increments[0][id(dense.weight)].std().item() == pytest.approx(init_bound(dense) / math.sqrt(3), rel=0.05)
+
+
+def test_soft_shrink_perturb_init_target_and_its_checkpoint():
+    model = make_model()
+    theta0 = snapshot(model)
+    iv = build("soft_shrink_perturb", model, shrink=0.9, perturb=0.1, target="init")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    moved = snapshot(model)
+    iv.after_step(model, None)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), 0.9 * moved[n] + 0.1 * theta0[n], rtol=1e-6, atol=1e-7)
+
+    # theta_0 comes from the checkpoint, not from the restored model's own (different) init
+    other = make_model(seed=5)
+    restored = build("soft_shrink_perturb", other, shrink=0.9, perturb=0.1, target="init")
+    restored.load_state_dict(iv.state_dict())
+    other.load_state_dict(model.state_dict())
+    now = snapshot(other)
+    restored.after_step(other, None)
+    for n, p in other.named_parameters():
+        torch.testing.assert_close(p.detach(), 0.9 * now[n] + 0.1 * theta0[n], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- injection
+
+
+@pytest.mark.parametrize("cfg", [{}, {"spectral_norm": "all", "norm": "layernorm"}])
+def test_injection_keeps_outputs_and_trains_only_the_new_heads(cfg):
+    model = make_model(**cfg)
+    obs = frames()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    train_step(model, [], opt, 0)
+    with torch.no_grad():
+        logits, values, _ = model(obs)
+    old_policy, old_value = model.policy, model.value
+    heads = count(old_policy) + count(old_value)
+    encoder = count(model.blocks)
+    build("inject", model).at_shift(model, opt)
+    assert isinstance(model.policy, InjectedHead) and model.policy.old is old_policy
+    with torch.no_grad():
+        logits2, values2, _ = model(obs)
+    assert torch.equal(logits, logits2) and torch.equal(values, values2)
+    assert trainable(model) == encoder + heads  # frozen old heads, trainable fresh ones
+
+    old_before = snapshot(old_policy)
+    logits, values, _ = model(obs)
+    (logits.pow(2).mean() + values.pow(2).mean()).backward()
+    for head in (model.policy, model.value):
+        assert all(p.grad is None for p in head.old.parameters())
+        assert all(p.grad is None for p in head.new0.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.new.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in model.blocks.parameters())
+
+    # the runner may keep this optimiser across the shift: it must now train the new heads
+    new_before = snapshot(model.policy.new)
+    opt.step()
+    assert all(torch.equal(p, old_before[n]) for n, p in old_policy.named_parameters())
+    assert all(not torch.equal(p, new_before[n]) for n, p in model.policy.new.named_parameters())
+
+
+def test_injection_without_freezing_trains_the_old_heads_too():
+    model = make_model()
+    total = count(model)
+    heads = count(model.policy) + count(model.value)
+    build("inject", model, freeze_old=False).at_shift(model, torch.optim.AdamW(model.parameters()))
+    assert trainable(model) == total + heads
+
+
+def test_injection_checkpoint_round_trip():
+    model = make_model()
+    iv = build("inject", model)
+    opt = make_optimizer(model, [iv])
+    for step in range(4):
+        if step in (1, 3):
+            iv.at_shift(model, opt)
+        train_step(model, [iv], opt, step)
+    saved = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "iv": iv.state_dict()}, saved)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=False)
+    assert state["iv"] == {"injections": 2}
+
+    fresh = make_model(seed=7)
+    restored = build("inject", fresh)
+    restored.load_state_dict(state["iv"])  # rebuilds the nested wrappers before the weights load
+    fresh.load_state_dict(state["model"])
+    make_optimizer(fresh, [restored]).load_state_dict(state["opt"])
+    assert isinstance(fresh.value.old, InjectedHead)
+    obs = frames(seed=3)
+    with torch.no_grad():
+        for a, b in zip(model(obs), fresh(obs)):
+            assert torch.equal(a, b)
+
+
+def test_unit_resets_zero_every_weight_reading_the_unit_of_an_injected_head():
+    model = make_model()
+    build("inject", model).at_shift(model, torch.optim.AdamW(model.parameters()))
+    link = model.unit_links()[-1]
+    units = torch.tensor([2, 5])
+    recycle_units(model.blocks[-1], link, units, None)
+    for head in model.heads:
+        for layer in (head.old, head.new, head.new0):
+            assert torch.equal(layer.weight[:, units], torch.zeros_like(layer.weight[:, units]))
+    # hence the recycled units do not change the output
+    obs = frames()
+    with torch.no_grad():
+        before = model(obs)[0]
+        model.blocks[-1].layer.weight[units] += 1.0
+        assert torch.equal(before, model(obs)[0])
+
+
+# ---------------------------------------------------------------------------- loss regularisers
+
+
+def perturbed(model: nn.Module, scale: float = 0.01, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_l2_init_value_and_gradient_are_the_analytic_ones(squared):
+    model = make_model()
+    theta0 = {id(p): p.detach().clone() for p in model.parameters()}
+    iv = build("l2_init", model, coef=0.3, squared=squared)
+    at_init = iv.loss(model, frames())
+    at_init.backward()
+    assert at_init.item() == 0
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())  # not NaN
+
+    model.zero_grad(set_to_none=True)
+    perturbed(model)
+    diff = {id(p): p.detach() - theta0[id(p)] for p in model.parameters()}
+    norm = torch.sqrt(sum(d.double().pow(2).sum() for d in diff.values()))
+    value = iv.loss(model, frames())
+    value.backward()
+    expected = 0.3 * (norm**2 if squared else norm)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    for p in model.parameters():
+        grad = 0.3 * 2 * diff[id(p)] if squared else 0.3 * diff[id(p)] / norm.float()
+        torch.testing.assert_close(p.grad, grad, rtol=1e-4, atol=1e-9)
+
+
+def test_l2_init_anchors_injected_heads_at_their_initial_value():
+    model = make_model()
+    iv = build("l2_init", model)
+    build("inject", model).at_shift(model, torch.optim.AdamW(model.parameters()))
+    assert iv.loss(model, frames()).item() == 0  # new heads anchored now; frozen old heads skipped
+    with torch.no_grad():
+        model.policy.new.bias.add_(0.5)
+    assert iv.loss(model, frames()).item() == pytest.approx(0.01 * 0.5 * math.sqrt(9), rel=1e-5)
+
+
+def test_w2_init_matches_numpy_and_ignores_permutations():
+    model = make_model()
+    theta0 = [p.detach().numpy().copy() for p in model.parameters()]
+    iv = build("w2_init", model, coef=0.02)
+    perturbed(model, scale=0.05)
+    now = [p.detach().numpy() for p in model.parameters()]
+    diff = np.concatenate([np.sort(a.ravel()) - np.sort(b.ravel()) for a, b in zip(now, theta0)])
+    assert iv.loss(model, frames()).item() == pytest.approx(0.02 * np.linalg.norm(diff.astype(np.float64)), rel=1e-5)
+
+    fresh = make_model()
+    w2 = build("w2_init", fresh)
+    l2 = build("l2_init", fresh)
+    with torch.no_grad():
+        w = fresh.blocks[1].layer.weight
+        w.copy_(w.flatten()[torch.randperm(w.numel())].view_as(w))
+    assert w2.loss(fresh, frames()).item() == 0
+    assert l2.loss(fresh, frames()).item() > 0
+
+
+def test_parseval_value_and_gradient_match_numpy():
+    model = make_model()
+    iv = build("parseval", model, coef=0.01, scale=2.0)
+    expected = 0.0
+    for block in model.blocks:
+        w = block.layer.weight.detach().numpy().reshape(block.out_units, -1).astype(np.float64)
+        expected += np.sum((w @ w.T - 2.0 * np.eye(w.shape[0])) ** 2)
+    value = iv.loss(model, frames())
+    assert value.item() == pytest.approx(0.01 * expected, rel=1e-5)
+    value.backward()
+    w = model.blocks[1].layer.weight.detach().numpy().reshape(64, -1).astype(np.float64)
+    grad = 0.01 * 4 * (w @ w.T - 2.0 * np.eye(64)) @ w  # d/dW ||W W^T - sI||_F^2 = 4 (W W^T - sI) W
+    np.testing.assert_allclose(model.blocks[1].layer.weight.grad.numpy().reshape(64, -1), grad, rtol=1e-4, atol=1e-8)
+    assert model.policy.weight.grad is None  # heads are exempt
+
+
+# ---------------------------------------------------------------------------- NaP
+
+
+@pytest.mark.parametrize("cfg", [{}, {"spectral_norm": "all"}])
+def test_nap_projects_each_weight_back_to_its_initial_norm(cfg):
+    model = make_model(**cfg)
+    weights = [weight_param(m) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    norms0 = [w.detach().norm().item() for w in weights]
+    iv = build("nap", model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05)
+    train_step(model, [], opt, 0)
+    stepped = snapshot(model)
+    assert all(abs(w.detach().norm().item() - n0) > 1e-3 * n0 for w, n0 in zip(weights, norms0))
+    iv.after_step(model, opt)
+    for w, n0 in zip(weights, norms0):
+        assert w.detach().norm().item() == pytest.approx(n0, rel=1e-5)
+    for n, p in model.named_parameters():
+        if n.endswith("bias"):
+            assert torch.equal(p, stepped[n])
+        else:  # direction kept
+            torch.testing.assert_close(p / p.norm(), stepped[n] / stepped[n].norm(), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- CBP
+
+
+def test_cbp_utility_is_the_decayed_contribution():
+    model = make_model()
+    iv = build("cbp", model, decay=0.5, maturity_threshold=10**6)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    obs = frames(B, 0)  # train_step's batch for seed 0
+    with torch.no_grad():
+        acts = model.activations(obs)
+    train_step(model, [iv], opt, 0)
+    mean_abs = [a.abs().mean(dim=[d for d in range(a.dim()) if d != 1]) for a in acts]
+    conv_next = model.blocks[1].layer.weight.detach().abs().sum(dim=(0, 2, 3))
+    dense_cols = model.blocks[4].layer.weight.detach().abs().sum(0).view(128, model.spatial).sum(1)
+    head_cols = model.policy.weight.detach().abs().sum(0) + model.value.weight.detach().abs().sum(0)
+    for block, out_mag in ((0, conv_next), (3, dense_cols), (4, head_cols)):
+        torch.testing.assert_close(iv.utility[block], 0.5 * mean_abs[block] * out_mag, rtol=1e-5, atol=1e-9)
+    assert all(torch.equal(a, torch.ones_like(a)) for a in iv.ages)
+
+
+def test_cbp_replaces_the_lowest_utility_mature_units_only():
+    model = make_model()
+    iv = build("cbp", model, decay=1.0, replacement_rate=0.25, maturity_threshold=5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train_step(model, [], opt, 0)  # Adam moments everywhere
+    mature = torch.tensor([1, 4, 6, 9, 12, 20, 25, 31])
+    iv.ages[0][mature] = 10
+    iv.utility[0].copy_(torch.linspace(1.0, 2.0, 32))
+    iv.utility[0][torch.tensor([9, 25])] = 0.1  # the two lowest mature ones
+    iv.utility[0][3] = 0.0  # lower still, but not mature
+    utility = iv.utility[0].clone()
+    before = snapshot(model)
+    moments = {n: opt.state[p]["exp_avg"].clone() for n, p in model.named_parameters()}
+    with torch.enable_grad():
+        model(frames())  # the minibatch forward whose activations after_step uses
+    iv.after_step(model, opt)
+
+    units = torch.tensor([9, 25])
+    others = torch.tensor([u for u in range(32) if u not in (9, 25)])
+    layer, reader = model.blocks[0].layer, model.blocks[1].layer
+    assert torch.equal(layer.weight[others], before["blocks.0.layer.weight"][others])
+    assert torch.equal(layer.bias[others], before["blocks.0.layer.bias"][others])
+    assert (layer.weight[units] != before["blocks.0.layer.weight"][units]).all()
+    assert layer.weight[units].abs().max() <= init_bound(layer)
+    assert torch.equal(reader.weight[:, units], torch.zeros_like(reader.weight[:, units]))
+    assert torch.equal(reader.weight[:, others], before["blocks.1.layer.weight"][:, others])
+    w_state, r_state = opt.state[layer.weight]["exp_avg"], opt.state[reader.weight]["exp_avg"]
+    assert w_state[units].abs().sum() == 0 and r_state[:, units].abs().sum() == 0
+    assert torch.equal(w_state[others], moments["blocks.0.layer.weight"][others])
+    for name, p in model.named_parameters():
+        if not name.startswith(("blocks.0.", "blocks.1.layer.weight")):
+            assert torch.equal(p, before[name]), name
+    assert torch.equal(iv.ages[0][units], torch.zeros(2, dtype=torch.long))
+    assert set(iv.ages[0][others].tolist()) == {1, 11}
+    assert torch.equal(iv.utility[0][units], torch.zeros(2))
+    assert torch.equal(iv.utility[0][others], utility[others])
+    assert iv.periodic(model, opt, frames(), 1) == {"cbp_replaced_units": 2.0}
+
+
+def test_cbp_accumulates_fractional_replacements():
+    model = make_model()
+    iv = build("cbp", model, replacement_rate=1 / 16, maturity_threshold=3)
+    iv.ages[0][:8] = 100  # 8 mature units: half a replacement per step
+    replaced = []
+    for _ in range(4):
+        model(frames())
+        iv.after_step(model, None)
+        replaced.append(iv.periodic(model, None, frames(), 1)["cbp_replaced_units"])
+    assert replaced == [0.0, 1.0, 0.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- C-CHAIN
+
+
+def test_cchain_penalty_is_zero_without_change_and_positive_after_one():
+    model = make_model()
+    iv = build("cchain", model, value_coef=1.0)
+    assert iv.loss(model, frames(seed=1)) is None  # no reference batch yet
+    assert iv.loss(model, frames(seed=2)).item() == 0
+    perturbed(model)
+    assert iv.loss(model, frames(seed=3)).item() > 0
+    iv.at_shift(model, None)
+    assert iv.loss(model, frames(seed=4)) is None
+
+
+def test_cchain_value_and_gradient_on_the_heads_are_analytic():
+    model = make_model()
+    iv = build("cchain", model, coef=2.0, value_coef=3.0)
+    ref = frames(seed=1)
+    previous = copy.deepcopy(model)
+    iv.loss(model, ref)
+    perturbed(model)
+    with torch.no_grad():
+        prev_logits, prev_values, _ = previous(ref)
+        logits, values, _ = model(ref)
+    p_prev, p_now = prev_logits.softmax(-1), logits.softmax(-1)
+    kl = (p_prev * (p_prev.log() - p_now.log())).sum(-1).mean()
+    expected = 2.0 * kl + 3.0 * (values - prev_values).pow(2).mean()
+    penalty = iv.loss(model, frames(seed=2))  # penalises churn on the previous batch
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
+    penalty.backward()
+    torch.testing.assert_close(model.policy.bias.grad, 2.0 * (p_now - p_prev).mean(0), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(model.value.bias.grad, 3.0 * 2 * (values - prev_values).mean().view(1), rtol=1e-4, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------- optimisers
+
+
+def defaults() -> dict:
+    return dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+
+
+def test_l2_and_adam_beta_configure_adamw():
+    model = make_model()
+    opt = build("l2", model, coef=0.05).optimizer(list(model.parameters()), defaults())
+    assert type(opt) is torch.optim.AdamW
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["lr"] == 1e-3
+    opt = build("adam_beta", model, beta=0.8).optimizer(list(model.parameters()), defaults())
+    assert type(opt) is torch.optim.AdamW and opt.param_groups[0]["betas"] == (0.8, 0.8)
+
+
+def test_trac_wraps_adamw_and_starts_with_a_tiny_scale():
+    from trac_optimizer.trac import is_trac
+
+    plain_model, trac_model = make_model(), make_model()
+    plain = torch.optim.AdamW(plain_model.parameters(), **defaults())
+    trac = build("trac", trac_model).optimizer(list(trac_model.parameters()), defaults())
+    assert is_trac(trac) and isinstance(trac, torch.optim.AdamW)
+    start = snapshot(trac_model)
+    train_step(plain_model, [], plain, 0)
+    train_step(trac_model, [], trac, 0)
+    plain_move = max((p - start[n]).abs().max().item() for n, p in plain_model.named_parameters())
+    trac_move = max((p - start[n]).abs().max().item() for n, p in trac_model.named_parameters())
+    assert plain_move > 1e-4 and trac_move < 1e-6  # TRAC's scale s starts at s_prev = 1e-8
+
+
+def test_kron_is_used_without_torch_compile(monkeypatch):
+    from kron_torch import Kron
+
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
+    model = make_model()
+    opt = build("kron", model, lr=1e-3).optimizer(list(model.parameters()), defaults())
+    assert isinstance(opt, Kron) and opt.param_groups[0]["lr"] == 1e-3
+    start = snapshot(model)
+    train_step(model, [], opt, 0)
+    assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters())
+    schedule = UpdateProbability()
+    assert schedule(torch.tensor(0.0)) == 1.0 and schedule(torch.tensor(500.0)) == 1.0
+    assert schedule(torch.tensor(1500.0)) == pytest.approx(math.exp(-1.0))
+    assert schedule(torch.tensor(10**5)) == 0.03
+
+
+def test_two_optimiser_methods_are_a_config_error(write_config):
+    check_compatible(["l2", "redo", "nap", "cchain"])
+    with pytest.raises(ValueError, match="l2 and trac") as err:
+        check_compatible(["l2", "nap", "trac"])
+    assert "\n" not in str(err.value)
+    path = write_config({"experiment": {"conditions": {"bad": {"interventions.kron": {}, "interventions.adam_beta": {}}}}})
+    with pytest.raises(ConfigError, match="kron and adam_beta"):
+        load_study(path).condition("bad")
+
+
+# ---------------------------------------------------------------------------- composition and resume
+
+
+def test_a_composed_condition_trains():
+    model = make_model(norm="layernorm", spectral_norm="encoder")
+    spec = {"soft_shrink_perturb": {}, "l2_init": {}, "nap": {}, "parseval": {}, "w2_init": {}, "cchain": {}, "cbp": {}}
+    ivs = build_interventions(spec, model)
+    opt = make_optimizer(model, ivs)
+    start = snapshot(model)
+    losses = [train_step(model, ivs, opt, step) for step in range(3)]
+    assert all(torch.isfinite(loss) for loss in losses)
+    for n, p in model.named_parameters():
+        assert torch.isfinite(p).all() and not torch.equal(p, start[n]), n
+
+
+STATEFUL = {
+    "inject": {}, "cbp": {"maturity_threshold": 2, "replacement_rate": 0.2}, "cchain": {"value_coef": 1.0},
+    "l2_init": {}, "soft_shrink_perturb": {"target": "init"}, "nap": {}, "w2_init": {},
+}
+
+
+@pytest.mark.parametrize("swap", [{}, {"trac": {}}, {"kron": {}}, {"adam_beta": {}}])
+def test_checkpoint_resume_matches_the_uninterrupted_run(swap):
+    """The runner's order: intervention states, then model weights, then a fresh optimiser."""
+    spec = {**STATEFUL, **swap}
+
+    def run(model, ivs, opt, steps, shift_at=2):
+        for step in steps:
+            if step == shift_at:
+                for iv in ivs:
+                    iv.at_shift(model, opt)  # optimiser kept across the shift
+            train_step(model, ivs, opt, step)
+
+    model = make_model()
+    ivs = build_interventions(spec, model)
+    opt = make_optimizer(model, ivs)
+    run(model, ivs, opt, range(4))
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "ivs": [iv.state_dict() for iv in ivs],
+                "rng": torch.get_rng_state()}, buffer)
+    run(model, ivs, opt, range(4, 7))
+
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=False)
+    resumed = make_model(seed=9)
+    resumed_ivs = build_interventions(spec, resumed)
+    for iv, iv_state in zip(resumed_ivs, state["ivs"]):
+        iv.load_state_dict(iv_state)
+    resumed.load_state_dict(state["model"])
+    resumed_opt = make_optimizer(resumed, resumed_ivs)
+    resumed_opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"])
+    run(resumed, resumed_ivs, resumed_opt, range(4, 7))
+    for (n, a), b in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(a, b), n

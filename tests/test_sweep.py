@@ -1,0 +1,119 @@
+"""Sweeps: local and Ray backends, resume after a killed worker, failures isolated."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plasticity_lab.config import ConfigError
+from plasticity_lab.experiment.study import LOCK_NAME
+from plasticity_lab.experiment.sweep import sweep
+from tests.conftest import TINY, merge
+
+CONDITIONS = {"baseline": {}, "mish": {"model.activation": "mish"}}
+SKIP = {"wall_time", "steps_per_s"}
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in r.items() if k not in SKIP} for r in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny_sweep.yaml"
+    path.write_text(yaml.safe_dump(merge(TINY, {"experiment": {"conditions": CONDITIONS}})))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_study(config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local")
+    states = sweep(config, seeds=[0, 1], workers=2, out_dir=out)
+    assert [s.status for s in states] == ["done"] * 4
+    return out / "results" / "tiny_sweep"
+
+
+def test_local_sweep_runs_every_condition_and_seed(local_study):
+    for cond in CONDITIONS:
+        for seed in (0, 1):
+            run = local_study / cond / f"seed_{seed}"
+            assert (run / "DONE").exists()
+            assert [r["epoch"] for r in rows(run / "metrics.csv")] == [str(i) for i in range(6)]
+            assert yaml.safe_load((run / "config.yaml").read_text())["run"]["condition"] == cond
+            assert not (run / LOCK_NAME).exists()
+    assert rows(local_study / "baseline/seed_0/metrics.csv") != rows(local_study / "baseline/seed_1/metrics.csv")
+
+
+def test_rerunning_a_finished_sweep_skips_everything(config, local_study):
+    before = (local_study / "mish/seed_1/metrics.csv").read_bytes()
+    states = sweep(config, seeds=[0, 1], workers=2, out_dir=local_study.parents[1])
+    assert [s.status for s in states] == ["skipped"] * 4
+    assert (local_study / "mish/seed_1/metrics.csv").read_bytes() == before
+
+
+def test_killed_worker_then_resume_completes_without_lost_or_duplicated_rows(config, local_study, tmp_path):
+    cmd = [sys.executable, "-m", "plasticity_lab.cli", "sweep", str(config), "--seed-list", "0",
+           "--workers", "2", "--retries", "0", "-o", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path / "results/tiny_sweep/mish/seed_0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        lock = run / LOCK_NAME
+        if (run / "metrics.csv").exists() and len(rows(run / "metrics.csv")) >= 3 and lock.exists():
+            os.kill(int(lock.read_text().split()[1]), signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("run never reached epoch 3")
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "FAILED mish/seed_0" in out, out
+    assert not (run / "DONE").exists()
+    resumed = subprocess.run(cmd[:-2] + ["-o", str(tmp_path), "--resume"], capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    for cond in CONDITIONS:
+        got = rows(tmp_path / f"results/tiny_sweep/{cond}/seed_0/metrics.csv")
+        assert [r["epoch"] for r in got] == [str(i) for i in range(6)]
+        assert got == rows(local_study / cond / "seed_0/metrics.csv")  # same numbers as uninterrupted
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(config, tmp_path):
+    bad = tmp_path / "results/tiny_sweep/mish/seed_0/checkpoints"
+    bad.mkdir(parents=True)
+    (bad / "latest.pt").write_bytes(b"garbage")
+    states = sweep(config, seeds=[0], workers=2, out_dir=tmp_path, retries=1)
+    status = {s.spec.condition: s for s in states}
+    assert status["baseline"].status == "done"
+    assert status["mish"].status == "failed" and status["mish"].attempts == 2
+    assert "corrupt checkpoint" in status["mish"].error
+
+
+def test_a_run_locked_by_a_live_process_is_refused(config, tmp_path):
+    run = tmp_path / "results/tiny_sweep/baseline/seed_0"
+    run.mkdir(parents=True)
+    (run / LOCK_NAME).write_text(f"{os.uname().nodename} {os.getpid()}\n")
+    with pytest.raises(ConfigError, match="being written by another process"):
+        sweep(config, seeds=[0], out_dir=tmp_path)
+    assert not (run / "metrics.csv").exists()
+
+
+def test_ray_backend_with_a_local_instance(config, local_study, tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        states = sweep(config, seeds=[0, 1], workers=2, backend="ray", out_dir=tmp_path)
+    finally:
+        ray.shutdown()
+    assert [s.status for s in states] == ["done"] * 4
+    for cond in CONDITIONS:
+        for seed in (0, 1):
+            got = rows(tmp_path / f"results/tiny_sweep/{cond}/seed_{seed}/metrics.csv")
+            assert got == rows(local_study / cond / f"seed_{seed}/metrics.csv")
