@@ -258,6 +258,7 @@ def test_injection_keeps_outputs_and_trains_only_the_new_heads(cfg):
     assert trainable(model) == encoder + heads  # frozen old heads, trainable fresh ones
 
     old_before = snapshot(old_policy)
+    model.zero_grad(set_to_none=True)
     logits, values, _ = model(obs)
     (logits.pow(2).mean() + values.pow(2).mean()).backward()
     for head in (model.policy, model.value):

@@ -12,6 +12,7 @@ what is allowed (:class:`ConfigError`).
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,29 +62,35 @@ class ExperimentConfig(Strict):
 
 
 class EnvironmentConfig(Strict):
-    name: Literal["procgen"] = "procgen"
-    """Environment family."""
+    name: Literal["procgen", "gridworld"] = "procgen"
+    """Environment family: ProcGen (64x64 frames) or the vectorised gridworld gather task."""
     task: str = "coinrun_100"
-    """GAME_K: ProcGen game and number of training levels K (train [0,K), test [10000,10000+K))."""
+    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K layouts."""
     shift_type: Literal[SHIFT_TYPES] = "permute"  # type: ignore[valid-type]
     """Distribution shift applied to train and test environments at every shift point."""
     shift_k: int | None = Field(None, ge=1)
     """Level step for window/expand shifts (default: K)."""
     env_copies: int = Field(16, ge=1)
     """Parallel training environments (rollouts are buffer_size / env_copies steps long)."""
+    grid_size: int = Field(9, ge=3, le=32)
+    """gridworld only: side of the square grid (the observation is grid_size x grid_size x 3)."""
+    episode_steps: int = Field(50, ge=1)
+    """gridworld only: time limit of an episode (ProcGen's is fixed at 200 agent steps)."""
 
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value: str) -> str:
-        from plasticity_lab.envs.procgen import parse_task
+    @model_validator(mode="after")
+    def _task(self) -> EnvironmentConfig:
+        from plasticity_lab.envs import num_levels
 
-        parse_task(value)
-        return value
+        try:
+            num_levels(self)
+        except ValueError as err:
+            raise ValueError(f"task: {err}") from None
+        return self
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64"] = "conv64"
-    """Encoder architecture (DESIGN.md section 4)."""
+    enc_type: Literal["conv64", "conv11", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), conv11 (small grids), mlp (flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
@@ -166,6 +173,17 @@ class RunConfig(Strict):
     """Method name -> its parameters ({} for defaults); see plasticity_lab.interventions."""
 
     @model_validator(mode="after")
+    def _encoder_fits_env(self) -> RunConfig:
+        if (self.model.enc_type == "conv64") != (self.environment.name == "procgen"):
+            raise ValueError(
+                f"model.enc_type {self.model.enc_type!r} does not fit environment.name {self.environment.name!r} "
+                "(procgen: conv64; gridworld: conv11 or mlp)"
+            )
+        if self.model.activation in ("crelu", "dff") and self.model.h_size % 2:
+            raise ValueError(f"model.h_size {self.model.h_size} must be even with {self.model.activation} (widths are halved)")
+        return self
+
+    @model_validator(mode="after")
     def _buffer_fits_envs(self) -> RunConfig:
         if self.ppo_trainer.buffer_size % self.environment.env_copies:
             raise ValueError(
@@ -182,10 +200,14 @@ class RunConfig(Strict):
 def _format_error(source: str, prefix: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(part) for part in first["loc"] if part != "function-after")
+    msg = first["msg"].replace("Value error, ", "")
+    field = re.match(r"([a-z_]+): ", msg)
+    if first["type"] == "value_error" and field:  # a model validator naming its field
+        loc = ".".join(p for p in (loc, field.group(1)) if p)
+        msg = msg[field.end():]
     key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
         part for part in (prefix, loc) if part)
     key = key or "(top level)"
-    msg = first["msg"].replace("Value error, ", "")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "literal_error":

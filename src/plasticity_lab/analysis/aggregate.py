@@ -27,7 +27,11 @@ NOT_METRICS = ("epoch", "env_steps", "wall_time", "task")
 DIAGNOSTICS_PREFIX = "diagnostics/"
 """Series from diagnostics.csv are stored under this prefix, so they never collide with metrics.csv."""
 CORRELATED = ("weight_m", "weight_diff", "grad_norm", "dead_units", "entropy")
-"""metrics.csv columns set against final test return (every diagnostics column is added)."""
+"""metrics.csv columns set against final test return."""
+CORRELATED_PROBES = ("overall/", "dense/", "trainability_ratio", "policy_churn", "value_churn")
+"""diagnostics.csv columns (by prefix) set against final test return: pooled unit statistics, the
+trunk output layer and the trainability probe; per-conv-layer columns are shown as curves only,
+since 75 scatter panels would hide the ones that matter."""
 DEFAULT_WINDOW_FRACTION = 0.1
 """Final values average the last 10% of the test evaluations when no window is given."""
 CI_LEVEL = 0.95
@@ -103,7 +107,8 @@ class ConditionResult:
     improvement: Estimate | None = None
     """P(this condition's final test return > the baseline's), rliable."""
     incomplete: list[str] = field(default_factory=list)
-    left_out: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Run label -> why it has no final values."""
 
     def final_values(self, name: str) -> np.ndarray:
         return np.array([values.get(name, math.nan) for values in self.finals.values()])
@@ -263,7 +268,7 @@ def _check_runs(study: Study) -> None:
         if len(lengths) > 1:
             study.notes.append(
                 f"{condition}: seeds have different lengths ({', '.join(f'{r.seed}: {r.length}' for r in runs)} epochs); "
-                "its curves are dashed where they average fewer seeds."
+                "its curves are dotted where they average fewer seeds."
             )
         if not [r for r in study.runs if r.condition == condition]:
             study.notes.append(f"{condition}: configured but no runs yet.")
@@ -419,17 +424,18 @@ def compare(study: Study, final_window: int | None = None, reps: int = 2000, see
             if not run.done:
                 result.incomplete.append(f"seed_{run.seed} ({run.length}/{study.num_epochs})")
             if run.excluded:
-                result.left_out.append(f"seed_{run.seed}: {run.excluded}")
+                result.left_out[run.label] = run.excluded
             elif run in tested:
                 finals = _final_values(run, start, horizon)
                 if math.isnan(finals["test_r"]):
-                    result.left_out.append(f"seed_{run.seed}: no test_r in epochs {start}-{horizon - 1}")
+                    result.left_out[run.label] = f"no test_r in the final window (epochs {start}-{horizon - 1})"
+                    notes.append(f"{run.label}: no test_r in the final window (epochs {start}-{horizon - 1}); left out of final values.")
                 else:
                     result.finals[run.label] = finals
             elif run in eligible:
-                result.left_out.append(f"seed_{run.seed}: test_r never logged")
+                result.left_out[run.label] = "test_r never logged"
             else:
-                result.left_out.append(f"seed_{run.seed}: only {run.length} of {horizon} epochs logged (curves only)")
+                result.left_out[run.label] = f"only {run.length} of {horizon} epochs logged (in the curves only)"
         results[condition] = result
     _table_statistics(results, study.baseline, reps, seed)
     rounds, round_ends = _round_view(study, results, horizon, final_window, notes)
@@ -504,6 +510,9 @@ def relative_to_first_round(ends: list[float]) -> list[float]:
 
 def _correlations(study: Study, results: dict[str, ConditionResult]) -> list[Correlation]:
     finals = [values for result in results.values() for values in result.finals.values()]
-    names = [n for n in study.metric_names() if n in CORRELATED or n.startswith(DIAGNOSTICS_PREFIX)]
+    names = [
+        n for n in study.metric_names()
+        if n in CORRELATED or (n.startswith(DIAGNOSTICS_PREFIX) and n[len(DIAGNOSTICS_PREFIX):].startswith(CORRELATED_PROBES))
+    ]
     test = np.array([f["test_r"] for f in finals])
     return [pearson(np.array([f.get(name, math.nan) for f in finals]), test, name) for name in names]

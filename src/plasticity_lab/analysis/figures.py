@@ -91,18 +91,15 @@ def _mark_shifts(ax, shift_points: list[int]) -> None:
         ax.text(s, 0.99, f" shift {i + 1}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="0.3")
 
 
-def curve_figure(
-    study: Study, name: str, path: Path, *, smooth_epochs: int, reps: int, rng: np.random.Generator,
-    window: tuple[int, int] | None = None,
-) -> Path:
-    """One series per condition: mean over seeds, 95% bootstrap band over seeds.
+def _draw_curves(
+    ax, study: Study, name: str, smooth_epochs: int, reps: int, rng: np.random.Generator, window: tuple[int, int] | None,
+) -> None:
+    """One line per condition: mean over seeds with a 95% bootstrap band over seeds.
 
-    A line is dashed where it averages fewer seeds than the condition has (runs of different
+    A line is dotted where it averages fewer seeds than the condition has (runs of different
     lengths, e.g. a sweep still running), so the drop-out of a seed is visible, not hidden.
     ``window`` shades the epochs that final values average.
     """
-    fig = Figure(figsize=(9, 4.8), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
     colors = condition_colors(study.conditions)
     bounds = [0, *study.shift_points, study.num_epochs]
     for condition in study.conditions:
@@ -114,28 +111,64 @@ def curve_figure(
         count = np.isfinite(values).sum(axis=0)
         x = np.flatnonzero(count > 0)
         full = count[x] == len(runs)
-        dashed = ~full | np.r_[~full[1:], False]
+        partial = ~full | np.r_[~full[1:], False]
         marker = "o" if len(x) <= 40 else None
         color = colors[condition]
         ax.plot(x, np.where(full, mean[x], np.nan), color=color, lw=1.6, marker=marker, ms=3, label=f"{condition} (n={len(runs)})")
         if not full.all():
-            ax.plot(x, np.where(dashed, mean[x], np.nan), color=color, lw=1.2, ls=":", marker=marker, ms=3)
+            ax.plot(x, np.where(partial, mean[x], np.nan), color=color, lw=1.2, ls=":", marker=marker, ms=3)
         ax.fill_between(x, lo[x], hi[x], color=color, alpha=0.18, lw=0)
     _mark_shifts(ax, study.shift_points)
     if window and window[1] > window[0]:
         ax.axvspan(window[0], window[1] - 1, color="0.85", alpha=0.5, lw=0, label="final window")
     ax.set_xlim(0, max(study.num_epochs - 1, 1))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(label(name))
-    smoothing = f", smoothed over ~{smooth_epochs} epochs within each task" if smooth_epochs > 1 else ""
-    ax.set_title(f"{label(name)}: mean over seeds, 95% bootstrap band{smoothing}", fontsize=11)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no run has logged this metric yet", transform=ax.transAxes, ha="center", color="0.4")
+    if not ax.lines:
+        ax.text(0.5, 0.5, "not logged yet", transform=ax.transAxes, ha="center", color="0.4")
+
+
+def curve_figure(
+    study: Study, names: list[str], path: Path, title: str, *, smooth_epochs: int, reps: int,
+    rng: np.random.Generator, window: tuple[int, int] | None = None,
+) -> Path:
+    """Curves of one metric; several ``names`` (one probe statistic per layer) become panels."""
+    ncols = min(len(names), 3)
+    nrows = math.ceil(len(names) / ncols)
+    width, height = (9, 4.8) if len(names) == 1 else (5.2 * ncols + 1.6, 3.4 * nrows + 0.8)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    for k, name in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        _draw_curves(ax, study, name, smooth_epochs, reps, rng, window)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label(name) if len(names) == 1 else name.rsplit("/", 1)[-1])
+        if len(names) > 1:
+            ax.set_title(name[len(DIAGNOSTICS_PREFIX):].split("/")[0], fontsize=10)
+    smoothing = f", smoothed over ~{smooth_epochs} epochs within each task" if smooth_epochs > 1 else ""
+    fig.suptitle(f"{title}: mean over seeds, 95% bootstrap band{smoothing}", fontsize=11)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    for ax in fig.axes[1:]:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if text not in labels:
+                handles.append(handle)
+                labels.append(text)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     fig.savefig(path)
     return path
+
+
+def metric_groups(names: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """Figure title -> (file stem, series drawn in it): a probe statistic measured per layer is one
+    figure with a panel per layer (75 probe columns would otherwise be 75 figures); any other
+    series is alone."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for name in names:
+        if name.startswith(DIAGNOSTICS_PREFIX) and "/" in name[len(DIAGNOSTICS_PREFIX):]:
+            stat = name.rsplit("/", 1)[-1]
+            groups.setdefault(f"probe: {stat} per layer", (DIAGNOSTICS_PREFIX + stat, []))[1].append(name)
+        else:
+            groups[label(name)] = (name, [name])
+    return groups
 
 
 def summary_figure(study: Study, comparison: Comparison, path: Path) -> Path:
@@ -158,13 +191,15 @@ def summary_figure(study: Study, comparison: Comparison, path: Path) -> Path:
         base = comparison.results.get(study.baseline)
         base_estimate = getattr(base, attr) if base else None
         if base_estimate is not None:
-            ax.axhline(base_estimate.value, color="0.3", ls="--", lw=1, label=f"{study.baseline} mean")
-            ax.legend(fontsize=8, loc="lower right")
+            ax.axhline(base_estimate.value, color="0.3", ls="--", lw=1)
         ax.set_xticks(range(len(study.conditions)), study.conditions, rotation=30, ha="right")
         ax.set_ylabel(f"final {label(name)}")
         ax.set_title(f"final {label(name)} (epochs {start}-{end - 1})" if end > start else f"final {label(name)}", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Final performance per condition: bar = mean over seeds, whisker = 95% bootstrap CI, dots = seeds", fontsize=10)
+    fig.suptitle(
+        f"Final values per condition: bar = mean over seeds, whisker = 95% bootstrap CI, dots = seeds, "
+        f"dashed line = {study.baseline} mean", fontsize=10,
+    )
     fig.savefig(path)
     return path
 
@@ -180,9 +215,18 @@ def correlation_figure(study: Study, comparison: Comparison, path: Path) -> Path
         fig.add_subplot().text(0.5, 0.5, "no plasticity metric logged", ha="center")
     for k, corr in enumerate(correlations):
         ax = fig.add_subplot(nrows, ncols, k + 1)
+        xs, ys = [], []
         for condition, result in comparison.results.items():
             if result.finals:
-                ax.plot(result.final_values(corr.name), result.final_values("test_r"), "o", color=colors[condition], ms=5, alpha=0.8)
+                xs.append(result.final_values(corr.name))
+                ys.append(result.final_values("test_r"))
+                ax.plot(xs[-1], ys[-1], "o", color=colors[condition], ms=5, alpha=0.8)
+        if math.isfinite(corr.r):
+            x, y = np.concatenate(xs), np.concatenate(ys)
+            keep = np.isfinite(x) & np.isfinite(y)
+            slope, intercept = np.polyfit(x[keep], y[keep], 1)
+            grid = np.linspace(x[keep].min(), x[keep].max(), 2)
+            ax.plot(grid, slope * grid + intercept, color="0.4", lw=1, ls="--")
         stat = f"r = {corr.r:.2f} (p = {corr.p:.2g}, n = {corr.n})" if math.isfinite(corr.r) else f"r: n/a ({corr.why_none})"
         ax.set_title(f"{label(corr.name)}\n{stat}", fontsize=9)
         ax.set_xlabel(f"final {label(corr.name)}", fontsize=8)
@@ -210,12 +254,13 @@ def write_figures(
     rng = np.random.default_rng(seed)
     curves = dict(smooth_epochs=smooth_epochs, reps=reps, rng=rng)
     figures = {
-        "Test return": curve_figure(study, "test_r", out_dir / "test_reward_comparison.png", window=comparison.window, **curves),
-        "Dead units": curve_figure(study, "dead_units", out_dir / "dead_units_comparison.png", **curves),
+        "Test return": curve_figure(study, ["test_r"], out_dir / "test_reward_comparison.png", "Test return",
+                                    window=comparison.window, **curves),
+        "Dead units": curve_figure(study, ["dead_units"], out_dir / "dead_units_comparison.png", "Dead units (%)", **curves),
         "Final values": summary_figure(study, comparison, out_dir / "summary_comparison.png"),
         "Plasticity metrics vs. final test return": correlation_figure(study, comparison, out_dir / "correlations.png"),
     }
-    for name in study.metric_names():
-        if name not in ("test_r", "dead_units"):
-            figures[label(name)] = curve_figure(study, name, out_dir / metric_filename(name), **curves)
+    others = [n for n in study.metric_names() if n not in ("test_r", "dead_units")]
+    for title, (stem, names) in metric_groups(others).items():
+        figures[title] = curve_figure(study, names, out_dir / metric_filename(stem), title, **curves)
     return figures

@@ -18,6 +18,7 @@ import numpy as np
 from plasticity_lab.envs.shifts import (
     FRAME_SHAPE,
     NUM_ACTIONS,
+    NUM_TILES,
     ShiftState,
     distribution_mode,
     gather_pixels,
@@ -76,6 +77,7 @@ class ProcgenVecEnv:
     """`num_envs` ProcGen episodes of one task stepped together, under a ShiftState."""
 
     num_actions = NUM_ACTIONS
+    num_tiles = NUM_TILES
     obs_shape = FRAME_SHAPE
 
     def __init__(
@@ -257,28 +259,11 @@ def evaluate_episodes(
     seed: int,
     shift: ShiftState | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return and length of the first episode of each of `num_episodes` test-level envs.
+    """Return and length of the first episode of each of `num_episodes` test-level envs."""
+    from plasticity_lab.envs import first_episodes
 
-    Taking exactly one episode per env avoids the bias towards short episodes that collecting
-    "the first N finished" would have; the 200-step cap bounds the loop.
-    """
     env = ProcgenVecEnv(task, num_envs=num_episodes, seed=seed, train=False, shift=shift)
-    returns = np.zeros(num_episodes, dtype=np.float32)
-    lengths = np.zeros(num_episodes, dtype=np.int64)
-    finished = np.zeros(num_episodes, dtype=bool)
     try:
-        obs = env.observe_current()
-        actions = np.full(num_episodes, NOOP_ACTION, dtype=np.int64)
-        while not finished.all():
-            # only envs still in their first episode need the network (the rest are ignored)
-            active = ~finished
-            actions[active] = np.asarray(policy(obs[active]))
-            result = env.step(actions)
-            first_end = (result.terminated | result.truncated) & ~finished
-            returns[first_end] = result.episode_return[first_end]
-            lengths[first_end] = result.episode_length[first_end]
-            finished |= first_end
-            obs = result.obs
+        return first_episodes(policy, env)
     finally:
         env.close()
-    return returns, lengths

@@ -26,13 +26,17 @@ NUM_ACTIONS = 9
 TEST_LEVEL_START = 10_000
 
 
-def _as_perm(perm: Any, size: int, name: str) -> np.ndarray | None:
-    """Validate and freeze a permutation so a ShiftState can never be mutated through it."""
+def _as_perm(perm: Any, name: str) -> np.ndarray | None:
+    """Validate and freeze a permutation so a ShiftState can never be mutated through it.
+
+    Any length is accepted: ProcGen permutes 256 tiles and 9 actions, the gridworld its cells
+    and 4 actions; the environment checks that the length fits it.
+    """
     if perm is None:
         return None
     arr = np.array(perm, dtype=np.int64)
-    if arr.shape != (size,) or not np.array_equal(np.sort(arr), np.arange(size)):
-        raise ValueError(f"{name} must be a permutation of range({size})")
+    if arr.ndim != 1 or not len(arr) or not np.array_equal(np.sort(arr), np.arange(len(arr))):
+        raise ValueError(f"{name} must be a permutation of range(n)")
     arr.setflags(write=False)
     return arr
 
@@ -49,10 +53,8 @@ class ShiftState:
     hard: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tile_perm", _as_perm(self.tile_perm, NUM_TILES, "tile_perm"))
-        object.__setattr__(
-            self, "action_perm", _as_perm(self.action_perm, NUM_ACTIONS, "action_perm")
-        )
+        object.__setattr__(self, "tile_perm", _as_perm(self.tile_perm, "tile_perm"))
+        object.__setattr__(self, "action_perm", _as_perm(self.action_perm, "action_perm"))
         if self.round < 0 or self.level_offset < 0 or self.level_extra < 0:
             raise ValueError("round, level_offset and level_extra must be non-negative")
 
@@ -96,9 +98,17 @@ def _new_perm(rng: np.random.Generator, size: int, current: np.ndarray | None) -
 
 
 def next_shift(
-    state: ShiftState, shift_type: str, rng: np.random.Generator, k: int
+    state: ShiftState,
+    shift_type: str,
+    rng: np.random.Generator,
+    k: int,
+    num_tiles: int = NUM_TILES,
+    num_actions: int = NUM_ACTIONS,
 ) -> ShiftState:
-    """The next round's state; `k` is the level step for `window` and `expand`."""
+    """The next round's state; `k` is the level step for `window` and `expand`.
+
+    `num_tiles` / `num_actions` size the permutations (defaults: ProcGen's 256 tiles, 9 actions).
+    """
     if shift_type not in SHIFT_TYPES:
         raise ValueError(f"unknown shift type {shift_type!r}; allowed: {', '.join(SHIFT_TYPES)}")
     if shift_type in ("window", "expand") and k <= 0:
@@ -106,9 +116,9 @@ def next_shift(
     fields = state.to_dict()
     fields["round"] += 1
     if shift_type == "permute":
-        fields["tile_perm"] = _new_perm(rng, NUM_TILES, state.tile_perm)
+        fields["tile_perm"] = _new_perm(rng, num_tiles, state.tile_perm)
     elif shift_type == "shuffle":
-        fields["action_perm"] = _new_perm(rng, NUM_ACTIONS, state.action_perm)
+        fields["action_perm"] = _new_perm(rng, num_actions, state.action_perm)
     elif shift_type == "window":
         fields["level_offset"] += k
     elif shift_type == "expand":

@@ -8,11 +8,10 @@ import torch
 import yaml
 
 from plasticity_lab.config import RunConfig
+from plasticity_lab.envs import env_spec
 from plasticity_lab.experiment.checkpoint import CheckpointError, load_checkpoint
 from plasticity_lab.interventions import build_interventions
 from plasticity_lab.nets import ActorCritic, build_model
-
-NUM_ACTIONS = 9
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -31,7 +30,8 @@ def load_agent(run_dir: str | Path, checkpoint: str = "latest", device: str = "c
     cfg = load_run_config(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     state = load_checkpoint(path, None, device)
-    model = build_model(cfg.model, NUM_ACTIONS)
+    obs_shape, num_actions = env_spec(cfg.environment)
+    model = build_model(cfg.model, num_actions, obs_shape)
     if "interventions" in state:
         for iv, iv_state in zip(build_interventions(cfg.interventions, model), state["interventions"]):
             iv.load_state_dict(iv_state)

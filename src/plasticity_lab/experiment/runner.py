@@ -21,14 +21,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs.procgen import ProcgenVecEnv, evaluate_episodes, parse_task
+from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
 from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, config_fingerprint, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import build_interventions
 from plasticity_lab.nets import build_model
-
-NUM_ACTIONS = 9
 
 
 def pick_device(name: str) -> torch.device:
@@ -73,14 +71,14 @@ class Run:
         self.device = pick_device(device)
         self.ppo = cfg.ppo_trainer
         self.env_cfg = cfg.environment
-        game, levels = parse_task(self.env_cfg.task)
-        self.shift_k = self.env_cfg.shift_k or levels
+        self.shift_k = self.env_cfg.shift_k or num_levels(self.env_cfg)
+        self.obs_shape, self.num_actions = env_spec(self.env_cfg)
         self.config_dict = cfg.to_yaml_dict()
         self.fingerprint = config_fingerprint(self.config_dict)
 
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
-        self.model = build_model(cfg.model, NUM_ACTIONS).to(self.device)
+        self.model = build_model(cfg.model, self.num_actions, self.obs_shape).to(self.device)
         self.interventions = build_interventions(cfg.interventions, self.model)
         self.optimizer = self.make_optimizer()
         self.gen = torch.Generator(device=self.device)
@@ -89,7 +87,7 @@ class Run:
         self.eval_seed = int(seeds[3])
         self.shift_state = ShiftState()
         self.task_index = 0
-        self.env = ProcgenVecEnv(self.env_cfg.task, self.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        self.env = make_env(self.env_cfg, self.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
         self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
         self.start_epoch = 0
         self.env_steps = 0
@@ -258,7 +256,11 @@ class Run:
         return out
 
     def shift(self) -> None:
-        self.shift_state = next_shift(self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k)
+        self.shift_state = next_shift(
+            self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k,
+            num_tiles=self.env.num_tiles,
+            num_actions=self.num_actions,
+        )
         self.env.apply_shift(self.shift_state)
         self.task_index += 1
         for iv in self.interventions:
@@ -273,9 +275,7 @@ class Run:
         def policy(frames: np.ndarray) -> np.ndarray:
             return self.policy_sample(torch.from_numpy(frames).to(self.device), gen)[0].cpu().numpy()
 
-        returns, _ = evaluate_episodes(
-            policy, self.env_cfg.task, self.ppo.test_episodes, seed=self.eval_seed + epoch, shift=self.shift_state
-        )
+        returns, _ = evaluate(policy, self.env_cfg, self.ppo.test_episodes, self.eval_seed + epoch, self.shift_state)
         return float(np.mean(returns))
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:

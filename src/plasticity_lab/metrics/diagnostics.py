@@ -164,7 +164,7 @@ class _UnitAccumulator:
 
     def add(self, h: torch.Tensor) -> None:
         spatial = tuple(range(2, h.ndim))
-        abs_sum = h.abs().sum(dim=(0, *spatial), dtype=torch.float64)
+        abs_sum = torch.linalg.vector_norm(h, ord=1, dim=(0, *spatial), dtype=torch.float64)
         active = unit_activity(h).sum(dim=0)
         self.abs_sum = abs_sum if self.abs_sum is None else self.abs_sum + abs_sum
         self.active = active if self.active is None else self.active + active

@@ -50,8 +50,8 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _to_float64(x: Any, name: str) -> torch.Tensor:
-    """Return ``x`` as a detached float64 tensor on its own device (numpy -> CPU tensor)."""
+def _checked(x: Any, name: str) -> torch.Tensor:
+    """``x`` as a detached tensor of its own dtype and device (numpy -> CPU tensor); real, finite."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
     else:
@@ -59,10 +59,21 @@ def _to_float64(x: Any, name: str) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
     if t.is_complex():
         raise ValueError(f"{name}: complex input is not supported")
-    t = t.to(torch.float64)
-    if t.numel() > 0 and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and t.numel() > 0 and not _all_finite(t):
         raise ValueError(f"{name}: input contains NaN or inf")
     return t
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every entry is finite, in one reduction for the common case: NaN and inf propagate
+    into a sum, so a finite sum proves them absent; only a non-finite sum (or one that
+    overflowed) needs the slower elementwise test."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _to_float64(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a detached float64 tensor on its own device (numpy -> CPU tensor)."""
+    return _checked(x, name).to(torch.float64)
 
 
 def _as_matrix(x: Any, name: str) -> torch.Tensor:
@@ -77,9 +88,10 @@ def _as_matrix(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _as_activations(x: Any, name: str) -> torch.Tensor:
-    """float64 activations ``(n, units)`` or ``(n, C, *spatial)`` with n >= 1 and >= 1 unit."""
-    t = _to_float64(x, name)
+def _as_activations(x: Any, name: str, float64: bool = True) -> torch.Tensor:
+    """Activations ``(n, units)`` or ``(n, C, *spatial)`` with n >= 1 and >= 1 unit, as float64
+    (or in their own dtype where only signs matter: a float64 copy would only cost time)."""
+    t = _to_float64(x, name) if float64 else _checked(x, name)
     if t.ndim < 2:
         raise ValueError(
             f"{name}: expected activations of shape (n, units) or (n, C, H, W), "
@@ -254,7 +266,7 @@ def unit_activity(activations: Any) -> torch.Tensor:
     This is the one definition of "active" used by :func:`dead_fraction` and
     :func:`activation_rate`.  The mask lives on the input's device.
     """
-    a = _as_activations(activations, "unit_activity")
+    a = _as_activations(activations, "unit_activity", float64=False)
     positive = a > 0
     if positive.ndim > 2:
         positive = positive.flatten(start_dim=2).any(dim=2)

@@ -48,36 +48,52 @@ class UnitLink:
 
 
 class ActorCritic(nn.Module):
-    """Shared conv64 trunk with a policy head (logits) and a value head."""
+    """Shared encoder trunk with a policy head (logits) and a value head.
 
-    def __init__(self, cfg: ModelConfig, num_actions: int) -> None:
+    Encoders: ``conv64`` (the reference's ProcGen network: 4 convs 32-64-128-128, kernel 4,
+    stride 2, then dense h), ``conv11`` (small grids: 3x3 convs 32 (stride 1) and 64 (stride 2),
+    then dense h) and ``mlp`` (flattened image -> dense h -> dense h).
+    """
+
+    CONV_SPECS = {  # (out channels, kernel, stride, padding)
+        "conv64": [(32, 4, 2, 1), (64, 4, 2, 1), (128, 4, 2, 1), (128, 4, 2, 1)],
+        "conv11": [(32, 3, 1, 1), (64, 3, 2, 1)],
+        "mlp": [],
+    }
+
+    def __init__(self, cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_actions = num_actions
+        self.obs_shape = tuple(obs_shape)
         factor = width_factor(cfg.activation)
-        channels = [c // factor for c in (32, 64, 128, 128)]
         hidden = cfg.h_size // factor
         blocks: list[Block] = []
-        in_ch, size = 3, 64
-        for ch in channels:
-            size //= 2
+        in_ch, size = obs_shape[2], obs_shape[0]
+        for out_ch, kernel, stride, pad in self.CONV_SPECS[cfg.enc_type]:
+            ch = out_ch // factor
+            size = (size + 2 * pad - kernel) // stride + 1
             blocks.append(
                 Block(
-                    nn.Conv2d(in_ch, ch, kernel_size=4, stride=2, padding=1),
+                    nn.Conv2d(in_ch, ch, kernel_size=kernel, stride=stride, padding=pad),
                     make_norm(cfg.norm, (ch, size, size)),
                     make_activation(cfg.activation, cfg.leaky_slope),
                 )
             )
             in_ch = ch * factor
-        self.flat_dim = in_ch * size * size
+        self.num_conv = len(blocks)
         self.spatial = size * size
-        blocks.append(
-            Block(
-                nn.Linear(self.flat_dim, hidden),
-                make_norm(cfg.norm, (hidden,)),
-                make_activation(cfg.activation, cfg.leaky_slope),
+        flat = in_ch * self.spatial if blocks else obs_shape[0] * obs_shape[1] * obs_shape[2]
+        dense_in = [flat] + ([hidden * factor] if cfg.enc_type == "mlp" else [])
+        for width_in in dense_in:
+            blocks.append(
+                Block(
+                    nn.Linear(width_in, hidden),
+                    make_norm(cfg.norm, (hidden,)),
+                    make_activation(cfg.activation, cfg.leaky_slope),
+                )
             )
-        )
+        self.flat_dim = flat
         self.blocks = nn.ModuleList(blocks)
         self.feature_dim = hidden * factor
         self.policy = nn.Linear(self.feature_dim, num_actions)
@@ -105,7 +121,7 @@ class ActorCritic(nn.Module):
         for i, block in enumerate(self.blocks):
             if i + 1 < len(self.blocks):
                 nxt = self.blocks[i + 1].layer
-                span = self.spatial if isinstance(nxt, nn.Linear) else 1
+                span = self.spatial if isinstance(nxt, nn.Linear) and isinstance(block.layer, nn.Conv2d) else 1
                 links.append(UnitLink(i, (nxt,), span, copies))
             else:
                 links.append(UnitLink(i, tuple(self.heads), 1, copies))
@@ -113,23 +129,22 @@ class ActorCritic(nn.Module):
 
     @staticmethod
     def preprocess(obs: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 64, 64, 3) frames -> float (N, 3, 64, 64) in [0, 1]."""
+        """uint8 (N, H, W, 3) frames -> float (N, 3, H, W) in [0, 1]."""
         return obs.permute(0, 3, 1, 2).float().div_(255.0)
 
     def trunk(self, obs: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(obs)
-        for block in self.blocks[:-1]:
-            x = block(x)
-        return self.blocks[-1](x.flatten(1))
+        return self.activations(obs)[-1]
 
     def activations(self, obs: torch.Tensor) -> list[torch.Tensor]:
-        """Post-activation outputs of every block (conv maps, then the trunk features)."""
+        """Post-activation outputs of every block (conv maps, then dense features; the last one
+        is the trunk output the heads read)."""
         outs = []
         x = self.preprocess(obs)
-        for block in self.blocks[:-1]:
+        for i, block in enumerate(self.blocks):
+            if i == self.num_conv:
+                x = x.flatten(1)
             x = block(x)
             outs.append(x)
-        outs.append(self.blocks[-1](x.flatten(1)))
         return outs
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,5 +153,5 @@ class ActorCritic(nn.Module):
         return self.policy(features), self.value(features).squeeze(-1), features
 
 
-def build_model(cfg: ModelConfig, num_actions: int) -> ActorCritic:
-    return ActorCritic(cfg, num_actions)
+def build_model(cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> ActorCritic:
+    return ActorCritic(cfg, num_actions, obs_shape)
