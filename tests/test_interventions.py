@@ -16,22 +16,34 @@ from plasticity_lab.config import ConfigError, ModelConfig, load_study
 from plasticity_lab.interventions import REGISTRY, build_interventions, check_compatible
 from plasticity_lab.interventions.base import validate_params
 from plasticity_lab.interventions.inject import InjectedHead
-from plasticity_lab.interventions.optimizers import UpdateProbability
 from plasticity_lab.interventions.redo import recycle_units
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.surgery import fresh_init, fresh_params, init_bound, param_layers, weight_param
 
 B = 8
 
+# importing kron_torch imports torch's inductor, which warns about its own deprecated internals
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
-def make_model(seed: int = 0, **cfg) -> nn.Module:
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: a second intra-op thread only adds synchronisation, which stalls badly
+    when the machine's cores are busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_model(seed: int = 0, obs_shape: tuple[int, int, int] = (64, 64, 3), **cfg) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(ModelConfig(h_size=32, **cfg), 9)
+    return build_model(ModelConfig(h_size=32, **cfg), 9, obs_shape)
 
 
-def frames(n: int = B, seed: int = 0) -> torch.Tensor:
+def frames(n: int = B, seed: int = 0, shape: tuple[int, int, int] = (64, 64, 3)) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=gen)
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
 
 
 def build(name: str, model: nn.Module, **params):
@@ -56,7 +68,7 @@ def make_optimizer(model: nn.Module, ivs, lr: float = 1e-3) -> torch.optim.Optim
 def train_step(model, ivs, opt, seed: int) -> torch.Tensor:
     """One minibatch as the runner does it, with a PPO-like loss on synthetic targets."""
     gen = torch.Generator().manual_seed(1000 + seed)
-    obs = frames(B, seed)
+    obs = frames(B, seed, model.obs_shape)
     actions = torch.randint(0, 9, (B,), generator=gen)
     returns = torch.randn(B, generator=gen)
     logits, values, _ = model(obs)
@@ -100,7 +112,7 @@ def test_cheap_draw_has_torchs_default_init_bounds():
         assert bound == pytest.approx(1 / math.sqrt(weight_param(layer)[0].numel()))
         reference = fresh_init(layer)
         cheap = [v for _, v in fresh_params(layer, cheap=True)]
-        for ref, val in zip(reference, cheap):
+        for ref, val in zip(reference, cheap, strict=True):
             assert val.shape == ref.shape
             # torch's own draw and the cheap one fill the same interval
             assert ref.abs().max() <= bound and val.abs().max() <= bound
@@ -245,16 +257,15 @@ def test_injection_keeps_outputs_and_trains_only_the_new_heads(cfg):
     obs = frames()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     train_step(model, [], opt, 0)
-    with torch.no_grad():
-        logits, values, _ = model(obs)
+    uninjected = copy.deepcopy(model)  # train mode: spectral norm advances per forward, alike in both
     old_policy, old_value = model.policy, model.value
     heads = count(old_policy) + count(old_value)
     encoder = count(model.blocks)
     build("inject", model).at_shift(model, opt)
     assert isinstance(model.policy, InjectedHead) and model.policy.old is old_policy
     with torch.no_grad():
-        logits2, values2, _ = model(obs)
-    assert torch.equal(logits, logits2) and torch.equal(values, values2)
+        for before, after in zip(uninjected(obs), model(obs), strict=True):
+            assert torch.equal(before, after)
     assert trainable(model) == encoder + heads  # frozen old heads, trainable fresh ones
 
     old_before = snapshot(old_policy)
@@ -304,7 +315,7 @@ def test_injection_checkpoint_round_trip():
     assert isinstance(fresh.value.old, InjectedHead)
     obs = frames(seed=3)
     with torch.no_grad():
-        for a, b in zip(model(obs), fresh(obs)):
+        for a, b in zip(model(obs), fresh(obs), strict=True):
             assert torch.equal(a, b)
 
 
@@ -374,7 +385,7 @@ def test_w2_init_matches_numpy_and_ignores_permutations():
     iv = build("w2_init", model, coef=0.02)
     perturbed(model, scale=0.05)
     now = [p.detach().numpy() for p in model.parameters()]
-    diff = np.concatenate([np.sort(a.ravel()) - np.sort(b.ravel()) for a, b in zip(now, theta0)])
+    diff = np.concatenate([np.sort(a.ravel()) - np.sort(b.ravel()) for a, b in zip(now, theta0, strict=True)])
     assert iv.loss(model, frames()).item() == pytest.approx(0.02 * np.linalg.norm(diff.astype(np.float64)), rel=1e-5)
 
     fresh = make_model()
@@ -415,9 +426,9 @@ def test_nap_projects_each_weight_back_to_its_initial_norm(cfg):
     opt = torch.optim.AdamW(model.parameters(), lr=0.05)
     train_step(model, [], opt, 0)
     stepped = snapshot(model)
-    assert all(abs(w.detach().norm().item() - n0) > 1e-3 * n0 for w, n0 in zip(weights, norms0))
+    assert all(abs(w.detach().norm().item() - n0) > 1e-3 * n0 for w, n0 in zip(weights, norms0, strict=True))
     iv.after_step(model, opt)
-    for w, n0 in zip(weights, norms0):
+    for w, n0 in zip(weights, norms0, strict=True):
         assert w.detach().norm().item() == pytest.approx(n0, rel=1e-5)
     for n, p in model.named_parameters():
         if n.endswith("bias"):
@@ -487,14 +498,15 @@ def test_cbp_replaces_the_lowest_utility_mature_units_only():
 
 def test_cbp_accumulates_fractional_replacements():
     model = make_model()
-    iv = build("cbp", model, replacement_rate=1 / 16, maturity_threshold=3)
+    iv = build("cbp", model, replacement_rate=1 / 16, maturity_threshold=50)
     iv.ages[0][:8] = 100  # 8 mature units: half a replacement per step
     replaced = []
-    for _ in range(4):
+    for _ in range(5):
         model(frames())
         iv.after_step(model, None)
         replaced.append(iv.periodic(model, None, frames(), 1)["cbp_replaced_units"])
-    assert replaced == [0.0, 1.0, 0.0, 1.0]
+    # 8 * 1/16 per step, then 7 * 1/16 once one mature unit was replaced (and became young)
+    assert replaced == [0.0, 1.0, 0.0, 0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------- C-CHAIN
@@ -517,18 +529,20 @@ def test_cchain_value_and_gradient_on_the_heads_are_analytic():
     ref = frames(seed=1)
     previous = copy.deepcopy(model)
     iv.loss(model, ref)
-    perturbed(model)
+    perturbed(model, scale=0.05)
     with torch.no_grad():
-        prev_logits, prev_values, _ = previous(ref)
-        logits, values, _ = model(ref)
+        prev_logits, prev_values, _ = (t.double() for t in previous(ref))
+        logits, values, _ = (t.double() for t in model(ref))
     p_prev, p_now = prev_logits.softmax(-1), logits.softmax(-1)
     kl = (p_prev * (p_prev.log() - p_now.log())).sum(-1).mean()
     expected = 2.0 * kl + 3.0 * (values - prev_values).pow(2).mean()
     penalty = iv.loss(model, frames(seed=2))  # penalises churn on the previous batch
-    assert penalty.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-3)
     penalty.backward()
-    torch.testing.assert_close(model.policy.bias.grad, 2.0 * (p_now - p_prev).mean(0), rtol=1e-4, atol=1e-8)
-    torch.testing.assert_close(model.value.bias.grad, 3.0 * 2 * (values - prev_values).mean().view(1), rtol=1e-4, atol=1e-8)
+    policy_grad = 2.0 * (p_now - p_prev).mean(0)  # d KL(p_prev || softmax(z)) / dz = softmax(z) - p_prev
+    value_grad = 3.0 * 2 * (values - prev_values).mean().view(1)
+    torch.testing.assert_close(model.policy.bias.grad, policy_grad.float(), rtol=1e-3, atol=1e-7)
+    torch.testing.assert_close(model.value.bias.grad, value_grad.float(), rtol=1e-3, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------- optimisers
@@ -562,20 +576,19 @@ def test_trac_wraps_adamw_and_starts_with_a_tiny_scale():
     assert plain_move > 1e-4 and trac_move < 1e-6  # TRAC's scale s starts at s_prev = 1e-8
 
 
-def test_kron_is_used_without_torch_compile(monkeypatch):
+def test_kron_is_used_eagerly_with_diagonal_large_dimensions():
     from kron_torch import Kron
 
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called"))
+    torch._dynamo.utils.counters.clear()
     model = make_model()
     opt = build("kron", model, lr=1e-3).optimizer(list(model.parameters()), defaults())
     assert isinstance(opt, Kron) and opt.param_groups[0]["lr"] == 1e-3
     start = snapshot(model)
     train_step(model, [], opt, 0)
     assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters())
-    schedule = UpdateProbability()
-    assert schedule(torch.tensor(0.0)) == 1.0 and schedule(torch.tensor(500.0)) == 1.0
-    assert schedule(torch.tensor(1500.0)) == pytest.approx(math.exp(-1.0))
-    assert schedule(torch.tensor(10**5)) == 0.03
+    assert not torch._dynamo.utils.counters["stats"]  # nothing went through torch.compile
+    dense = opt.state[model.blocks[-1].layer.weight]["Q"]  # (32, 2048): 32x32 triangular, 2048 diagonal
+    assert [tuple(q.shape) for q in dense] == [(32, 32), (2048,)]
 
 
 def test_two_optimiser_methods_are_a_config_error(write_config):
@@ -584,23 +597,43 @@ def test_two_optimiser_methods_are_a_config_error(write_config):
         check_compatible(["l2", "nap", "trac"])
     assert "\n" not in str(err.value)
     path = write_config({"experiment": {"conditions": {"bad": {"interventions.kron": {}, "interventions.adam_beta": {}}}}})
-    with pytest.raises(ConfigError, match="kron and adam_beta"):
+    with pytest.raises(ConfigError, match="adam_beta and kron each replace the optimiser"):
         load_study(path).condition("bad")
 
 
 # ---------------------------------------------------------------------------- composition and resume
 
 
-def test_a_composed_condition_trains():
-    model = make_model(norm="layernorm", spectral_norm="encoder")
-    spec = {"soft_shrink_perturb": {}, "l2_init": {}, "nap": {}, "parseval": {}, "w2_init": {}, "cchain": {}, "cbp": {}}
+ALL_LOSS_AND_STEP = {
+    "soft_shrink_perturb": {}, "l2_init": {}, "nap": {}, "parseval": {}, "w2_init": {}, "cchain": {}, "cbp": {},
+}
+
+
+@pytest.mark.parametrize("cfg, spec", [
+    ({"norm": "layernorm", "spectral_norm": "encoder"}, ALL_LOSS_AND_STEP),
+    ({"enc_type": "mlp", "norm": "rmsnorm"}, {**ALL_LOSS_AND_STEP, "inject": {}, "adam_beta": {}}),
+    ({"enc_type": "conv11", "obs_shape": (11, 11, 3), "activation": "crelu"}, {**ALL_LOSS_AND_STEP, "trac": {}}),
+    ({"spectral_norm": "all"}, {"redo": {"every": 1, "tau": 0.5}, "inject": {}, "shrink_perturb": {}, "kron": {}}),
+    ({"norm": "layernorm"}, {"reset": {"parts": ["encoder", "policy", "value"]}, "l2": {}, "cbp": {"maturity_threshold": 0}}),
+])
+def test_a_composed_condition_trains_through_every_hook(cfg, spec):
+    model = make_model(**cfg)
     ivs = build_interventions(spec, model)
     opt = make_optimizer(model, ivs)
     start = snapshot(model)
-    losses = [train_step(model, ivs, opt, step) for step in range(3)]
+    losses = []
+    for step in range(3):
+        if step == 1:
+            for iv in ivs:
+                iv.at_shift(model, opt)
+        losses.append(train_step(model, ivs, opt, step))
+        for iv in ivs:
+            assert set(iv.periodic(model, opt, frames(16, 9, model.obs_shape), step + 1)) == set(getattr(iv, "stat_keys", ()))
     assert all(torch.isfinite(loss) for loss in losses)
     for n, p in model.named_parameters():
-        assert torch.isfinite(p).all() and not torch.equal(p, start[n]), n
+        assert torch.isfinite(p).all(), n
+        if n in start:
+            assert not torch.equal(p, start[n]), n
 
 
 STATEFUL = {
@@ -634,12 +667,12 @@ def test_checkpoint_resume_matches_the_uninterrupted_run(swap):
     state = torch.load(buffer, weights_only=False)
     resumed = make_model(seed=9)
     resumed_ivs = build_interventions(spec, resumed)
-    for iv, iv_state in zip(resumed_ivs, state["ivs"]):
+    for iv, iv_state in zip(resumed_ivs, state["ivs"], strict=True):
         iv.load_state_dict(iv_state)
     resumed.load_state_dict(state["model"])
     resumed_opt = make_optimizer(resumed, resumed_ivs)
     resumed_opt.load_state_dict(state["opt"])
     torch.set_rng_state(state["rng"])
     run(resumed, resumed_ivs, resumed_opt, range(4, 7))
-    for (n, a), b in zip(model.named_parameters(), resumed.parameters()):
+    for (n, a), b in zip(model.named_parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b), n

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from plasticity_lab.analysis.aggregate import (
     bootstrap_mean_ci,
@@ -209,11 +210,12 @@ def test_incomplete_runs_are_named_and_kept_out_of_final_values(tmp_path, capsys
     for seed in range(2):
         write_run(root, "baseline", seed, constant(5.0))
     write_run(root, "method", 0, constant(6.0))
-    write_run(root, "method", 1, constant(100.0), length=12)
-    comparison = compare(load_study(root), reps=REPS)
+    write_run(root, "method", 1, constant(100.0), length=27)  # evaluated at epoch 25, in the final window
+    comparison = compare(load_study(root), final_window=2, reps=REPS)
+    assert comparison.window == (25, EPOCHS)
     method = comparison.results["method"]
     assert method.test.value == pytest.approx(6.0)  # the running seed's 100.0 never enters
-    assert method.incomplete == [f"seed_1 (12/{EPOCHS})"]
+    assert method.incomplete == [f"seed_1 (27/{EPOCHS})"]
     assert "method/seed_1" in method.left_out
     assert any("pending: configured but no runs yet" in n for n in comparison.notes)
 
@@ -240,7 +242,7 @@ def test_mismatched_runs_are_excluded_with_a_reason(tmp_path):
     assert "trained for 40 epochs" in comparison.results["baseline"].left_out["baseline/seed_1"]
     assert comparison.results["method"].left_out["method/seed_1"] == "test_r never logged"
     notes = "\n".join(comparison.notes)
-    assert "baseline/seed_1 is left out of every figure and table: trained for 40 epochs" in notes
+    assert "baseline/seed_1 is left out of all curves and final values: trained for 40 epochs" in notes
     assert "method/seed_1: test_r is empty in every row" in notes
 
 
@@ -253,6 +255,8 @@ def test_unknown_baseline_and_empty_directory_are_errors(tmp_path):
         load_study(root, baseline="nope")
     with pytest.raises(ConfigError, match="config.yaml: not found"):
         load_study(tmp_path)
+    with pytest.raises(ConfigError, match="--final-window 0: must be"):
+        report(root, final_window=0)
 
 
 # ------------------------------------------------------------------------------- whole report
@@ -264,6 +268,10 @@ def write_mixed_study(root: Path) -> Path:
         write_run(root, "method", seed, lambda e, s=seed: 6.0 + 0.1 * s, diagnostics=True, dead=0.4)
     write_run(root, "method", 2, constant(9.0), length=14, diagnostics=True)
     write_run(root, "baseline", 2, constant(9.0), num_epochs=40, length=40)
+    features = root / "feature_analysis"  # as plab analyze leaves it
+    features.mkdir()
+    (features / "summary.csv").write_text("condition,seed,task,dead_pct\nbaseline,0,0,19.140625\n")
+    Image.new("RGB", (60, 40), "steelblue").save(features / "activation_distribution.png")
     return root
 
 
@@ -286,7 +294,8 @@ def test_report_writes_every_file(mixed_report):
         assert (figures / name).stat().st_size > 5000, name
     assert html_path == root / "report.html"
     page = html_path.read_text()
-    assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == len(expected)
+    assert page.count('<img alt="') == page.count('src="data:image/png;base64,') == len(expected) + 1
+    assert "activation distribution" in page and "<td>19.14</td>" in page  # plab analyze's output
     assert "<script" not in page and "http://" not in page and "https://" not in page
     assert "train.py -n mixed -p cfg.yaml -c method -s 2" in page  # the exact commands
     assert "shift_points:" in page  # the resolved config
@@ -300,7 +309,7 @@ def test_summary_has_the_study_table_and_names_incomplete_and_mismatched_runs(mi
     assert "| 6.05 | 40.0% | +19.8% |" in row  # (6.05 - 5.05) / 5.05
     assert f"seed_2 (14/{EPOCHS})" in row
     assert "method/seed_2 is incomplete (no DONE file): 14 of 30 epochs logged." in summary
-    assert "baseline/seed_2 is left out of every figure and table: trained for 40 epochs" in summary
+    assert "baseline/seed_2 is left out of all curves and final values: trained for 40 epochs" in summary
     correlated = summary.split("## Plasticity metrics vs. final test return")[1].split("##")[0]
     assert "| probe: dense/effective_rank |" in correlated and "| probe: trainability_ratio |" in correlated
     assert "conv1/" not in correlated and "probe_seconds" not in correlated
@@ -310,4 +319,4 @@ def test_summary_has_the_study_table_and_names_incomplete_and_mismatched_runs(mi
 def test_report_prints_its_notes(mixed_report):
     printed = mixed_report[2]
     assert "note: method/seed_2 is incomplete (no DONE file): 14 of 30 epochs logged." in printed
-    assert "note: baseline/seed_2 is left out of every figure and table: trained for 40 epochs" in printed
+    assert "note: baseline/seed_2 is left out of all curves and final values: trained for 40 epochs" in printed

@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     sw.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("report", help="figures, tables with CIs, summary.md and a self-contained report.html")
+    rep.add_argument("results_dir", help="study directory (results/NAME)")
+    rep.add_argument("--final-window", type=int, default=None, metavar="N",
+                     help="final values average the last N test evaluations (default: the last 10%%)")
+    rep.add_argument("--baseline", default=None, metavar="NAME",
+                     help="condition to compare against (default: experiment.baseline of RESULTS_DIR/config.yaml)")
+    rep.add_argument("--reps", type=int, default=2000, metavar="N", help="bootstrap resamples per confidence interval")
+    rep.add_argument("--smooth", type=int, default=None, metavar="W",
+                     help="curve smoothing window in epochs, within each task (default: 1%% of the epochs; 1: none)")
+    rep.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -127,6 +137,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
         return 130
     return 1 if any(s.status == "failed" for s in states) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.report import report
+
+    path = report(args.results_dir, final_window=args.final_window, baseline=args.baseline, reps=args.reps, smooth=args.smooth)
+    print(f"report: {path}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

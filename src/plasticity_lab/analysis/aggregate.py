@@ -43,14 +43,13 @@ class Run:
 
     condition: str
     seed: int
-    path: Path
     series: dict[str, np.ndarray]
     """Metric name -> values indexed by epoch, NaN where nothing was logged."""
     length: int
     """Epochs logged (last epoch + 1)."""
     done: bool
     num_epochs: int | None
-    shift_points: list[int] | None
+    shift_points: list[int]
     invocations: list[dict[str, Any]]
     excluded: str | None = None
     """Why the run is left out of every comparison (another protocol, nothing logged)."""
@@ -63,7 +62,6 @@ class Run:
 @dataclass
 class Study:
     root: Path
-    config: dict[str, Any]
     config_text: str
     baseline: str
     conditions: list[str]
@@ -156,12 +154,13 @@ def read_epoch_csv(path: Path) -> dict[str, np.ndarray]:
     if "epoch" not in header:
         return {}
     rows: list[tuple[int, list[str]]] = []
+    epoch_col = header.index("epoch")
     for line in lines[1:]:
         cells = line.split(",")
         if len(cells) != len(header):
             continue
         try:
-            epoch = int(cells[header.index("epoch")])
+            epoch = int(cells[epoch_col])
         except ValueError:
             continue
         if epoch >= 0:
@@ -192,11 +191,13 @@ def _read_run(condition: str, seed: int, path: Path) -> Run:
             series[DIAGNOSTICS_PREFIX + name] = values
     series = {name: _pad(values, length) for name, values in series.items()}
     trainer = _yaml(path / "config.yaml").get("ppo_trainer", {})
-    run_json = path / "run.json"
-    invocations = json.loads(run_json.read_text()).get("invocations", []) if run_json.exists() else []
+    try:
+        invocations = json.loads((path / "run.json").read_text()).get("invocations", [])
+    except (OSError, ValueError):  # not written yet, or cut short: the report just lists no command
+        invocations = []
     return Run(
-        condition, seed, path, series, length, (path / "DONE").exists(),
-        trainer.get("num_epochs"), trainer.get("shift_points"), invocations,
+        condition, seed, series, length, (path / "DONE").exists(),
+        trainer.get("num_epochs"), list(trainer.get("shift_points") or []), invocations,
     )
 
 
@@ -234,7 +235,7 @@ def load_study(results_dir: str | Path, baseline: str | None = None) -> Study:
     if baseline is not None and baseline not in found:
         raise ConfigError(f"--baseline {baseline}: no runs of that condition; conditions with runs: {', '.join(found)}")
     study = Study(
-        root, config, config_text, chosen, configured + [c for c in found if c not in configured],
+        root, config_text, chosen, configured + [c for c in found if c not in configured],
         int(trainer["num_epochs"]), list(trainer.get("shift_points", [])), runs,
     )
     _check_runs(study)
@@ -254,7 +255,7 @@ def _check_runs(study: Study) -> None:
         elif run.length > study.num_epochs:
             run.excluded = f"metrics.csv has {run.length} epochs, more than the study's {study.num_epochs}"
         if run.excluded:
-            study.notes.append(f"{run.label} is left out of every figure and table: {run.excluded}.")
+            study.notes.append(f"{run.label} is left out of all curves and final values: {run.excluded}.")
     for run in study.runs:
         if not run.done:
             study.notes.append(f"{run.label} is incomplete (no DONE file): {run.length} of {study.num_epochs} epochs logged.")
@@ -353,6 +354,11 @@ def change_pct(value: float, baseline: float) -> float:
     return (value - baseline) / abs(baseline) * 100.0 if baseline else math.nan
 
 
+def epoch_range(start: int, end: int) -> str:
+    """Human text for epochs [start, end)."""
+    return f"epoch {start}" if end - start == 1 else f"epochs {start}-{end - 1}"
+
+
 def window_mean(values: np.ndarray, start: int, end: int) -> float:
     """Mean of the logged values in epochs [start, end); NaN when none was logged there."""
     part = values[start:end]
@@ -428,8 +434,8 @@ def compare(study: Study, final_window: int | None = None, reps: int = 2000, see
             elif run in tested:
                 finals = _final_values(run, start, horizon)
                 if math.isnan(finals["test_r"]):
-                    result.left_out[run.label] = f"no test_r in the final window (epochs {start}-{horizon - 1})"
-                    notes.append(f"{run.label}: no test_r in the final window (epochs {start}-{horizon - 1}); left out of final values.")
+                    result.left_out[run.label] = f"no test_r in the final window ({epoch_range(start, horizon)})"
+                    notes.append(f"{run.label}: no test_r in the final window ({epoch_range(start, horizon)}); left out of final values.")
                 else:
                     result.finals[run.label] = finals
             elif run in eligible:

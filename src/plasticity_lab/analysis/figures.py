@@ -21,6 +21,7 @@ from plasticity_lab.analysis.aggregate import (
     Study,
     bootstrap_mean_ci,
     curve_matrix,
+    epoch_range,
 )
 
 LABELS = {
@@ -42,6 +43,8 @@ LABELS = {
     "steps_per_s": "throughput (env steps/s)",
 }
 DPI = 100
+BAND_REPS = 500
+"""Bootstrap resamples per drawn band: enough for a picture (the tables' CIs use the full count)."""
 
 
 def label(name: str) -> str:
@@ -120,7 +123,7 @@ def _draw_curves(
         ax.fill_between(x, lo[x], hi[x], color=color, alpha=0.18, lw=0)
     _mark_shifts(ax, study.shift_points)
     if window and window[1] > window[0]:
-        ax.axvspan(window[0], window[1] - 1, color="0.85", alpha=0.5, lw=0, label="final window")
+        ax.axvspan(window[0] - 0.5, window[1] - 0.5, color="0.85", alpha=0.5, lw=0, label="final window")
     ax.set_xlim(0, max(study.num_epochs - 1, 1))
     ax.grid(alpha=0.3)
     if not ax.lines:
@@ -152,7 +155,7 @@ def curve_figure(
                 handles.append(handle)
                 labels.append(text)
     if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     fig.savefig(path)
     return path
 
@@ -184,7 +187,7 @@ def summary_figure(study: Study, comparison: Comparison, path: Path) -> Path:
             if estimate is None:
                 ax.text(i, 0, "n/a", ha="center", va="bottom", fontsize=8, color="0.4")
                 continue
-            err = [[estimate.value - estimate.lo], [estimate.hi - estimate.value]] if math.isfinite(estimate.lo) else None
+            err = [[max(0.0, estimate.value - estimate.lo)], [max(0.0, estimate.hi - estimate.value)]] if math.isfinite(estimate.lo) else None
             ax.bar(i, estimate.value, color=colors[condition], alpha=0.75, yerr=err, capsize=4)
             seeds = result.final_values(name)
             ax.plot(i + np.linspace(-0.15, 0.15, len(seeds)), seeds, "o", color="k", ms=3.5, alpha=0.7)
@@ -193,8 +196,9 @@ def summary_figure(study: Study, comparison: Comparison, path: Path) -> Path:
         if base_estimate is not None:
             ax.axhline(base_estimate.value, color="0.3", ls="--", lw=1)
         ax.set_xticks(range(len(study.conditions)), study.conditions, rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(study.conditions) - 0.4)
         ax.set_ylabel(f"final {label(name)}")
-        ax.set_title(f"final {label(name)} (epochs {start}-{end - 1})" if end > start else f"final {label(name)}", fontsize=11)
+        ax.set_title(f"final {label(name)} ({epoch_range(start, end)})" if end > start else f"final {label(name)}", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
         f"Final values per condition: bar = mean over seeds, whisker = 95% bootstrap CI, dots = seeds, "
@@ -252,7 +256,7 @@ def write_figures(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    curves = dict(smooth_epochs=smooth_epochs, reps=reps, rng=rng)
+    curves = dict(smooth_epochs=smooth_epochs, reps=min(reps, BAND_REPS), rng=rng)
     figures = {
         "Test return": curve_figure(study, ["test_r"], out_dir / "test_reward_comparison.png", "Test return",
                                     window=comparison.window, **curves),

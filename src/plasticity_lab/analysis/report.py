@@ -8,6 +8,7 @@ and has no script or external stylesheet: it opens offline, attached to a mail o
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import math
 import time
@@ -19,10 +20,12 @@ from plasticity_lab.analysis.aggregate import (
     Estimate,
     Study,
     compare,
+    epoch_range,
     load_study,
     relative_to_first_round,
 )
-from plasticity_lab.analysis.figures import label, write_figures
+from plasticity_lab.analysis.figures import BAND_REPS, label, write_figures
+from plasticity_lab.config import ConfigError
 
 
 @dataclass
@@ -62,6 +65,9 @@ def report(
     ``reps``: bootstrap resamples of every CI. ``smooth``: curve smoothing window in epochs
     (default: 1% of the planned epochs). Notes on incomplete or mismatched runs are printed too.
     """
+    for flag, value in (("--final-window", final_window), ("--reps", reps), ("--smooth", smooth)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be a whole number >= 1")
     root = Path(results_dir)
     study = load_study(root, baseline)
     comparison = compare(study, final_window=final_window, reps=reps)
@@ -98,7 +104,7 @@ def _window_text(study: Study, comparison: Comparison) -> str:
         return "No final values yet: no run has a test evaluation to compare."
     planned = "" if end == study.num_epochs else f" (the planned length is {study.num_epochs} epochs)"
     return (
-        f"Final values are means over epochs {start}-{end - 1}{planned}: test return over the test evaluations "
+        f"Final values are means over {epoch_range(start, end)}{planned}: test return over the test evaluations "
         "in that range, every other metric over the same epochs, then averaged over seeds."
     )
 
@@ -108,23 +114,32 @@ def _sections(study: Study, comparison: Comparison, figures: dict[str, Path], re
         f"Results directory: {study.root.resolve()}. Baseline: {study.baseline}. Shift points: "
         f"{', '.join(map(str, study.shift_points)) or 'none'}. Planned epochs: {study.num_epochs}.",
         _window_text(study, comparison),
-        f"Confidence intervals are 95% bootstrap intervals over seeds ({reps} resamples); IQM and P(improvement) "
-        "use rliable's stratified bootstrap.",
+        f"Confidence intervals are 95% bootstrap intervals over seeds ({reps} resamples; curve bands "
+        f"{min(reps, BAND_REPS)}); IQM and P(improvement) use rliable's stratified bootstrap.",
     ]
     sections: list[tuple[str, list[Block]]] = [("Overview", intro)]
     if comparison.notes:
         sections.append(("Notes: incomplete, mismatched or excluded runs", [comparison.notes]))
+
     def pick(*names: str) -> dict[str, Path]:
         return {caption: path for caption, path in figures.items() if path.name in names}
 
     study_figures = ("test_reward_comparison.png", "dead_units_comparison.png", "summary_comparison.png")
     sections += [
         ("Results", [_results_table(study, comparison), Images(pick(*study_figures))]),
-        ("Return at the end of each round", [_rounds_table(comparison)]),
+        ("Return at the end of each round",
+         [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]),
         ("Plasticity metrics vs. final test return", [_correlation_table(comparison), Images(pick("correlations.png"))]),
         ("Every logged metric", [Images(pick(*(p.name for p in figures.values() if p.name.startswith("metric_"))), grid=True)]),
         ("Runs", [_runs_table(study, comparison)]),
     ]
+    feature_dir = study.root / "feature_analysis"
+    if feature_dir.is_dir():
+        blocks: list[Block] = ["Probe-set analysis of the saved networks, as written by plab analyze."]
+        if (feature_dir / "summary.csv").exists():
+            blocks.append(_csv_table(feature_dir / "summary.csv"))
+        blocks.append(Images({p.stem.replace("_", " "): p for p in sorted(feature_dir.glob("*.png"))}))
+        sections.insert(-1, ("Feature analysis", blocks))
     return sections
 
 
@@ -155,7 +170,7 @@ def _results_table(study: Study, comparison: Comparison) -> Table:
 
 
 def _rounds_table(comparison: Comparison) -> Table:
-    header = ["Condition"] + [f"round {k + 1} (epochs {a}-{b - 1})" for k, (a, b) in enumerate(comparison.rounds)]
+    header = ["Condition"] + [f"round {k + 1} ({epoch_range(a, b)})" for k, (a, b) in enumerate(comparison.rounds)]
     rows = []
     for condition, ends in comparison.round_ends.items():
         relative = relative_to_first_round(ends)
@@ -186,6 +201,20 @@ def _runs_table(study: Study, comparison: Comparison) -> Table:
         status = "done" if run.done else "incomplete (no DONE)"
         rows.append([run.label, f"{run.length}/{study.num_epochs}", status, "yes" if left_out is None else f"no: {left_out}"])
     return Table(["Run", "Epochs logged", "Status", "In final values"], rows)
+
+
+def _csv_table(path: Path) -> Table:
+    """A CSV file as a table, numbers to 4 significant digits."""
+    with open(path, newline="") as handle:
+        header, *rows = list(csv.reader(handle)) or [[]]
+
+    def cell(text: str) -> str:
+        try:
+            return format(float(text), ".4g")
+        except ValueError:
+            return text
+
+    return Table(header, [[cell(c) for c in row] for row in rows], f"From {path.parent.name}/{path.name}.")
 
 
 def _commands_table(study: Study) -> Table:

@@ -12,9 +12,10 @@ value_coef = 0; the value term is CHAIN's value-churn reduction. Differences fro
 * x_ref is the previous minibatch (the hook sees no buffer; the paper draws another random
   minibatch of the same buffer). Its prev outputs are computed when it was the current batch,
   so no copy of the network is kept; cost: one no-grad and one grad forward per minibatch.
-* coef is fixed. The paper re-sets it every ``level`` to max(1e4 * mean|L_policy| / mean L_reg, 1)
-  (running means over 200 updates, starting at 10); the ``loss`` hook is not given the PPO
-  policy loss, so that normalisation cannot be done here. The default is the paper's start value.
+* coef is fixed. The paper's code starts every task at 10 and, after 20 training iterations,
+  re-sets it every iteration to max(1e4 * mean|L_policy| / mean L_reg, 1) (means over the last
+  200 iterations, L_reg in its cross-entropy form); the ``loss`` hook is not given the PPO policy
+  loss, so that normalisation cannot be reproduced here. The default is the paper's start value.
 
 At a shift the stored batch is dropped (the paper also restarts its coefficient per task), so a
 reset or injection at the shift is not pulled back towards the pre-shift outputs.

@@ -1,15 +1,15 @@
 """Optimiser swaps: methods that replace the runner's AdamW (at most one per condition).
 
-Each keeps the runner's learning rate, betas and weight decay (``ppo_trainer``) unless it is the
-setting the method changes. Optimisers from packages are subclassed only where their checkpoint
-state would not survive ``state_dict``/``load_state_dict`` (runs resume bit-exactly).
+Each keeps the runner's settings (``ppo_trainer`` lr, betas, weight decay) except the ones it
+changes. Optimisers from packages are subclassed where their checkpoint state would not survive
+``state_dict``/``load_state_dict`` (runs must resume bit-exactly) and, for Kron, to run eagerly.
+The packages are imported when the optimiser is built, so they are needed only by runs using them.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -83,7 +83,7 @@ class TracCheckpointing:
         super().load_state_dict(state_dict)
         if trac is not None:
             restored = {k: v for k, v in trac.items() if k != "refs"}
-            for p, ref in zip(self._flat_params(), trac["refs"]):
+            for p, ref in zip(self._flat_params(), trac["refs"], strict=True):
                 if ref is not None:
                     restored[p] = {"ref": ref.to(p.device)}
             self.state["_trac"] = restored
@@ -116,29 +116,23 @@ class Trac(Intervention):
         return cls(params, **defaults)
 
 
-@dataclass(frozen=True)
-class UpdateProbability:
-    """kron's default preconditioner-update schedule (probability 1 for ``flat_start`` steps, then
-    exp(-decay * (step - flat_start)) down to ``min_prob``), evaluated eagerly: the package's own
-    schedule goes through torch.compile, which takes ~20 s at the first step on CPU and needs a
-    C++ compiler."""
-
-    min_prob: float = 0.03
-    decay: float = 0.001
-    flat_start: int = 500
-
-    def __call__(self, step: torch.Tensor) -> float:
-        return min(1.0, max(self.min_prob, math.exp(-self.decay * (float(step) - self.flat_start))))
-
-
 class KronCheckpointing:
-    """Mixin for kron_torch.Kron so its checkpoint resumes exactly: its einsum expressions are
-    strings, which Optimizer.load_state_dict mangles (it rebuilds every iterable it meets), and its
-    update-schedule counters and RNG live outside ``state``."""
+    """Mixin for kron_torch.Kron. Its step runs eagerly: the package wraps its helpers in
+    torch.compile, which on CPU needs a C++ compiler, spends 5-20 s compiling at the first step of
+    every new optimiser and recompiles per tensor shape until dynamo gives up anyway (eager steps
+    of this network take milliseconds). And its checkpoint resumes exactly: its einsum expressions
+    are strings, which Optimizer.load_state_dict mangles (it rebuilds every iterable it meets), and
+    its update-schedule counters and RNG live outside ``state``."""
+
+    def step(self, closure=None):
+        with torch.compiler.set_stance("force_eager"):
+            return super().step(closure)
 
     def state_dict(self):
         sd = super().state_dict()
-        sd["kron"] = {"prob_step": self._prob_step.clone(), "update_counter": self._update_counter.clone(), "rng": self.rng.getstate()}
+        sd["kron"] = {
+            "prob_step": self._prob_step.clone(), "update_counter": self._update_counter.clone(), "rng": self.rng.getstate(),
+        }
         return sd
 
     def load_state_dict(self, state_dict):
@@ -158,6 +152,11 @@ class KronParams(Params):
     """Learning rate (the package default; its README advises ~1/3 of Adam's, ppo_trainer.lr is 5e-4)."""
     b1: float = Field(0.9, ge=0, lt=1)
     """Momentum."""
+    memory_save_mode: Literal["smart_one_diag", "one_diag", "all_diag", "none"] = "smart_one_diag"
+    """Which dimensions get a diagonal instead of a triangular preconditioner. The package default
+    (none: all triangular up to 8192) merges a conv weight (64, 32, 4, 4) into (8192, 4) and then
+    multiplies 8192x8192 matrices at every step; smart_one_diag makes such a lone largest dimension
+    diagonal (the package README: almost no loss in effectiveness)."""
 
 
 @register
@@ -171,8 +170,9 @@ class KronMethod(Intervention):
     def optimizer(self, params, defaults):
         from kron_torch import Kron
 
+        mode = self.params.memory_save_mode
         cls = type("CheckpointableKron", (KronCheckpointing, Kron), {})
         return cls(
             params, lr=self.params.lr, b1=self.params.b1, weight_decay=defaults["weight_decay"],
-            preconditioner_update_probability=UpdateProbability(),
+            memory_save_mode=None if mode == "none" else mode,
         )

@@ -316,7 +316,7 @@ class PlasticityProbe:
         interval: int | None = None,
         probe_size: int = 2560,
         trainability_every: int = 5,
-        trainability_steps: int = 100,
+        trainability_steps: int = 200,
         chunk: int = 256,
     ) -> None:
         if probe_size <= 0 or trainability_every < 0 or chunk <= 0:

@@ -40,11 +40,11 @@ class TrainabilityProbe:
     def __init__(
         self,
         model_cfg: ModelConfig,
-        steps: int = 100,
+        steps: int = 200,
         seed: int = 0,
         dim: int = 16,
         lr: float = 1e-3,
-        batch_size: int = 256,
+        batch_size: int = 128,
     ) -> None:
         if steps <= 0 or dim <= 0 or batch_size <= 0 or lr <= 0:
             raise ValueError("trainability: steps, dim, batch_size and lr must be positive")

@@ -1,0 +1,1 @@
+"""Analysis of finished (or partial) studies: probe-set feature analysis, aggregation, reports."""
