@@ -71,13 +71,29 @@ def test_quick_config_has_the_study_reports_seven_conditions():
         "baseline", "leaky-relu", "mish", "layernorm", "rmsnorm", "redo-reset", "specnorm"]
 
 
-def test_reference_config_loads_and_unbuilt_methods_fail_only_when_chosen():
+def test_reference_config_resolves_every_condition():
     study = load_study("hyperparams.yaml")
+    assert study.errors == {}
     assert study.condition("baseline").ppo_trainer.ent_coef == 0.02
     assert study.condition("ent-0.1").ppo_trainer.ent_coef == 0.1
-    for name in study.errors:
-        with pytest.raises(ConfigError, match="is not implemented"):
-            study.condition(name)
+    assert set(study.condition("ssp-6-ln").interventions) == {"soft_shrink_perturb"}
+    assert study.condition("ssp-6-ln").model.norm == "layernorm"
+
+
+def test_a_condition_naming_a_missing_method_fails_only_when_chosen(write_config, tmp_path, capsys):
+    cfg = write_config({"experiment": {"conditions": {"baseline": {}, "future": {"interventions.not_yet": {}}}}})
+    study = load_study(cfg)
+    assert study.condition("baseline").interventions == {}
+    with pytest.raises(ConfigError, match="method 'not_yet' is not implemented"):
+        study.condition("future")
+    code, err = run_train(["-n", "x", "-p", str(cfg), "-o", str(tmp_path / "o")], capsys)  # all conditions
+    assert code == 2 and "not_yet" in err and not (tmp_path / "o").exists()
+
+
+def test_two_optimiser_swaps_conflict(write_config, tmp_path, capsys):
+    cfg = write_config({"experiment": {"conditions": {"x": {"interventions.trac": {}, "interventions.l2": {}}}}})
+    code, err = run_train(["-n", "x", "-p", str(cfg), "-c", "x", "-o", str(tmp_path / "o")], capsys)
+    assert code == 2 and "x ->" in err and not (tmp_path / "o").exists()
 
 
 def test_plab_train_is_the_same_command(write_config, tmp_path, capsys):
