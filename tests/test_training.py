@@ -170,4 +170,5 @@ def test_incompatible_checkpoint_is_refused(reference_run, tmp_path, write_confi
     (tmp_path / "results" / "t" / "baseline" / "seed_0" / "DONE").unlink()
     other = write_config({"experiment": {"conditions": {"baseline": {}}}, "ppo_trainer": {"lr": 0.1}})
     assert train_main(["-n", "t", "-p", str(other), "-o", str(tmp_path), "-c", "baseline", "-r"]) == 2
-    assert "incompatible checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "incompatible checkpoint: ppo_trainer.lr is 0.1 now but 0.0005 in the checkpoint" in err

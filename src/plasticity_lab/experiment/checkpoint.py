@@ -8,8 +8,6 @@ leave a half-written ``latest.pt``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: the message is one line naming the file and the reason."""
 
 
-def config_fingerprint(config: dict[str, Any]) -> str:
-    """Hash of the resolved config (minus run metadata) that a checkpoint must match to resume."""
-    relevant = {k: v for k, v in config.items() if k != "run"}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+# Sections that decide what a run computes; experiment.* (other conditions, save_freq) does not.
+RESULT_SECTIONS = ("environment", "model", "ppo_trainer", "interventions")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> str | None:
+    """First setting that differs between a checkpoint's config and the current one, or None.
+
+    Settings added to the schema after the checkpoint was written count as their default value,
+    so upgrading the toolkit does not orphan checkpoints whose runs it would compute the same.
+    """
+    old = {k: v for s in RESULT_SECTIONS for k, v in _flatten(saved.get(s, {}), f"{s}.").items()}
+    new = {k: v for s in RESULT_SECTIONS for k, v in _flatten(current.get(s, {}), f"{s}.").items()}
+    base = _flatten({s: defaults.get(s, {}) for s in RESULT_SECTIONS})
+    for key in sorted(set(old) | set(new)):
+        before = old.get(key, base.get(key))
+        after = new.get(key, base.get(key))
+        if before != after:
+            return f"{key} is {after!r} now but {before!r} in the checkpoint"
+    return None
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -39,8 +61,15 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, fingerprint: str | None, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; raises :class:`CheckpointError`, never modifies the file."""
+def load_checkpoint(
+    path: Path,
+    config: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint and, given the current resolved ``config`` (and the schema ``defaults``),
+    check it was written by the same settings; raises :class:`CheckpointError`, never modifies
+    the file."""
     try:
         # weights_only=False: the payload holds numpy RNG states and procgen state bytes.
         state = torch.load(path, map_location=map_location, weights_only=False)
@@ -50,9 +79,11 @@ def load_checkpoint(path: Path, fingerprint: str | None, map_location: str | tor
         raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a plasticity-lab checkpoint of format {FORMAT_VERSION}")
-    if fingerprint is not None and state.get("fingerprint") != fingerprint:
-        raise CheckpointError(
-            f"{path}: incompatible checkpoint: it was written with a different config "
-            "(resume with the same config file and condition, or start a new run name)"
-        )
+    if config is not None:
+        mismatch = config_mismatch(state.get("config", {}), config, defaults or {})
+        if mismatch:
+            raise CheckpointError(
+                f"{path}: incompatible checkpoint: {mismatch} "
+                "(resume with the same config file and condition, or start a new run name)"
+            )
     return state

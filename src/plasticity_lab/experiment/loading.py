@@ -29,7 +29,7 @@ def load_agent(run_dir: str | Path, checkpoint: str = "latest", device: str = "c
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    state = load_checkpoint(path, None, device)
+    state = load_checkpoint(path, map_location=device)
     obs_shape, num_actions = env_spec(cfg.environment)
     model = build_model(cfg.model, num_actions, obs_shape)
     if "interventions" in state:

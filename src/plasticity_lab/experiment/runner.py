@@ -23,7 +23,7 @@ from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
 from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
 from plasticity_lab.envs.shifts import ShiftState, next_shift
-from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, config_fingerprint, load_checkpoint, save_atomic
+from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import build_interventions
 from plasticity_lab.nets import build_model
@@ -74,7 +74,6 @@ class Run:
         self.shift_k = self.env_cfg.shift_k or num_levels(self.env_cfg)
         self.obs_shape, self.num_actions = env_spec(self.env_cfg)
         self.config_dict = cfg.to_yaml_dict()
-        self.fingerprint = config_fingerprint(self.config_dict)
 
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
@@ -117,7 +116,6 @@ class Run:
     def checkpoint_state(self, next_epoch: int, wall_time: float) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
             "next_epoch": next_epoch,
             "env_steps": self.env_steps,
             "wall_time": wall_time,
@@ -303,7 +301,8 @@ class Run:
     def train(self, resume: bool = False) -> str:
         """Run (or continue) to the last epoch. Returns "done" or "interrupted"."""
         if resume and (self.ckpt_dir / "latest.pt").exists():
-            self.restore(load_checkpoint(self.ckpt_dir / "latest.pt", self.fingerprint, self.device))
+            defaults = RunConfig().to_yaml_dict()
+            self.restore(load_checkpoint(self.ckpt_dir / "latest.pt", self.config_dict, defaults, self.device))
         p = self.ppo
         metrics = MetricsCSV(self.run_dir / "metrics.csv", self.columns, self.start_epoch)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch if self.start_epoch else None)
