@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from plasticity_lab.config import ModelConfig
+from plasticity_lab.config import EnvironmentConfig, ModelConfig
 from plasticity_lab.envs.shifts import ShiftState, next_shift, permute_tiles
 from plasticity_lab.metrics.diagnostics import (
-    DIAGNOSTIC_COLUMNS,
     DORMANT_TAUS,
-    LAYER_NAMES,
+    RUN_COLUMNS,
     DiagnosticsLogger,
     PlasticityProbe,
     churn,
     collect_probe_frames,
     default_probe_interval,
+    diagnostic_columns,
+    layer_names,
     policy_outputs,
     probe_network,
 )
@@ -36,13 +37,15 @@ from plasticity_lab.metrics.plasticity import (
 from plasticity_lab.metrics.trainability import TrainabilityProbe
 from plasticity_lab.nets import build_model
 
-TASK = "coinrun_10"
+ENV = EnvironmentConfig(task="coinrun_10")
+GRID = EnvironmentConfig(name="gridworld", task="gather_5")
 SMALL = ModelConfig(h_size=32)
+CONV64_LAYERS = ["conv1", "conv2", "conv3", "conv4", "dense"]
 
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
-    return collect_probe_frames(TASK, ShiftState(), n=96, seed=3, num_envs=32, warmup=2, stride=2)
+    return collect_probe_frames(ENV, ShiftState(), n=96, seed=3, num_envs=32, warmup=2, stride=2)
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:
@@ -67,8 +70,9 @@ def test_streamed_probe_equals_full_set_definitions(frames):
         acts = [torch.cat(layer) for layer in zip(*chunks)]
         logits, values, _ = model(torch.from_numpy(frames))
     assert model.training and all(torch.equal(a, b) for a, b in zip(before, params(model)))
-    assert set(s) <= set(DIAGNOSTIC_COLUMNS)
-    for name, h in zip(LAYER_NAMES, acts):
+    assert layer_names(model) == CONV64_LAYERS
+    assert set(s) <= set(diagnostic_columns(CONV64_LAYERS))
+    for name, h in zip(CONV64_LAYERS, acts):
         assert s[f"{name}/dead_frac"] == dead_fraction(h)
         assert s[f"{name}/activation_rate"] == activation_rate(h)
         scores = dormant_scores(h)
@@ -87,13 +91,13 @@ def test_streamed_probe_equals_full_set_definitions(frames):
         assert s[f"overall/dormant_{tau:g}"] == dormant_fraction_from_scores(all_scores, tau)
     n_units = sum(h.shape[1] for h in acts)
     assert s["overall/dead_frac"] == pytest.approx(sum(dead_fraction(h) * h.shape[1] for h in acts) / n_units)
-    for name, block in zip(LAYER_NAMES, model.blocks):
+    for name, block in zip(CONV64_LAYERS, model.blocks):
         assert s[f"{name}/stable_rank"] == stable_rank(block.layer.weight)
         assert s[f"{name}/weight_norm"] == pytest.approx(float(block.layer.weight.detach().double().norm()), rel=1e-9)
     for name in ("policy", "value"):
         weight = getattr(model, name).weight
         assert s[f"{name}/stable_rank"] == pytest.approx(stable_rank(weight), rel=1e-4)
-        assert s[f"{name}/weight_norm"] == pytest.approx(float(weight.double().norm()), rel=1e-4)
+        assert s[f"{name}/weight_norm"] == pytest.approx(float(weight.detach().double().norm()), rel=1e-4)
     np.testing.assert_allclose(result.spectrum, torch.linalg.svdvals(acts[-1].double()).numpy(), rtol=1e-9)
     np.testing.assert_array_equal(result.unit_rates, (acts[-1] > 0).double().mean(dim=0).numpy())
     torch.testing.assert_close(result.logits, logits)
@@ -112,41 +116,41 @@ def test_churn_zero_unchanged_and_positive_after_change(frames):
 
 def test_plasticity_probe_churn_across_shift_and_resume():
     model = small_model()
-    probe = PlasticityProbe(SMALL, seed=0, num_epochs=10, probe_size=64, trainability_every=0, chunk=32)
-    first = probe.measure(model, TASK, 0, ShiftState(), epoch=0).stats
+    probe = PlasticityProbe(ENV, seed=0, num_epochs=10, probe_size=64, trainability_every=0, chunk=32)
+    first = probe.measure(model, 0, ShiftState(), epoch=0).stats
     assert "policy_churn" not in first and first["probe_seconds"] > 0
-    again = probe.measure(model, TASK, 0, ShiftState(), epoch=1).stats
+    again = probe.measure(model, 0, ShiftState(), epoch=1).stats
     assert again["policy_churn"] == 0.0 and again["value_churn"] == 0.0
     # a resumed probe rebuilds the previous frames from its seed: still no churn for the same net
-    resumed = PlasticityProbe(SMALL, seed=0, num_epochs=10, probe_size=64, trainability_every=0, chunk=32)
+    resumed = PlasticityProbe(ENV, seed=0, num_epochs=10, probe_size=64, trainability_every=0, chunk=32)
     resumed.load_state_dict(probe.state_dict())
     shifted = next_shift(ShiftState(), "permute", np.random.default_rng(0), 0)
-    across = resumed.measure(model, TASK, 1, shifted, epoch=2).stats  # churn on task 0's frames
+    across = resumed.measure(model, 1, shifted, epoch=2).stats  # churn on task 0's frames
     assert across["policy_churn"] == 0.0 and across["value_churn"] == 0.0
     with torch.no_grad():
         model.value.bias.add_(1.0)
-    assert resumed.measure(model, TASK, 1, shifted, epoch=3).stats["value_churn"] == pytest.approx(1.0)
+    assert resumed.measure(model, 1, shifted, epoch=3).stats["value_churn"] == pytest.approx(1.0)
 
 
 def test_probe_schedule():
     assert default_probe_interval(3000) == 100 and default_probe_interval(10) == 1
-    probe = PlasticityProbe(SMALL, seed=0, num_epochs=3000, shift_points=[1000, 2000])
+    probe = PlasticityProbe(ENV, seed=0, num_epochs=3000, shift_points=[1000, 2000])
     probes = [e for e in range(3000) if probe.due(e)]
     assert len(probes) >= 30 and {0, 999, 1999, 2999} <= set(probes)
     assert [e for e in range(3000) if probe.trainability_due(e)] == [0, 499, 999, 1499, 1999, 2499, 2999]
-    uneven = PlasticityProbe(SMALL, seed=0, num_epochs=95, shift_points=[50], trainability_every=0)
+    uneven = PlasticityProbe(ENV, seed=0, num_epochs=95, shift_points=[50], trainability_every=0)
     assert {0, 49, 94} <= {e for e in range(95) if uneven.due(e)}
     assert not any(uneven.trainability_due(e) for e in range(95))
 
 
 def test_trainability_fresh_vs_itself_dead_network_and_isolation(frames):
-    probe = TrainabilityProbe(SMALL, steps=15, seed=1, batch_size=32)
-    fresh = probe.fresh_network()
+    probe = TrainabilityProbe(steps=15, seed=1, batch_size=32)
+    fresh = probe.fresh_network(small_model())
     same = probe.measure(fresh, frames, key=0)
     assert same["trainability_ratio"] == 1.0
     assert same["trainability_loss"] == same["trainability_fresh_loss"] < 1.0
 
-    dead = probe.fresh_network()
+    dead = probe.fresh_network(fresh)
     with torch.no_grad():
         dead.blocks[-1].layer.bias.fill_(-1e3)  # every trunk ReLU unit dead
     before, rng = params(dead), torch.get_rng_state()
@@ -165,16 +169,17 @@ def read_rows(path):
 
 def test_diagnostics_logger_resume_cuts_rows_and_spectra(tmp_path):
     stats = {"conv1/dead_frac": 0.25, "policy_churn": None, "trainability_ratio": float("nan"), "probe_seconds": 1.5}
-    log = DiagnosticsLogger(tmp_path, start_epoch=0)
+    columns = diagnostic_columns(CONV64_LAYERS)
+    log = DiagnosticsLogger(tmp_path, 0, CONV64_LAYERS)
     for epoch in (0, 9, 19):
         tb = log.log(epoch, 0, stats, np.full(4, epoch, dtype=np.float64))
     log.close()
     assert tb == {"conv1/dead_frac": 0.25, "probe_seconds": 1.5}
     rows = read_rows(tmp_path / "diagnostics.csv")
-    assert list(rows[0]) == DIAGNOSTIC_COLUMNS
+    assert list(rows[0]) == columns
     assert [r["epoch"] for r in rows] == ["0", "9", "19"] and rows[0]["policy_churn"] == ""
 
-    log = DiagnosticsLogger(tmp_path, start_epoch=10)  # resumed from a checkpoint at epoch 10
+    log = DiagnosticsLogger(tmp_path, 10, CONV64_LAYERS)  # resumed from a checkpoint at epoch 10
     assert [r["epoch"] for r in read_rows(tmp_path / "diagnostics.csv")] == ["0", "9"]
     with np.load(tmp_path / "spectra.npz") as saved:
         assert saved.files == ["epoch_000000", "epoch_000009"]
@@ -185,16 +190,34 @@ def test_diagnostics_logger_resume_cuts_rows_and_spectra(tmp_path):
         assert saved.files == ["epoch_000000", "epoch_000009", "epoch_000019"]
         np.testing.assert_array_equal(saved["epoch_000019"], np.full(4, 19.0))
     with pytest.raises(KeyError):
-        DiagnosticsLogger(tmp_path, start_epoch=20).log(20, 1, {"no/such_column": 1.0}, np.ones(2))
+        DiagnosticsLogger(tmp_path, 20, CONV64_LAYERS).log(20, 1, {"no/such_column": 1.0}, np.ones(2))
+    DiagnosticsLogger(tmp_path, 0, CONV64_LAYERS).close()  # resumed before the first checkpoint
+    assert read_rows(tmp_path / "diagnostics.csv") == []
+    with np.load(tmp_path / "spectra.npz") as saved:
+        assert saved.files == []
 
 
 def test_collect_probe_frames_deterministic_count_and_permuted():
     kwargs = dict(n=40, seed=5, num_envs=16, warmup=1, stride=2)
-    plain = collect_probe_frames(TASK, ShiftState(), **kwargs)
+    plain = collect_probe_frames(ENV, ShiftState(), **kwargs)
     assert plain.shape == (40, 64, 64, 3) and plain.dtype == np.uint8
-    np.testing.assert_array_equal(plain, collect_probe_frames(TASK, ShiftState(), **kwargs))
-    assert not np.array_equal(plain, collect_probe_frames(TASK, ShiftState(), **{**kwargs, "seed": 6}))
+    np.testing.assert_array_equal(plain, collect_probe_frames(ENV, ShiftState(), **kwargs))
+    assert not np.array_equal(plain, collect_probe_frames(ENV, ShiftState(), **{**kwargs, "seed": 6}))
     shifted = next_shift(ShiftState(), "permute", np.random.default_rng(1), 0)
-    permuted = collect_probe_frames(TASK, shifted, **kwargs)
+    permuted = collect_probe_frames(ENV, shifted, **kwargs)
     np.testing.assert_array_equal(permuted, permute_tiles(plain, shifted.tile_perm))
     assert not np.array_equal(permuted, plain)
+
+
+@pytest.mark.parametrize("enc_type, layers", [("conv11", ["conv1", "conv2", "dense"]), ("mlp", ["dense1", "dense"])])
+def test_gridworld_encoders_probe_and_trainability(enc_type, layers):
+    frames = collect_probe_frames(GRID, ShiftState(), n=48, seed=0, num_envs=16)
+    assert frames.shape == (48, 9, 9, 3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(enc_type=enc_type, h_size=32), 4, (9, 9, 3))
+    assert layer_names(model) == layers
+    result = probe_network(model, frames, chunk=20)
+    assert set(result.stats) == set(diagnostic_columns(layers)) - set(RUN_COLUMNS)
+    assert result.spectrum.shape == (32,) and result.logits.shape == (48, 4)
+    out = TrainabilityProbe(steps=5, batch_size=16).measure(model, frames)
+    assert np.isfinite(out["trainability_ratio"])

@@ -78,6 +78,10 @@ def test_run_directory_layout_and_metrics(reference_run):
     assert [bool(r["test_r"]) for r in rows] == [True, False, False, True, False, True]
     walls = [float(r["wall_time"]) for r in rows]
     assert walls == sorted(walls) and walls[0] > 0
+    diag = read_rows(run / "diagnostics.csv")
+    assert [int(r["epoch"]) for r in diag] == [0, 1, 2, 3, 5]  # epoch 0, every 2nd epoch, task ends, last
+    assert all(0 <= float(r["dense/dead_frac"]) <= 1 and float(r["dense/effective_rank"]) > 0 for r in diag)
+    assert diag[0]["trainability_ratio"] and not diag[1]["trainability_ratio"]
     for r in rows:
         assert 0 <= float(r["dead_units"]) <= 1
         assert float(r["weight_diff"]) > 0 and float(r["weight_m"]) > 0

@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     sw.set_defaults(func=cmd_sweep)
+    an = sub.add_parser("analyze", help="probe-set diagnostics of saved networks: spectra, activation rates")
+    an.add_argument("results_dir", help="study directory (results/NAME)")
+    an.add_argument("--frames", type=int, default=2560, help="real frames collected per task")
+    an.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    an.set_defaults(func=cmd_analyze)
     rep = sub.add_parser("report", help="figures, tables with CIs, summary.md and a self-contained report.html")
     rep.add_argument("results_dir", help="study directory (results/NAME)")
     rep.add_argument("--final-window", type=int, default=None, metavar="N",
@@ -137,6 +142,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
         return 130
     return 1 if any(s.status == "failed" for s in states) else 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.feature_analysis import analyze
+
+    try:
+        out = analyze(args.results_dir, frames=args.frames, device=args.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(f"wrote {out}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -162,6 +162,19 @@ class PPOConfig(Strict):
         return self
 
 
+class DiagnosticsConfig(Strict):
+    enabled: bool = True
+    """Probe-set plasticity diagnostics during training (diagnostics.csv, spectra.npz)."""
+    probe_interval: int | None = Field(None, ge=1)
+    """Epochs between probes (default: num_epochs // 30, so a run has at least 30 probes)."""
+    probe_size: int = Field(2560, ge=1)
+    """Real frames of the current task's training levels in the probe set (N >= 10 x width)."""
+    trainability_every: int = Field(5, ge=0)
+    """Run the trainability probe every this many probes (and at task ends); 0 turns it off."""
+    trainability_steps: int = Field(200, ge=1)
+    """Adam steps the trainability probe trains a copy (and a fresh network) for."""
+
+
 class RunConfig(Strict):
     """The fully resolved config of one condition (what a run directory's config.yaml holds)."""
 
@@ -171,6 +184,7 @@ class RunConfig(Strict):
     ppo_trainer: PPOConfig = Field(default_factory=PPOConfig)
     interventions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Method name -> its parameters ({} for defaults); see plasticity_lab.interventions."""
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from plasticity_lab.config import EnvironmentConfig
 from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.checkpoint import load_checkpoint
 from plasticity_lab.experiment.loading import load_agent, load_run_config
@@ -83,8 +84,9 @@ def snapshots(condition: str, seed: int, run_dir: Path) -> list[Snapshot]:
     out = []
     for task, (name, shift) in sorted(found.items()):
         if shift is None and task > 0:
-            print(f"warning: {run_dir}/checkpoints/{name}.pt has no shift_state: using unshifted frames", file=sys.stderr)
-        out.append(Snapshot(condition, seed, run_dir, task, name, ShiftState() if shift is None else ShiftState.from_dict(shift)))
+            print(f"warning: {ckpt_dir / name}.pt has no shift_state: using unshifted frames", file=sys.stderr)
+        state = ShiftState() if shift is None else ShiftState.from_dict(shift)
+        out.append(Snapshot(condition, seed, run_dir, task, name, state))
     return out
 
 
@@ -97,18 +99,20 @@ def analyze(results_dir: str | Path, frames: int = 2560, device: str = "cpu") ->
     out_dir = results_dir / "feature_analysis"
     out_dir.mkdir(exist_ok=True)
 
-    # A few frame sets stay cached: every run revisits the unshifted first task.
+    # A few frame sets stay cached (keyed by JSON, as configs and shift states are unhashable):
+    # every run revisits the unshifted first task.
     @functools.lru_cache(maxsize=4)
-    def frames_for(task: str, shift_json: str) -> np.ndarray:
-        return collect_probe_frames(task, ShiftState.from_dict(json.loads(shift_json)), frames, seed=FRAME_SEED)
+    def frames_for(env_json: str, shift_json: str) -> np.ndarray:
+        env_cfg = EnvironmentConfig.model_validate_json(env_json)
+        return collect_probe_frames(env_cfg, ShiftState.from_dict(json.loads(shift_json)), frames, seed=FRAME_SEED)
 
     probed: list[tuple[Snapshot, ProbeResult]] = []
     for condition, seed, run_dir in runs:
-        task = load_run_config(run_dir).environment.task
+        env_json = load_run_config(run_dir).environment.model_dump_json()
         for snap in snapshots(condition, seed, run_dir):
             print(f"analyze: {condition}/seed_{seed} {snap.checkpoint} (task {snap.task})", flush=True)
             model = load_agent(run_dir, snap.checkpoint, device)
-            probe_frames = frames_for(task, json.dumps(snap.shift.to_dict(), sort_keys=True))
+            probe_frames = frames_for(env_json, json.dumps(snap.shift.to_dict(), sort_keys=True))
             probed.append((snap, probe_network(model, probe_frames)))
     write_summary(probed, out_dir / "summary.csv")
     plot_spectra(probed, out_dir / "singular_value_spectrum_real.png")
@@ -167,7 +171,8 @@ def plot_activation_rates(probed: list[tuple[Snapshot, ProbeResult]], path: Path
             rates = [r.unit_rates for snap, r in probed if snap.task == task and snap.condition == condition]
             if rates:
                 pooled = np.concatenate(rates)
-                ax.hist(pooled, bins=bins, weights=np.full(len(pooled), 1 / len(pooled)), histtype="step", label=condition)
+                weights = np.full(len(pooled), 1 / len(pooled))
+                ax.hist(pooled, bins=bins, weights=weights, histtype="step", label=condition)
         ax.set_xlabel("activation rate of a unit")
         ax.set_ylabel("fraction of units")
         ax.legend(fontsize="small")

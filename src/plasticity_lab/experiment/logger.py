@@ -35,7 +35,7 @@ class MetricsCSV:
 
     def __init__(self, path: Path, columns: list[str], start_epoch: int) -> None:
         self.path, self.columns = path, columns
-        if start_epoch > 0 and path.exists():
+        if path.exists():  # also at start_epoch 0: a run resumed before its first checkpoint
             self._truncate(start_epoch)
         new = not path.exists() or path.stat().st_size == 0
         self.handle = open(path, "a", newline="")

@@ -26,6 +26,7 @@ from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import build_interventions
+from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
 from plasticity_lab.nets import build_model
 
 
@@ -94,6 +95,12 @@ class Run:
         self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in getattr(iv, "stat_keys", ())]
         self.autocast = self.ppo.precision == "bf16"
         self.stop_signal: int | None = None
+        d = cfg.diagnostics
+        self.probe = PlasticityProbe(
+            self.env_cfg, seed=seed, num_epochs=self.ppo.num_epochs, shift_points=self.ppo.shift_points,
+            interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
+            trainability_steps=d.trainability_steps,
+        ) if d.enabled else None
         self.current_epoch = 0
 
     # ------------------------------------------------------------------ optimiser and hooks
@@ -129,6 +136,7 @@ class Run:
             "shift_rng": self.shift_rng.bit_generator.state,
             "shift_state": self.shift_state.to_dict(),
             "env": self.env.get_state(),
+            "diagnostics": self.probe.state_dict() if self.probe else None,
             "config": self.config_dict,
         }
 
@@ -147,6 +155,8 @@ class Run:
         self.shift_rng.bit_generator.state = state["shift_rng"]
         self.shift_state = ShiftState.from_dict(state["shift_state"])
         self.env.set_state(state["env"])
+        if self.probe:
+            self.probe.load_state_dict(state.get("diagnostics"))
         self.task_index = state["task_index"]
         self.start_epoch = state["next_epoch"]
         self.env_steps = state["env_steps"]
@@ -162,7 +172,8 @@ class Run:
         if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
             # one model per task (its end), kept for analysis
             save_atomic({"format": FORMAT_VERSION, "model": state["model"], "interventions": state["interventions"],
-                         "config": self.config_dict, "next_epoch": next_epoch, "task_index": self.task_index},
+                         "config": self.config_dict, "next_epoch": next_epoch, "task_index": self.task_index,
+                         "shift_state": state["shift_state"]},
                         self.ckpt_dir / f"task_{self.task_index}.pt")
 
     # ------------------------------------------------------------------ experience
@@ -307,6 +318,7 @@ class Run:
         metrics = MetricsCSV(self.run_dir / "metrics.csv", self.columns, self.start_epoch)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch if self.start_epoch else None)
         progress = Progress(self.label, p.num_epochs, self.start_epoch)
+        diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
         t0 = time.monotonic() - self.wall_offset
         status = "done"
         try:
@@ -322,6 +334,11 @@ class Run:
                         if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
                             writer.add_scalar(key, value, epoch)
                     progress.update(epoch, row)
+                    if diagnostics is not None and self.probe.due(epoch):
+                        # before the checkpoint, so it holds this probe's churn reference
+                        result = self.probe.measure(self.model, self.task_index, self.shift_state, epoch)
+                        for key, value in diagnostics.log(epoch, self.task_index, result.stats, result.spectrum).items():
+                            writer.add_scalar(key, value, epoch)
                     nxt = epoch + 1
                     if stop.signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
                         self.save(nxt, time.monotonic() - t0)
@@ -330,6 +347,8 @@ class Run:
                         self.stop_signal = stop.signal
                         break
         finally:
+            if diagnostics is not None:
+                diagnostics.close()
             progress.close()
             writer.close()
             metrics.close()

@@ -1,21 +1,23 @@
 """Probe-set plasticity diagnostics (DESIGN.md section 5): what a run measures every few epochs.
 
 A probe forwards a fixed set of real frames from the current task's training levels through the
-network and reports, per layer, dead / dormant units, activation rates, feature ranks and weight
+network and reports, per layer (named by :func:`layer_names`: ``conv1``, ``conv2``, ... then the
+dense layers, the last of which, the trunk the heads read, is always ``dense``), dead / dormant units, activation rates, feature ranks and weight
 statistics, the churn of the policy and value since the previous probe, and now and then the
 trainability probe of :mod:`plasticity_lab.metrics.trainability`.
 
-Every metric is the definition in :mod:`plasticity_lab.metrics.plasticity`. Conv maps of 2560
-frames take hundreds of MB, so the probe set goes through the network in chunks and only per-unit
-sums (of ``|h|`` and of active frames) and the spatially averaged features are kept; the
-``*_from_*`` helpers of that module turn the sums into exactly the full-set values.
+Unit, rank and weight metrics are the definitions in :mod:`plasticity_lab.metrics.plasticity`.
+Conv maps of 2560 frames take hundreds of MB, so the probe set goes through the network in chunks
+and only per-unit sums (of ``|h|`` and of active frames) and the spatially averaged features are
+kept; the ``*_from_*`` helpers of that module turn the sums into the full-set values (exactly for
+the counts, up to float64 rounding for the ``|h|`` sums).
 
 Nothing here draws from torch's global RNG or changes the network (it is probed in eval mode, so
 spectral norm's power iteration does not advance), so diagnostics never alter a training run.
 
 Run-directory files:
 
-* ``diagnostics.csv``: one row per probe (columns :data:`DIAGNOSTIC_COLUMNS`).
+* ``diagnostics.csv``: one row per probe (columns :func:`diagnostic_columns`).
 * ``spectra.npz``: the trunk features' singular values of every probe, one array per probe named
   ``epoch_<EEEEEE>`` (zero-padded epoch); rewritten atomically, so a resume that drops the
   probes at or after its start epoch leaves no duplicates.
@@ -35,9 +37,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from plasticity_lab.config import ModelConfig
-from plasticity_lab.envs.procgen import ProcgenVecEnv
-from plasticity_lab.envs.shifts import NUM_ACTIONS, ShiftState
+from plasticity_lab.config import EnvironmentConfig
+from plasticity_lab.envs import make_env
+from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.logger import MetricsCSV
 from plasticity_lab.metrics.plasticity import (
     activation_rate_from_counts,
@@ -53,20 +55,34 @@ from plasticity_lab.metrics.plasticity import (
 )
 from plasticity_lab.metrics.trainability import TrainabilityProbe
 
-LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "dense")
 HEAD_NAMES = ("policy", "value")
 DORMANT_TAUS = (0.0, 0.025, 0.1)
 UNIT_STATS = ("dead_frac", "activation_rate") + tuple(f"dormant_{tau:g}" for tau in DORMANT_TAUS)
 FEATURE_STATS = ("effective_rank", "srank", "feature_rank", "feature_norm", "feature_var")
 WEIGHT_STATS = ("weight_norm", "stable_rank")
-DIAGNOSTIC_COLUMNS = [
+RUN_COLUMNS = [
     "epoch", "task", "probe_seconds", "policy_churn", "value_churn",
     "trainability_loss", "trainability_fresh_loss", "trainability_ratio",
-    *(f"overall/{s}" for s in UNIT_STATS),
-    *(f"{layer}/{s}" for layer in LAYER_NAMES for s in UNIT_STATS + FEATURE_STATS + WEIGHT_STATS),
-    *(f"{head}/{s}" for head in HEAD_NAMES for s in WEIGHT_STATS),
 ]  # fmt: skip
 MIN_PROBES = 30
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """``conv1..convC`` for the conv blocks, then ``dense1..`` for the dense blocks with the last
+    (the trunk) always ``dense``, so conv64, conv11 and mlp runs share the trunk's column names."""
+    num_dense = len(model.blocks) - model.num_conv
+    dense = [f"dense{i + 1}" for i in range(num_dense - 1)] + ["dense"]
+    return [f"conv{i + 1}" for i in range(model.num_conv)] + dense
+
+
+def diagnostic_columns(layers: list[str]) -> list[str]:
+    """The columns of ``diagnostics.csv`` for a network with these layer names."""
+    return [
+        *RUN_COLUMNS,
+        *(f"overall/{s}" for s in UNIT_STATS),
+        *(f"{layer}/{s}" for layer in layers for s in UNIT_STATS + FEATURE_STATS + WEIGHT_STATS),
+        *(f"{head}/{s}" for head in HEAD_NAMES for s in WEIGHT_STATS),
+    ]
 
 
 def default_probe_interval(num_epochs: int) -> int:
@@ -78,7 +94,7 @@ def default_probe_interval(num_epochs: int) -> int:
 
 
 def collect_probe_frames(
-    task: str,
+    env_cfg: EnvironmentConfig,
     shift_state: ShiftState,
     n: int = 2560,
     seed: int = 0,
@@ -87,7 +103,8 @@ def collect_probe_frames(
     warmup: int = 8,
     stride: int = 4,
 ) -> np.ndarray:
-    """``n`` real uint8 frames ``(n, 64, 64, 3)`` from ``task``'s training levels under ``shift_state``.
+    """``n`` real uint8 frames ``(n, H, W, 3)`` from the training levels of ``env_cfg``'s task
+    under ``shift_state``.
 
     ``min(num_envs, n)`` environments take random actions (or ``policy(obs)``'s) and, after
     ``warmup`` steps, every ``stride``-th step's frames are kept, so the set spreads over many
@@ -100,7 +117,7 @@ def collect_probe_frames(
     envs = min(num_envs, n)
     env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     rng = np.random.default_rng(action_seed)
-    env = ProcgenVecEnv(task, envs, seed=env_seed, train=True, shift=shift_state)
+    env = make_env(env_cfg, envs, seed=env_seed, train=True, shift=shift_state)
     frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=np.uint8)
     try:
         obs = env.observe_current()
@@ -109,7 +126,7 @@ def collect_probe_frames(
             if t >= warmup and (t - warmup) % stride == 0:
                 frames[stored : stored + envs] = obs
                 stored += envs
-            actions = rng.integers(0, NUM_ACTIONS, envs) if policy is None else np.asarray(policy(obs))
+            actions = rng.integers(0, env.num_actions, envs) if policy is None else np.asarray(policy(obs))
             obs = env.step(actions).obs
             t += 1
     finally:
@@ -125,7 +142,7 @@ class ProbeResult:
     """One probe of a network on a frame set."""
 
     stats: dict[str, float]
-    """Flat ``layer/stat`` values (columns of :data:`DIAGNOSTIC_COLUMNS`)."""
+    """Flat ``layer/stat`` values (columns of :func:`diagnostic_columns`)."""
     spectrum: np.ndarray
     """Singular values of the ``(n, F)`` trunk feature matrix, descending."""
     unit_rates: np.ndarray
@@ -194,7 +211,7 @@ def weight_stats(model: nn.Module) -> dict[str, float]:
     matrices = [block.layer.weight for block in model.blocks]
     matrices += [_head_matrix(head, model.feature_dim) for head in (model.policy, model.value)]
     out = {}
-    for name, w in zip(LAYER_NAMES + HEAD_NAMES, matrices):
+    for name, w in zip(layer_names(model) + list(HEAD_NAMES), matrices):
         out[f"{name}/weight_norm"] = float(torch.linalg.vector_norm(w.detach().double()))
         out[f"{name}/stable_rank"] = stable_rank(w)
     return out
@@ -217,7 +234,7 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
     Unit statistics are those of :mod:`~plasticity_lab.metrics.plasticity` on the whole set
     (conv units are channels; ``dormant_<tau>`` is ``dormant_fraction`` at ``tau``); rank
     measures use the ``(n, C)`` spatially averaged channel features of conv layers and the
-    ``(n, F)`` trunk features; ``feature_norm`` is the mean L2 norm of a frame's feature vector
+    ``(n, F)`` features of dense layers; ``feature_norm`` is the mean L2 norm of a frame's feature vector
     and ``feature_var`` the mean over units of their (population) variance over frames.
     ``overall/*`` pools the units of all layers (each unit's dormancy score is relative to its
     own layer, as ReDo defines it).
@@ -225,7 +242,8 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
     n = len(frames)
     if n == 0:
         raise ValueError("probe_network: empty frame set")
-    accs = [_UnitAccumulator() for _ in LAYER_NAMES]
+    names = layer_names(model)
+    accs = [_UnitAccumulator() for _ in names]
     logits, values = [], []
     with eval_mode(model):
         for obs in torch.from_numpy(frames).to(_device(model)).split(chunk):
@@ -235,7 +253,7 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
             logits.append(model.policy(acts[-1]))
             values.append(model.value(acts[-1]).squeeze(-1))
         stats = weight_stats(model)
-    for name, acc in zip(LAYER_NAMES, accs):
+    for name, acc in zip(names, accs):
         stats.update(_unit_stats(name, acc.active, acc.scores(), n))
         phi = acc.features()
         stats[f"{name}/effective_rank"] = effective_rank(phi)
@@ -273,10 +291,11 @@ def churn(
     ``policy_churn``: mean total-variation distance ``0.5 * sum_a |pi_now(a|x) - pi_prev(a|x)|``
     (bounded in [0, 1] and symmetric, unlike KL); ``value_churn``: mean ``|V_now(x) - V_prev(x)|``.
     """
-    p_prev, p_now = torch.softmax(prev_logits.double(), -1), torch.softmax(logits.double(), -1)
+    p_prev = torch.softmax(prev_logits.to(logits.device, torch.float64), -1)
+    p_now = torch.softmax(logits.double(), -1)
     return {
         "policy_churn": float(0.5 * (p_now - p_prev).abs().sum(dim=-1).mean()),
-        "value_churn": float((values.double() - prev_values.double()).abs().mean()),
+        "value_churn": float((values.double() - prev_values.to(values.device, torch.float64)).abs().mean()),
     }
 
 
@@ -298,8 +317,8 @@ class PlasticityProbe:
 
     Probes follow epoch ``0`` and every epoch ``e`` with ``(e + 1) % interval == 0`` or that is
     the last one before a shift or of the run, so every task's final network is measured.
-    Trainability runs at the probes with ``(e + 1) // interval % trainability_every == 0`` and at
-    the last epoch of every task.
+    Trainability runs at epoch 0 (a near-initial reference), at the probes with
+    ``(e + 1) // interval % trainability_every == 0`` and at the last epoch of every task.
 
     Each task's frame set is collected once (random actions, seed derived from the run seed and
     the task index), so within a task metrics change only because the network does, and the set
@@ -309,7 +328,7 @@ class PlasticityProbe:
 
     def __init__(
         self,
-        model_cfg: ModelConfig,
+        env_cfg: EnvironmentConfig,
         seed: int,
         num_epochs: int,
         shift_points: list[int] | tuple[int, ...] = (),
@@ -321,11 +340,11 @@ class PlasticityProbe:
     ) -> None:
         if probe_size <= 0 or trainability_every < 0 or chunk <= 0:
             raise ValueError("probe_size and chunk must be positive, trainability_every >= 0")
-        self.seed, self.num_epochs, self.chunk, self.probe_size = seed, num_epochs, chunk, probe_size
+        self.env_cfg, self.seed, self.chunk, self.probe_size = env_cfg, seed, chunk, probe_size
         self.interval = interval or default_probe_interval(num_epochs)
         self.task_ends = {point - 1 for point in shift_points} | {num_epochs - 1}
         self.trainability_every = trainability_every
-        self.trainability = TrainabilityProbe(model_cfg, trainability_steps, seed=seed) if trainability_every else None
+        self.trainability = TrainabilityProbe(trainability_steps, seed=seed) if trainability_every else None
         self._frames: dict[int, np.ndarray] = {}
         self._previous: _Previous | None = None
 
@@ -336,27 +355,28 @@ class PlasticityProbe:
     def trainability_due(self, epoch: int) -> bool:
         if self.trainability is None or not self.due(epoch):
             return False
-        return epoch in self.task_ends or ((epoch + 1) // self.interval) % self.trainability_every == 0
+        periodic = ((epoch + 1) // self.interval) % self.trainability_every == 0
+        return epoch == 0 or epoch in self.task_ends or periodic
 
-    def frames(self, task: str, task_index: int, shift_state: ShiftState) -> np.ndarray:
-        """The probe set of task ``task_index`` (cached; older tasks' sets are dropped elsewhere)."""
+    def frames(self, task_index: int, shift_state: ShiftState) -> np.ndarray:
+        """The probe set of task ``task_index`` (cached; :meth:`measure` keeps only the current one)."""
         if task_index not in self._frames:
             frame_seed = int(np.random.SeedSequence([self.seed, task_index]).generate_state(1)[0])
-            self._frames[task_index] = collect_probe_frames(task, shift_state, self.probe_size, frame_seed)
+            self._frames[task_index] = collect_probe_frames(self.env_cfg, shift_state, self.probe_size, frame_seed)
         return self._frames[task_index]
 
-    def measure(self, model: nn.Module, task: str, task_index: int, shift_state: ShiftState, epoch: int) -> ProbeResult:
+    def measure(self, model: nn.Module, task_index: int, shift_state: ShiftState, epoch: int) -> ProbeResult:
         """Probe ``model`` now; ``stats`` gains churn (from the second probe on), trainability
         (when due) and ``probe_seconds``."""
         t0 = time.monotonic()
-        frames = self.frames(task, task_index, shift_state)
+        frames = self.frames(task_index, shift_state)
         result = probe_network(model, frames, self.chunk)
         prev = self._previous
         if prev is not None:
             if prev.task_index == task_index:
                 now = result.logits, result.values
             else:
-                now = policy_outputs(model, self.frames(task, prev.task_index, prev.shift), self.chunk)
+                now = policy_outputs(model, self.frames(prev.task_index, prev.shift), self.chunk)
             result.stats.update(churn(prev.logits, prev.values, *now))
         self._previous = _Previous(task_index, shift_state, result.logits, result.values)
         self._frames = {task_index: frames}
@@ -391,11 +411,13 @@ class PlasticityProbe:
 
 class DiagnosticsLogger:
     """``diagnostics.csv`` and ``spectra.npz`` of a run, with the resume semantics of metrics.csv:
-    probes at or after ``start_epoch`` (recomputed after a resume) are dropped from both."""
+    probes at or after ``start_epoch`` (recomputed after a resume) are dropped from both.
+    ``layers`` are the network's :func:`layer_names`."""
 
-    def __init__(self, run_dir: Path, start_epoch: int) -> None:
+    def __init__(self, run_dir: Path, start_epoch: int, layers: list[str]) -> None:
         run_dir = Path(run_dir)
-        self.csv = MetricsCSV(run_dir / "diagnostics.csv", DIAGNOSTIC_COLUMNS, start_epoch)
+        self.columns = diagnostic_columns(layers)
+        self.csv = MetricsCSV(run_dir / "diagnostics.csv", self.columns, start_epoch)
         self.spectra_path = run_dir / "spectra.npz"
         self.spectra: dict[str, np.ndarray] = {}
         if self.spectra_path.exists():
@@ -405,7 +427,7 @@ class DiagnosticsLogger:
 
     def log(self, epoch: int, task: int, stats: dict[str, float], spectrum: np.ndarray) -> dict[str, float]:
         """Append one probe; returns its finite scalars (``layer/stat`` names) for TensorBoard."""
-        unknown = set(stats) - set(DIAGNOSTIC_COLUMNS)
+        unknown = set(stats) - set(self.columns)
         if unknown:
             raise KeyError(f"diagnostics: no column for {sorted(unknown)}")
         self.csv.write({"epoch": epoch, "task": task, **stats})

@@ -8,7 +8,8 @@ with the same budget spent on a freshly initialised network of the same architec
 targets, head initialisation and batch order): ``ratio = loss / fresh_loss``, > 1 meaning the
 trained network has lost plasticity.
 
-Targets are the outputs of a randomly initialised conv64 (ReLU, no norm, the run's width) with a
+Targets are the outputs of a randomly initialised network with the probed one's encoder type and
+width (but ReLU, no norm, so every condition of a study fits the same kind of function) and a
 ``dim``-output head, standardised per output over the probe set (so predicting the mean scores
 1.0). Unlike i.i.d. Gaussian labels they are a function of the frame, so near-identical frames get
 near-identical targets and a plastic network can actually fit them in a short budget.
@@ -26,8 +27,7 @@ import torch
 from torch import nn
 
 from plasticity_lab.config import ModelConfig
-from plasticity_lab.envs.shifts import NUM_ACTIONS
-from plasticity_lab.nets import build_model
+from plasticity_lab.nets import ActorCritic, build_model
 
 
 class TrainabilityProbe:
@@ -39,7 +39,6 @@ class TrainabilityProbe:
 
     def __init__(
         self,
-        model_cfg: ModelConfig,
         steps: int = 200,
         seed: int = 0,
         dim: int = 16,
@@ -48,27 +47,28 @@ class TrainabilityProbe:
     ) -> None:
         if steps <= 0 or dim <= 0 or batch_size <= 0 or lr <= 0:
             raise ValueError("trainability: steps, dim, batch_size and lr must be positive")
-        self.model_cfg, self.steps, self.dim, self.lr, self.batch_size = model_cfg, steps, dim, lr, batch_size
+        self.steps, self.dim, self.lr, self.batch_size = steps, dim, lr, batch_size
         self.target_seed, self.fresh_seed, self.head_seed = (
             int(s) for s in np.random.SeedSequence([seed]).generate_state(3)
         )
         self._reference: tuple[object, torch.Tensor, float] | None = None
 
-    def fresh_network(self) -> nn.Module:
-        """The freshly initialised reference network (seeded; same every call)."""
+    def fresh_network(self, like: ActorCritic) -> ActorCritic:
+        """The freshly initialised reference network of ``like``'s architecture (seeded: the
+        same every call), on the CPU."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.fresh_seed)
-            return build_model(self.model_cfg, NUM_ACTIONS)
+            return build_model(like.cfg, like.num_actions, like.obs_shape)
 
-    def measure(self, model: nn.Module, frames: np.ndarray, key: object = None) -> dict[str, float]:
+    def measure(self, model: ActorCritic, frames: np.ndarray, key: object = None) -> dict[str, float]:
         """``trainability_loss``, ``trainability_fresh_loss`` and ``trainability_ratio`` of
         ``model`` on uint8 ``frames``; ``key`` names the frame set for reuse (None: no reuse)."""
         device = next(model.parameters()).device
         obs = torch.from_numpy(frames).to(device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if key is None or self._reference is None or self._reference[0] != key:
-                targets = self._targets(obs)
-                self._reference = (key, targets, self._fit(self.fresh_network().to(device), obs, targets))
+                targets = self._targets(model, obs)
+                self._reference = (key, targets, self._fit(self.fresh_network(model).to(device), obs, targets))
             _, targets, fresh_loss = self._reference
             loss = self._fit(copy.deepcopy(model), obs, targets)
         return {
@@ -78,9 +78,10 @@ class TrainabilityProbe:
         }
 
     @torch.no_grad()
-    def _targets(self, obs: torch.Tensor) -> torch.Tensor:
+    def _targets(self, like: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(self.target_seed)
-        net = build_model(ModelConfig(h_size=self.model_cfg.h_size), self.dim).to(obs.device).eval()
+        cfg = ModelConfig(enc_type=like.cfg.enc_type, h_size=like.cfg.h_size)
+        net = build_model(cfg, self.dim, like.obs_shape).to(obs.device).eval()
         y = torch.cat([net(chunk)[0] for chunk in obs.split(self.batch_size)])
         std = y.std(dim=0, unbiased=False)
         return (y - y.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
