@@ -112,3 +112,43 @@ def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") ->
             with contextlib.suppress(Exception):
                 run.env.close()
     return results
+
+
+def run_diagnostics_bench(device: str = "auto") -> dict[str, float]:
+    """Cost of the default probe schedule of a study-report run (3000 epochs), projected from
+    timed probes and epochs measured in this process: diagnostics time / training time."""
+    from plasticity_lab.metrics.diagnostics import PlasticityProbe
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_run("fp32", device, Path(tmp))
+        p = run.ppo
+        out["epoch_s"] = time_epochs(run, 2)
+        probe = PlasticityProbe(run.env_cfg, seed=0, num_epochs=p.num_epochs, shift_points=p.shift_points)
+        schedule = [e for e in range(p.num_epochs) if probe.due(e)]
+        fits = [e for e in schedule if probe.trainability_due(e)]
+        t0 = time.perf_counter()
+        probe.frames(run.task_index, run.shift_state)
+        out["collect_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probe.measure(run.model, run.task_index, run.shift_state, 1)  # not a trainability epoch
+        out["probe_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        probe.measure(run.model, run.task_index, run.shift_state, 0)  # first fit: targets + fresh net + copy
+        out["first_fit_s"] = time.perf_counter() - t0 - out["probe_s"]
+        t0 = time.perf_counter()
+        probe.measure(run.model, run.task_index, run.shift_state, fits[1])  # later fit of the same task: copy only
+        out["fit_s"] = time.perf_counter() - t0 - out["probe_s"]
+        tasks = len(p.shift_points) + 1
+        total = (len(schedule) * out["probe_s"] + tasks * (out["collect_s"] + out["first_fit_s"])
+                 + (len(fits) - tasks) * out["fit_s"])
+        out["probes"], out["fits"] = float(len(schedule)), float(len(fits))
+        out["diagnostics_total_s"] = total
+        out["overhead"] = total / (p.num_epochs * out["epoch_s"])
+        run.env.close()
+    print(f"epoch {out['epoch_s']:.2f} s; probe (2560 frames) {out['probe_s']:.2f} s; frame collection "
+          f"{out['collect_s']:.2f} s; trainability fit {out['fit_s']:.1f} s (first of a task incl. fresh net "
+          f"{out['first_fit_s']:.1f} s)")
+    print(f"default schedule for {p.num_epochs} epochs: {len(schedule)} probes, {len(fits)} trainability fits -> "
+          f"{total:.0f} s of diagnostics = {100 * out['overhead']:.1f}% of the training time")
+    return out
