@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 
 from plasticity_lab.config import ConfigError
 
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     sw.set_defaults(func=cmd_sweep)
+    demo = sub.add_parser("demo", help="minute-scale study on CPU: baseline vs. reset-all vs. mitigations, then the report")
+    demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/demo)")
+    demo.add_argument("--seeds", type=int, default=5, help="seeds per condition")
+    demo.add_argument("--workers", type=int, default=2, help="runs at a time")
+    demo.set_defaults(func=cmd_demo)
     an = sub.add_parser("analyze", help="probe-set diagnostics of saved networks: spectra, activation rates")
     an.add_argument("results_dir", help="study directory (results/NAME)")
     an.add_argument("--frames", type=int, default=2560, help="real frames collected per task")
@@ -142,6 +148,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
         return 130
+    return 1 if any(s.status == "failed" for s in states) else 0
+
+
+DEMO_CONFIG = "demo_gridworld.yaml"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Sweep configs/demo_gridworld.yaml, write the report, print its tables."""
+    from plasticity_lab.analysis.report import report
+    from plasticity_lab.config import resolve_config_path
+    from plasticity_lab.experiment.sweep import sweep
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+    states = sweep(resolve_config_path(DEMO_CONFIG), name="demo", seeds=list(range(args.seeds)),
+                   workers=args.workers, out_dir=args.out_dir)
+    html = report(Path(args.out_dir) / "results" / "demo")
+    summary = (html.parent / "summary.md").read_text().splitlines()
+    keep = False
+    for line in summary:
+        if line.startswith("## "):
+            keep = line in ("## Results", "## Return at the end of each round")
+            print()
+        if keep and (line.startswith("|") or line.startswith("## ")):
+            print(line)
+    print(f"\nreport: {html}")
     return 1 if any(s.status == "failed" for s in states) else 0
 
 
