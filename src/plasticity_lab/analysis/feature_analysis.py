@@ -144,6 +144,10 @@ def _panels(probed: list[tuple[Snapshot, ProbeResult]], title: str) -> tuple[Fig
     return fig, dict(zip(tasks, axes)), conditions
 
 
+# Relative singular values below this are float64 round-off of dead units, not signal.
+SPECTRUM_FLOOR = 1e-8
+
+
 def plot_spectra(probed: list[tuple[Snapshot, ProbeResult]], path: Path) -> None:
     fig, panels, conditions = _panels(probed, "trunk feature spectrum on real frames (mean over seeds)")
     for task, ax in panels.items():
@@ -157,6 +161,7 @@ def plot_spectra(probed: list[tuple[Snapshot, ProbeResult]], path: Path) -> None
                 mean = np.mean(spectra, axis=0)
                 ax.plot(np.arange(1, len(mean) + 1), mean, label=condition)
         ax.set_yscale("log")
+        ax.set_ylim(bottom=SPECTRUM_FLOOR)
         ax.set_xlabel("index i")
         ax.set_ylabel("s_i / s_1")
         ax.legend(fontsize="small")
