@@ -18,6 +18,10 @@ BAD = [
     ({"ppo_trainer": {"num_epochs": -5}}, "ppo_trainer.num_epochs"),
     ({"ppo_trainer": {"shift_points": [3, 50]}}, "shift point 50"),
     ({"ppo_trainer": {"batch_size": 512}}, "larger than buffer_size"),
+    ({"ppo_trainer": {"batch_size": 1}}, "ppo_trainer.batch_size"),
+    ({"ppo_trainer": {"batch_size": 48}}, "must be a multiple of batch_size"),
+    ({"ppo_trainer": {"adam_betas": [1.0, 0.999]}}, "adam_betas"),
+    ({"environment": {"name": "gridworld", "task": "gather_5", "grid_size": 3}, "model": {"enc_type": "mlp"}}, "environment.grid_size"),
     ({"ppo_trainer": {"lr": "fast"}}, "ppo_trainer.lr"),
     ({"ppo_trainer": {"nonsense": 1}}, "ppo_trainer.nonsense: unknown key"),
     ({"environment": {"task": "pong_10"}}, "environment.task"),
@@ -46,6 +50,11 @@ def test_missing_and_malformed_files(tmp_path, write_config, capsys):
     code, err = run_train(["-n", "x", "-p", str(cfg), "-o", str(tmp_path / "out")], capsys)
     assert code == 2 and "malformed YAML" in err and str(cfg) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_exponent_floats_without_a_dot_are_numbers(write_config):
+    cfg = write_config(text=(write_config().read_text().replace("ppo_trainer:", "ppo_trainer:\n  lr: 5e-4", 1)), name="e.yaml")
+    assert load_study(cfg).condition("baseline").ppo_trainer.lr == 0.0005
 
 
 def test_unknown_condition_lists_allowed(write_config, tmp_path, capsys):

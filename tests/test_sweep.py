@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from plasticity_lab.config import ConfigError
-from plasticity_lab.experiment.study import LOCK_NAME
+from plasticity_lab.experiment.study import LOCK_NAME, check_unlocked, run_lock
 from plasticity_lab.experiment.sweep import sweep
 from tests.conftest import TINY, merge
 
@@ -49,7 +49,7 @@ def test_local_sweep_runs_every_condition_and_seed(local_study):
             assert (run / "DONE").exists()
             assert [r["epoch"] for r in rows(run / "metrics.csv")] == [str(i) for i in range(6)]
             assert yaml.safe_load((run / "config.yaml").read_text())["run"]["condition"] == cond
-            assert not (run / LOCK_NAME).exists()
+            check_unlocked(run)  # the finished run released its lock
     assert rows(local_study / "baseline/seed_0/metrics.csv") != rows(local_study / "baseline/seed_1/metrics.csv")
 
 
@@ -69,7 +69,7 @@ def test_killed_worker_then_resume_completes_without_lost_or_duplicated_rows(con
     while time.monotonic() < deadline:
         lock = run / LOCK_NAME
         if (run / "metrics.csv").exists() and len(rows(run / "metrics.csv")) >= 3 and lock.exists():
-            os.kill(int(lock.read_text().split()[1]), signal.SIGKILL)
+            os.kill(int(lock.read_text().split()[3]), signal.SIGKILL)  # "host H pid P"
             break
         time.sleep(0.05)
     else:
@@ -92,17 +92,34 @@ def test_a_failing_run_is_reported_and_the_others_finish(config, tmp_path):
     states = sweep(config, seeds=[0], workers=2, out_dir=tmp_path, retries=1)
     status = {s.spec.condition: s for s in states}
     assert status["baseline"].status == "done"
-    assert status["mish"].status == "failed" and status["mish"].attempts == 2
+    assert status["mish"].status == "failed"
+    assert status["mish"].attempts == 1  # bad input (exit 2) cannot succeed on a retry
     assert "corrupt checkpoint" in status["mish"].error
+
+
+def test_crashed_attempts_are_retried_up_to_the_limit(tmp_path):
+    from types import SimpleNamespace
+
+    from plasticity_lab.experiment.sweep import RunState, finish
+
+    state = RunState(SimpleNamespace(run_dir=tmp_path))
+    state.attempts = 1
+    assert finish(state, -9, retries=1) and state.status == "pending"
+    state.attempts = 2
+    assert not finish(state, -9, retries=1) and state.status == "failed" and "exit code -9" in state.error
+    (tmp_path / "DONE").write_text("")
+    assert not finish(state, 0, retries=1) and state.status == "done"
 
 
 def test_a_run_locked_by_a_live_process_is_refused(config, tmp_path):
     run = tmp_path / "results/tiny_sweep/baseline/seed_0"
-    run.mkdir(parents=True)
-    (run / LOCK_NAME).write_text(f"{os.uname().nodename} {os.getpid()}\n")
-    with pytest.raises(ConfigError, match="being written by another process"):
-        sweep(config, seeds=[0], out_dir=tmp_path)
+    with run_lock(run):
+        with pytest.raises(ConfigError, match="being written by another process"):
+            sweep(config, seeds=[0], out_dir=tmp_path)
     assert not (run / "metrics.csv").exists()
+    check_unlocked(run)  # released with its holder, and a stale lock file blocks nothing
+    (run / LOCK_NAME).write_text("host gone pid 1\n")
+    check_unlocked(run)
 
 
 def test_ray_backend_with_a_local_instance(config, local_study, tmp_path):

@@ -48,20 +48,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
-    write_study_config(study, args.out_dir, args.name)
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
             continue
         run = Run(spec.cfg, spec.run_dir, spec.seed, device=device, label=spec.label)
         with run_lock(spec.run_dir):
-            prepare_run_dir(spec, run.hook_list(), device)
-            print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
             try:
-                status = run.train(resume=args.resume)
+                # checked before anything is written, so a refused resume leaves the run as it was
+                state = run.load_resume_state() if args.resume else None
             except CheckpointError as err:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_BAD_INPUT
+            write_study_config(study, args.out_dir, args.name)
+            prepare_run_dir(spec, run.hook_list(), device)
+            print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
+            status = run.train(state)
         if status == "interrupted":
             print(f"{spec.label}: stopped; checkpoint written. Resume with the same command plus -r.", flush=True)
             return 128 + int(run.stop_signal or signal.SIGINT)
@@ -138,7 +140,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if count < 1:
             raise ConfigError(f"--seeds {count}: must be >= 1")
         seeds = list(range(count))
-    conditions = args.conditions.split(",") if args.conditions else None
+    seeds = list(dict.fromkeys(seeds))  # a repeated seed or condition is one run, not two
+    conditions = list(dict.fromkeys(args.conditions.split(","))) if args.conditions else None
     try:
         states = sweep(
             args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,

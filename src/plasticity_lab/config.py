@@ -72,7 +72,7 @@ class EnvironmentConfig(Strict):
     """Level step for window/expand shifts (default: K)."""
     env_copies: int = Field(16, ge=1)
     """Parallel training environments (rollouts are buffer_size / env_copies steps long)."""
-    grid_size: int = Field(9, ge=3, le=32)
+    grid_size: int = Field(9, ge=5, le=32)
     """gridworld only: side of the square grid (the observation is grid_size x grid_size x 3)."""
     episode_steps: int = Field(50, ge=1)
     """gridworld only: time limit of an episode (ProcGen's is fixed at 200 agent steps)."""
@@ -110,8 +110,8 @@ class PPOConfig(Strict):
     """Epochs at whose start the environment distribution shifts."""
     buffer_size: int = Field(1024, ge=1)
     """Transitions gathered per epoch."""
-    batch_size: int = Field(64, ge=1)
-    """Minibatch size."""
+    batch_size: int = Field(64, ge=2)
+    """Minibatch size (>= 2: advantages are normalised within each minibatch)."""
     num_passes: int = Field(3, ge=1)
     """Passes over the buffer per epoch."""
     lr: float = Field(5e-4, gt=0)
@@ -154,6 +154,13 @@ class PPOConfig(Strict):
     def _consistent(self) -> PPOConfig:
         if self.batch_size > self.buffer_size:
             raise ValueError(f"batch_size {self.batch_size} is larger than buffer_size {self.buffer_size}")
+        if self.buffer_size % self.batch_size:
+            raise ValueError(
+                f"buffer_size {self.buffer_size} must be a multiple of batch_size {self.batch_size} "
+                "(every transition is used in every pass)"
+            )
+        if not all(0 <= beta < 1 for beta in self.adam_betas):
+            raise ValueError(f"adam_betas {list(self.adam_betas)}: each must lie in [0, 1)")
         for point in self.shift_points:
             if not 0 < point < self.num_epochs:
                 raise ValueError(f"shift point {point} must lie in (0, num_epochs={self.num_epochs})")
@@ -241,13 +248,25 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = copy.deepcopy(value)
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-4`` (no dot) as a float, as people write learning rates;
+    YAML 1.1 would make it a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

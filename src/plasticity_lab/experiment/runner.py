@@ -23,7 +23,7 @@ from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
 from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
 from plasticity_lab.envs.shifts import ShiftState, next_shift
-from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import build_interventions
 from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
@@ -132,6 +132,7 @@ class Run:
             "interventions": [iv.state_dict() for iv in self.interventions],
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "device_type": self.device.type,
             "gen": self.gen.get_state(),
             "shift_rng": self.shift_rng.bit_generator.state,
             "shift_state": self.shift_state.to_dict(),
@@ -148,10 +149,11 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.optimizer = self.make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states are CPU byte tensors whatever map_location moved them to
+        torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.gen.set_state(state["gen"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.gen.set_state(state["gen"].cpu())
         self.shift_rng.bit_generator.state = state["shift_rng"]
         self.shift_state = ShiftState.from_dict(state["shift_state"])
         self.env.set_state(state["env"])
@@ -278,13 +280,19 @@ class Run:
             self.optimizer = self.make_optimizer()
 
     def evaluate(self, epoch: int) -> float:
+        """Mean return of test_episodes complete test episodes. Eval mode, so evaluating does
+        not advance spectral norm's power iteration (evaluation settings never change training)."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.eval_seed + epoch)
 
         def policy(frames: np.ndarray) -> np.ndarray:
             return self.policy_sample(torch.from_numpy(frames).to(self.device), gen)[0].cpu().numpy()
 
-        returns, _ = evaluate(policy, self.env_cfg, self.ppo.test_episodes, self.eval_seed + epoch, self.shift_state)
+        self.model.eval()
+        try:
+            returns, _ = evaluate(policy, self.env_cfg, self.ppo.test_episodes, self.eval_seed + epoch, self.shift_state)
+        finally:
+            self.model.train()
         return float(np.mean(returns))
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -309,14 +317,30 @@ class Run:
         }
 
     # ------------------------------------------------------------------ main loop
-    def train(self, resume: bool = False) -> str:
-        """Run (or continue) to the last epoch. Returns "done" or "interrupted"."""
-        if resume and (self.ckpt_dir / "latest.pt").exists():
-            defaults = RunConfig().to_yaml_dict()
-            self.restore(load_checkpoint(self.ckpt_dir / "latest.pt", self.config_dict, defaults, self.device))
+    def load_resume_state(self) -> dict[str, Any] | None:
+        """The checked latest checkpoint, or None when there is none (a fresh start).
+
+        Raises CheckpointError for a corrupt or incompatible file; call it before writing
+        anything into the run directory.
+        """
+        path = self.ckpt_dir / "latest.pt"
+        if not path.exists():
+            return None
+        state = load_checkpoint(path, self.config_dict, RunConfig().to_yaml_dict(), self.device)
+        saved = state.get("device_type", "cpu")
+        if saved != self.device.type:
+            raise CheckpointError(
+                f"{path}: written on {saved}, resuming on {self.device.type}: resume with --device {saved}"
+            )
+        return state
+
+    def train(self, resume_state: dict[str, Any] | None = None) -> str:
+        """Run (or continue from ``resume_state``) to the last epoch. Returns "done" or "interrupted"."""
+        if resume_state is not None:
+            self.restore(resume_state)
         p = self.ppo
         metrics = MetricsCSV(self.run_dir / "metrics.csv", self.columns, self.start_epoch)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch if self.start_epoch else None)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch)
         progress = Progress(self.label, p.num_epochs, self.start_epoch)
         diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
         t0 = time.monotonic() - self.wall_offset
@@ -340,11 +364,12 @@ class Run:
                         for key, value in diagnostics.log(epoch, self.task_index, result.stats, result.spectrum).items():
                             writer.add_scalar(key, value, epoch)
                     nxt = epoch + 1
-                    if stop.signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
+                    stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
+                    if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
                         self.save(nxt, time.monotonic() - t0)
-                    if stop.signal is not None and nxt < p.num_epochs:
+                    if stop_signal is not None and nxt < p.num_epochs:
                         status = "interrupted"
-                        self.stop_signal = stop.signal
+                        self.stop_signal = stop_signal
                         break
         finally:
             if diagnostics is not None:

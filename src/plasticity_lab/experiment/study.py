@@ -7,6 +7,7 @@ without resume) before anything is written, so a refused command leaves no direc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -78,8 +79,14 @@ def write_study_config(study: StudyConfig, out_dir: str | Path, name: str) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = study.base.to_yaml_dict()
     doc["source"] = study.source
-    tmp = path.with_name(".config.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_atomic(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a per-process temp file and rename: concurrent writers never clash, readers
+    never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -89,44 +96,39 @@ def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
     cfg_doc = spec.cfg.to_yaml_dict()
     cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
     cfg_doc["run"] = {"name": spec.name, "condition": spec.condition, "seed": spec.seed, "hooks": hooks}
-    (spec.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_doc, sort_keys=False))
+    write_atomic(spec.run_dir / "config.yaml", yaml.safe_dump(cfg_doc, sort_keys=False))
     info_path = spec.run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"invocations": []}
     info["invocations"].append(
         {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     )
-    info_path.write_text(json.dumps(info, indent=2))
+    write_atomic(info_path, json.dumps(info, indent=2))
 
 
-def _lock_owner(path: Path) -> tuple[str, int] | None:
+def _try_flock(handle) -> bool:
     try:
-        host, pid = path.read_text().split()
-        return host, int(pid)
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(host: str, pid: int) -> bool:
-    if host != socket.gethostname():
-        return True  # cannot check another machine: assume it is running
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
 def check_unlocked(run_dir: Path) -> None:
-    """Raise ConfigError if a live process holds the run's lock (stale locks are ignored)."""
+    """Raise ConfigError if a live process holds the run's lock.
+
+    The lock is an flock on ``<run>/.lock``: the kernel drops it when its process dies, so a
+    crashed run never leaves a stale lock behind and no pid guessing is needed.
+    """
     path = run_dir / LOCK_NAME
-    owner = _lock_owner(path) if path.exists() else None
-    if owner is not None and _alive(*owner):
-        raise ConfigError(
-            f"{run_dir} is being written by another process (host {owner[0]}, pid {owner[1]}); "
-            f"wait for it or, if it is gone, delete {path}"
-        )
+    if not path.exists():
+        return
+    with open(path, "a+") as handle:
+        if _try_flock(handle):
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+    raise ConfigError(f"{run_dir} is being written by another process ({owner}); wait for it to finish")
 
 
 @contextlib.contextmanager
@@ -134,18 +136,16 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory so two processes never write the same run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            check_unlocked(run_dir)
-            path.unlink(missing_ok=True)  # stale: its owner is gone
-    else:
-        raise ConfigError(f"{run_dir}: could not take the lock {path}")
+    handle = open(path, "a+")
     try:
-        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        os.close(fd)
+        if not _try_flock(handle):
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise ConfigError(f"{run_dir} is being written by another process ({owner}); wait for it to finish")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()} pid {os.getpid()}\n")
+        handle.flush()
         yield
     finally:
-        path.unlink(missing_ok=True)
+        handle.close()  # releases the flock

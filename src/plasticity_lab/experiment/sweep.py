@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plasticity_lab.config import ConfigError, load_study
-from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, write_study_config
+from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
 
 LOG_NAME = "train.log"
+EXIT_BAD_INPUT = 2
+FROZEN_CONFIG = "sweep_config.yaml"
 
 
 @dataclass
@@ -97,11 +100,11 @@ class LocalBackend:
         state.attempts += 1
         state.status, state.started = "running", time.monotonic()
         state.spec.run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(state.spec.run_dir / LOG_NAME, "a")
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: os.sched_setaffinity(0, cores),
-        )
+        with open(state.spec.run_dir / LOG_NAME, "a") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            )
 
 
 def finish(state: RunState, code: int, retries: int) -> bool:
@@ -109,8 +112,10 @@ def finish(state: RunState, code: int, retries: int) -> bool:
     if code == 0 and (state.spec.run_dir / "DONE").exists():
         state.status, state.error = "done", ""
         return False
-    state.error = f"exit code {code}: {tail(state.spec.run_dir / LOG_NAME)}"
-    if state.attempts <= retries:
+    detail = tail(state.spec.run_dir / LOG_NAME)
+    state.error = f"{state.error}; " if state.error.startswith("ray:") else ""
+    state.error += f"exit code {code}: {detail}"
+    if state.attempts <= retries and code != EXIT_BAD_INPUT:  # bad input cannot succeed on retry
         state.status = "pending"
         return True
     state.status = "failed"
@@ -149,6 +154,16 @@ class RayBackend:
 
         for state in states:
             submit(state)
+        try:
+            self._drain(pending, submit, retries, states, view)
+        except KeyboardInterrupt:
+            for ref, state in pending.items():
+                ray.cancel(ref)  # SIGINT to the task's worker: the run checkpoints and exits
+                state.status, state.error = "failed", "interrupted (resume with the same command)"
+            raise
+
+    def _drain(self, pending: dict, submit: Callable, retries: int, states: list[RunState], view: SweepView) -> None:
+        ray = self.ray
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
@@ -163,11 +178,25 @@ class RayBackend:
             view.refresh(states)
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a sweep like Ctrl-C: running runs are told to checkpoint and exit."""
+    raise KeyboardInterrupt
+
+
+def is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def execute_run(cmd: list[str], log_path: str) -> int:
     """Run one training command, appending its output to the run's log (used by Ray tasks)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
-        return subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:  # ray.cancel: let the run write its checkpoint instead of dying
+        proc.send_signal(signal.SIGINT)
+        return proc.wait()
 
 
 def sweep(
@@ -196,7 +225,8 @@ def sweep(
     for spec in specs:
         check_unlocked(spec.run_dir)
     out_dir = Path(out_dir).resolve()
-    config_path = Path(study.source).resolve()
+    # Children read a frozen copy, so editing the source YAML during a sweep changes nothing.
+    config_path = out_dir / "results" / name / FROZEN_CONFIG
     states = [RunState(spec) for spec in specs]
     for state in states:
         if (state.spec.run_dir / "DONE").exists():
@@ -210,12 +240,16 @@ def sweep(
     else:
         raise ConfigError(f"--backend {backend}: allowed: local, ray")
     write_study_config(study, out_dir, name)
+    write_atomic(config_path, Path(study.source).read_text())
     threads = runner.threads()
     view = SweepView(states, total_epochs={s.spec.label: s.spec.cfg.ppo_trainer.num_epochs for s in states})
     print(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
           f"backend {backend}, {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}", flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
         runner.run(todo, lambda spec: train_command(spec, config_path, out_dir, device, threads), retries, view)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         view.close(states)
     return states
