@@ -19,9 +19,10 @@ from plasticity_lab.envs.procgen import (
     ProcgenVecEnv,
     StepResult,
     draw_rand_seed,
-    evaluate_episodes,
     parse_task,
 )
+from plasticity_lab.config import EnvironmentConfig
+from plasticity_lab.envs import evaluate
 from plasticity_lab.envs.shifts import ShiftState, next_shift, permute_tiles
 
 PENALTY = np.float32(0.01)
@@ -299,7 +300,7 @@ def test_difficulty_builds_hard_env() -> None:
 
 
 def test_evaluate_noop_maze_is_capped() -> None:
-    returns, lengths = evaluate_episodes(lambda obs: noop(len(obs)), "maze_5", 3, seed=0)
+    returns, lengths = evaluate(lambda obs: noop(len(obs)), EnvironmentConfig(task="maze_5"), 3, seed=0, shift=None)
     assert np.array_equal(lengths, [200, 200, 200])
     assert np.allclose(returns, -2.0)
 
@@ -316,7 +317,7 @@ def test_evaluate_takes_first_episode_of_every_env() -> None:
         # depends only on each frame, so it gives the same action whichever envs are batched
         return obs.reshape(len(obs), -1).sum(axis=1, dtype=np.int64) % 9
 
-    returns, lengths = evaluate_episodes(policy, "coinrun_10", n, seed=seed)
+    returns, lengths = evaluate(policy, EnvironmentConfig(task="coinrun_10"), n, seed=seed, shift=None)
 
     # Independent replay: the same test-level env and the same action stream.
     env = ProcgenVecEnv("coinrun_10", n, seed=seed, train=False)

@@ -11,7 +11,7 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -250,20 +250,3 @@ class ProcgenVecEnv:
         self._ep_ret = np.array(state["episode_return"], dtype=np.float64)
         self._rng.bit_generator.state = state["rng_state"]
         self._raw_obs = np.array(state["raw_obs"], dtype=np.uint8)
-
-
-def evaluate_episodes(
-    policy: Callable[[np.ndarray], np.ndarray],
-    task: str,
-    num_episodes: int,
-    seed: int,
-    shift: ShiftState | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return and length of the first episode of each of `num_episodes` test-level envs."""
-    from plasticity_lab.envs import first_episodes
-
-    env = ProcgenVecEnv(task, num_envs=num_episodes, seed=seed, train=False, shift=shift)
-    try:
-        return first_episodes(policy, env)
-    finally:
-        env.close()

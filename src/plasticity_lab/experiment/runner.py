@@ -92,7 +92,7 @@ class Run:
         self.start_epoch = 0
         self.env_steps = 0
         self.wall_offset = 0.0
-        self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in getattr(iv, "stat_keys", ())]
+        self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in iv.stat_keys]
         self.autocast = self.ppo.precision == "bf16"
         self.stop_signal: int | None = None
         d = cfg.diagnostics

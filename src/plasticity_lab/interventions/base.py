@@ -25,6 +25,8 @@ class Intervention:
 
     name: ClassVar[str]
     Params: ClassVar[type[BaseModel]] = Params
+    stat_keys: ClassVar[tuple[str, ...]] = ()
+    """Statistics ``periodic`` returns; each becomes a metrics.csv column."""
 
     def __init__(self, params: BaseModel, model: torch.nn.Module) -> None:
         self.params = params
