@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 from plasticity_lab.config import ConfigError, ModelConfig, load_study
-from plasticity_lab.interventions import REGISTRY, build_interventions, check_compatible
+from plasticity_lab.config import RunConfig
+from plasticity_lab.interventions import REGISTRY, LossContext, TrainingPlan, build_interventions, check_compatible
+from plasticity_lab.interventions import make_optimizer as runner_optimizer
 from plasticity_lab.interventions.base import validate_params
 from plasticity_lab.interventions.inject import InjectedHead
 from plasticity_lab.interventions.redo import recycle_units
@@ -46,8 +48,16 @@ def frames(n: int = B, seed: int = 0, shape: tuple[int, int, int] = (64, 64, 3))
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
 
 
-def build(name: str, model: nn.Module, **params):
-    return REGISTRY[name](validate_params(name, params), model)
+PLAN = TrainingPlan.from_config(RunConfig())
+
+
+def build(name: str, model: nn.Module, plan: TrainingPlan = PLAN, **params):
+    return REGISTRY[name](validate_params(name, params), model, plan)
+
+
+def ctx(obs: torch.Tensor, policy_loss: float = 1.0) -> LossContext:
+    """A loss-hook context for ``obs`` as the minibatch (and the whole buffer)."""
+    return LossContext(obs, torch.tensor(policy_loss), obs, torch.Generator().manual_seed(0))
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -55,14 +65,8 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_optimizer(model: nn.Module, ivs, lr: float = 1e-3) -> torch.optim.Optimizer:
-    """As the runner: the first method that returns an optimiser wins, else AdamW."""
-    params = list(model.parameters())
-    defaults = dict(lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
-    for iv in ivs:
-        custom = iv.optimizer(params, defaults)
-        if custom is not None:
-            return custom
-    return torch.optim.AdamW(params, **defaults)
+    """The runner's optimiser with the tests' learning rate."""
+    return runner_optimizer(model, ivs, dict(lr=lr, betas=(0.9, 0.999), weight_decay=0.0))
 
 
 def train_step(model, ivs, opt, seed: int) -> torch.Tensor:
@@ -74,7 +78,7 @@ def train_step(model, ivs, opt, seed: int) -> torch.Tensor:
     logits, values, _ = model(obs)
     loss = nn.functional.cross_entropy(logits, actions) + 0.5 * (values - returns).pow(2).mean()
     for iv in ivs:
-        extra = iv.loss(model, obs)
+        extra = iv.loss(model, ctx(obs))
         if extra is not None:
             loss = loss + extra
     opt.zero_grad(set_to_none=True)
@@ -351,7 +355,7 @@ def test_l2_init_value_and_gradient_are_the_analytic_ones(squared):
     model = make_model()
     theta0 = {id(p): p.detach().clone() for p in model.parameters()}
     iv = build("l2_init", model, coef=0.3, squared=squared)
-    at_init = iv.loss(model, frames())
+    at_init = iv.loss(model, ctx(frames()))
     at_init.backward()
     assert at_init.item() == 0
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())  # not NaN
@@ -360,7 +364,7 @@ def test_l2_init_value_and_gradient_are_the_analytic_ones(squared):
     perturbed(model)
     diff = {id(p): p.detach() - theta0[id(p)] for p in model.parameters()}
     norm = torch.sqrt(sum(d.double().pow(2).sum() for d in diff.values()))
-    value = iv.loss(model, frames())
+    value = iv.loss(model, ctx(frames()))
     value.backward()
     expected = 0.3 * (norm**2 if squared else norm)
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -373,10 +377,10 @@ def test_l2_init_anchors_injected_heads_at_their_initial_value():
     model = make_model()
     iv = build("l2_init", model)
     build("inject", model).at_shift(model, torch.optim.AdamW(model.parameters()))
-    assert iv.loss(model, frames()).item() == 0  # new heads anchored now; frozen old heads skipped
+    assert iv.loss(model, ctx(frames())).item() == 0  # new heads anchored now; frozen old heads skipped
     with torch.no_grad():
         model.policy.new.bias.add_(0.5)
-    assert iv.loss(model, frames()).item() == pytest.approx(0.01 * 0.5 * math.sqrt(9), rel=1e-5)
+    assert iv.loss(model, ctx(frames())).item() == pytest.approx(0.01 * 0.5 * math.sqrt(9), rel=1e-5)
 
 
 def test_w2_init_matches_numpy_and_ignores_permutations():
@@ -386,7 +390,7 @@ def test_w2_init_matches_numpy_and_ignores_permutations():
     perturbed(model, scale=0.05)
     now = [p.detach().numpy() for p in model.parameters()]
     diff = np.concatenate([np.sort(a.ravel()) - np.sort(b.ravel()) for a, b in zip(now, theta0, strict=True)])
-    assert iv.loss(model, frames()).item() == pytest.approx(0.02 * np.linalg.norm(diff.astype(np.float64)), rel=1e-5)
+    assert iv.loss(model, ctx(frames())).item() == pytest.approx(0.02 * np.linalg.norm(diff.astype(np.float64)), rel=1e-5)
 
     fresh = make_model()
     w2 = build("w2_init", fresh)
@@ -394,8 +398,8 @@ def test_w2_init_matches_numpy_and_ignores_permutations():
     with torch.no_grad():
         w = fresh.blocks[1].layer.weight
         w.copy_(w.flatten()[torch.randperm(w.numel())].view_as(w))
-    assert w2.loss(fresh, frames()).item() == 0
-    assert l2.loss(fresh, frames()).item() > 0
+    assert w2.loss(fresh, ctx(frames())).item() == 0
+    assert l2.loss(fresh, ctx(frames())).item() > 0
 
 
 def test_parseval_value_and_gradient_match_numpy():
@@ -405,7 +409,7 @@ def test_parseval_value_and_gradient_match_numpy():
     for block in model.blocks:
         w = block.layer.weight.detach().numpy().reshape(block.out_units, -1).astype(np.float64)
         expected += np.sum((w @ w.T - 2.0 * np.eye(w.shape[0])) ** 2)
-    value = iv.loss(model, frames())
+    value = iv.loss(model, ctx(frames()))
     assert value.item() == pytest.approx(0.01 * expected, rel=1e-5)
     value.backward()
     w = model.blocks[1].layer.weight.detach().numpy().reshape(64, -1).astype(np.float64)
@@ -515,12 +519,12 @@ def test_cbp_accumulates_fractional_replacements():
 def test_cchain_penalty_is_zero_without_change_and_positive_after_one():
     model = make_model()
     iv = build("cchain", model, value_coef=1.0)
-    assert iv.loss(model, frames(seed=1)) is None  # no reference batch yet
-    assert iv.loss(model, frames(seed=2)).item() == 0
+    assert iv.loss(model, ctx(frames(seed=1))) is None  # no reference batch yet
+    assert iv.loss(model, ctx(frames(seed=2))).item() == 0
     perturbed(model)
-    assert iv.loss(model, frames(seed=3)).item() > 0
+    assert iv.loss(model, ctx(frames(seed=3))).item() > 0
     iv.at_shift(model, None)
-    assert iv.loss(model, frames(seed=4)) is None
+    assert iv.loss(model, ctx(frames(seed=4))) is None
 
 
 def test_cchain_value_and_gradient_on_the_heads_are_analytic():
@@ -528,7 +532,7 @@ def test_cchain_value_and_gradient_on_the_heads_are_analytic():
     iv = build("cchain", model, coef=2.0, value_coef=3.0)
     ref = frames(seed=1)
     previous = copy.deepcopy(model)
-    iv.loss(model, ref)
+    iv.loss(model, ctx(ref))
     perturbed(model, scale=0.05)
     with torch.no_grad():
         prev_logits, prev_values, _ = (t.double() for t in previous(ref))
@@ -536,7 +540,7 @@ def test_cchain_value_and_gradient_on_the_heads_are_analytic():
     p_prev, p_now = prev_logits.softmax(-1), logits.softmax(-1)
     kl = (p_prev * (p_prev.log() - p_now.log())).sum(-1).mean()
     expected = 2.0 * kl + 3.0 * (values - prev_values).pow(2).mean()
-    penalty = iv.loss(model, frames(seed=2))  # penalises churn on the previous batch
+    penalty = iv.loss(model, ctx(frames(seed=2)))  # penalises churn on the previous batch
     assert penalty.item() == pytest.approx(expected.item(), rel=1e-3)
     penalty.backward()
     policy_grad = 2.0 * (p_now - p_prev).mean(0)  # d KL(p_prev || softmax(z)) / dz = softmax(z) - p_prev
@@ -618,7 +622,7 @@ ALL_LOSS_AND_STEP = {
 ])
 def test_a_composed_condition_trains_through_every_hook(cfg, spec):
     model = make_model(**cfg)
-    ivs = build_interventions(spec, model)
+    ivs = build_interventions(spec, model, PLAN)
     opt = make_optimizer(model, ivs)
     start = snapshot(model)
     losses = []
@@ -655,7 +659,7 @@ def test_checkpoint_resume_matches_the_uninterrupted_run(swap):
             train_step(model, ivs, opt, step)
 
     model = make_model()
-    ivs = build_interventions(spec, model)
+    ivs = build_interventions(spec, model, PLAN)
     opt = make_optimizer(model, ivs)
     run(model, ivs, opt, range(4))
     buffer = io.BytesIO()
@@ -666,7 +670,7 @@ def test_checkpoint_resume_matches_the_uninterrupted_run(swap):
     buffer.seek(0)
     state = torch.load(buffer, weights_only=False)
     resumed = make_model(seed=9)
-    resumed_ivs = build_interventions(spec, resumed)
+    resumed_ivs = build_interventions(spec, resumed, PLAN)
     for iv, iv_state in zip(resumed_ivs, state["ivs"], strict=True):
         iv.load_state_dict(iv_state)
     resumed.load_state_dict(state["model"])

@@ -10,7 +10,7 @@ import yaml
 from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import env_spec
 from plasticity_lab.experiment.checkpoint import CheckpointError, load_checkpoint
-from plasticity_lab.interventions import build_interventions
+from plasticity_lab.interventions import TrainingPlan, build_interventions
 from plasticity_lab.nets import ActorCritic, build_model
 
 
@@ -33,7 +33,7 @@ def load_agent(run_dir: str | Path, checkpoint: str = "latest", device: str = "c
     obs_shape, num_actions = env_spec(cfg.environment)
     model = build_model(cfg.model, num_actions, obs_shape)
     if "interventions" in state:
-        for iv, iv_state in zip(build_interventions(cfg.interventions, model), state["interventions"]):
+        for iv, iv_state in zip(build_interventions(cfg.interventions, model, TrainingPlan.from_config(cfg)), state["interventions"]):
             iv.load_state_dict(iv_state)
     try:
         model.load_state_dict(state["model"])

@@ -25,7 +25,7 @@ from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
 from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
-from plasticity_lab.interventions import build_interventions
+from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
 from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
 from plasticity_lab.nets import build_model
 
@@ -79,7 +79,7 @@ class Run:
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
         self.model = build_model(cfg.model, self.num_actions, self.obs_shape).to(self.device)
-        self.interventions = build_interventions(cfg.interventions, self.model)
+        self.interventions = build_interventions(cfg.interventions, self.model, TrainingPlan.from_config(cfg))
         self.optimizer = self.make_optimizer()
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(seeds[1]))
@@ -105,13 +105,8 @@ class Run:
 
     # ------------------------------------------------------------------ optimiser and hooks
     def make_optimizer(self) -> torch.optim.Optimizer:
-        params = list(self.model.parameters())
         defaults = dict(lr=self.ppo.lr, betas=self.ppo.adam_betas, weight_decay=self.ppo.weight_decay)
-        for iv in self.interventions:
-            custom = iv.optimizer(params, defaults)
-            if custom is not None:
-                return custom
-        return torch.optim.AdamW(params, **defaults)
+        return make_optimizer(self.model, self.interventions, defaults)
 
     def hook_list(self) -> list[str]:
         return [f"{iv.name}:{hook}" for iv in self.interventions for hook in iv.hooks()]
@@ -239,8 +234,9 @@ class Run:
                     logits, values, features = self.model(obs[mb])
                 parts = ppo_loss(logits, values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
                 loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
+                ctx = LossContext(obs[mb], parts.policy.detach(), obs, self.gen)
                 for iv in self.interventions:
-                    extra = iv.loss(self.model, obs[mb])
+                    extra = iv.loss(self.model, ctx)
                     if extra is not None:
                         loss = loss + extra
                 self.optimizer.zero_grad(set_to_none=True)

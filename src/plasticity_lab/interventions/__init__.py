@@ -14,12 +14,23 @@ from plasticity_lab.interventions import (  # noqa: F401  (register)
     regularizers,
     reset,
 )
-from plasticity_lab.interventions.base import REGISTRY, Intervention, build_interventions, validate_params
+from plasticity_lab.interventions.base import (
+    REGISTRY,
+    Intervention,
+    LossContext,
+    TrainingPlan,
+    build_interventions,
+    make_optimizer,
+    validate_params,
+)
 
 if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
-__all__ = ["REGISTRY", "Intervention", "build_interventions", "check_compatible", "validate_interventions"]
+__all__ = [
+    "REGISTRY", "Intervention", "LossContext", "TrainingPlan", "build_interventions", "check_compatible",
+    "make_optimizer", "validate_interventions",
+]
 
 
 def check_compatible(names: list[str]) -> None:

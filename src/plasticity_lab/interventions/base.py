@@ -8,12 +8,59 @@ run log can list it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+if TYPE_CHECKING:
+    from plasticity_lab.config import RunConfig
+
 HOOKS = ("optimizer", "loss", "after_step", "periodic", "at_shift")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The protocol a method runs under, so a strength can be stated per task (e.g. "shrink by
+    half over a round") and mean the same thing at any round length."""
+
+    num_epochs: int
+    shift_points: tuple[int, ...]
+    updates_per_epoch: int
+    """Optimiser steps per epoch: num_passes * (buffer_size // batch_size) (with episode-based
+    collection, the nominal count for a buffer of exactly buffer_size transitions)."""
+    lr: float
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> TrainingPlan:
+        p = cfg.ppo_trainer
+        return cls(p.num_epochs, tuple(p.shift_points), p.num_passes * (p.buffer_size // p.batch_size), p.lr)
+
+    @property
+    def round_bounds(self) -> list[tuple[int, int]]:
+        """Epoch range [start, end) of every round (task)."""
+        bounds = [0, *self.shift_points, self.num_epochs]
+        return list(zip(bounds, bounds[1:]))
+
+    @property
+    def updates_per_round(self) -> float:
+        """Mean optimiser steps per round."""
+        return self.num_epochs * self.updates_per_epoch / len(self.round_bounds)
+
+
+@dataclass
+class LossContext:
+    """What the ``loss`` hook sees of the current minibatch and its epoch."""
+
+    obs: torch.Tensor
+    """The minibatch's observations."""
+    policy_loss: torch.Tensor
+    """The minibatch's PPO policy loss (detached), for methods that scale themselves by it."""
+    buffer_obs: torch.Tensor
+    """Every observation of the epoch, for methods that need data outside the minibatch."""
+    generator: torch.Generator
+    """The run's generator (in the checkpoint), for reproducible draws."""
 
 
 class Params(BaseModel):
@@ -28,8 +75,9 @@ class Intervention:
     stat_keys: ClassVar[tuple[str, ...]] = ()
     """Statistics ``periodic`` returns; each becomes a metrics.csv column."""
 
-    def __init__(self, params: BaseModel, model: torch.nn.Module) -> None:
+    def __init__(self, params: BaseModel, model: torch.nn.Module, plan: TrainingPlan) -> None:
         self.params = params
+        self.plan = plan
 
     @classmethod
     def hooks(cls) -> list[str]:
@@ -39,7 +87,7 @@ class Intervention:
         """Return an optimiser to use instead of AdamW, or None."""
         return None
 
-    def loss(self, model: torch.nn.Module, obs: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, model: torch.nn.Module, ctx: LossContext) -> torch.Tensor | None:
         """Extra loss term added to the PPO loss of every minibatch."""
         return None
 
@@ -88,5 +136,16 @@ def validate_params(name: str, raw: Any) -> BaseModel:
         raise ValueError(f"interventions.{name}.{key}: {msg}") from None
 
 
-def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module) -> list[Intervention]:
-    return [REGISTRY[name](validate_params(name, raw), model) for name, raw in spec.items()]
+def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module, plan: TrainingPlan) -> list[Intervention]:
+    return [REGISTRY[name](validate_params(name, raw), model, plan) for name, raw in spec.items()]
+
+
+def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
+    """The run's optimiser: the one a method provides, else AdamW with ``defaults`` (lr, betas,
+    weight_decay)."""
+    params = list(model.parameters())
+    for iv in interventions:
+        custom = iv.optimizer(params, defaults)
+        if custom is not None:
+            return custom
+    return torch.optim.AdamW(params, **defaults)

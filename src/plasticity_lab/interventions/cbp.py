@@ -47,8 +47,8 @@ class ContinualBackprop(Intervention):
     Params = CbpParams
     stat_keys = ("cbp_replaced_units",)
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         device = next(model.parameters()).device
         self.utility = [torch.zeros(b.out_units, device=device) for b in model.blocks]
         self.ages = [torch.zeros(b.out_units, dtype=torch.long, device=device) for b in model.blocks]

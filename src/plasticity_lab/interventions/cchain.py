@@ -41,11 +41,12 @@ class CChain(Intervention):
     name = "cchain"
     Params = CChainParams
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         self.ref: dict[str, torch.Tensor] | None = None
 
-    def loss(self, model, obs):
+    def loss(self, model, ctx):
+        obs = ctx.obs
         penalty = None
         if self.ref is not None:
             logits, values, _ = model(self.ref["obs"])

@@ -51,8 +51,8 @@ class Inject(Intervention):
     name = "inject"
     Params = InjectParams
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         self.model = model
         self.count = 0
 

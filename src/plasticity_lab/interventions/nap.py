@@ -20,8 +20,8 @@ class NormalizeProject(Intervention):
     name = "nap"
     Params = Params
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         self.norms = ParamAnchors(model, torch.linalg.vector_norm, weights_only=True)
 
     @torch.no_grad()

@@ -22,8 +22,8 @@ class AnchoredRegularizer(Intervention):
 
     reference = staticmethod(torch.clone)
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         self.anchors = ParamAnchors(model, self.reference)
 
     def state_dict(self):
@@ -49,7 +49,7 @@ class L2Init(AnchoredRegularizer):
     name = "l2_init"
     Params = L2InitParams
 
-    def loss(self, model, obs):
+    def loss(self, model, ctx):
         diff = torch.cat([(p - p0).flatten() for p, p0 in self.anchors.pairs()])
         value = diff.pow(2).sum() if self.params.squared else torch.linalg.vector_norm(diff)
         return self.params.coef * value
@@ -71,7 +71,7 @@ class W2Init(AnchoredRegularizer):
     Params = W2InitParams
     reference = staticmethod(_sorted_flat)
 
-    def loss(self, model, obs):
+    def loss(self, model, ctx):
         diff = torch.cat([_sorted_flat(p) - s0 for p, s0 in self.anchors.pairs()])
         return self.params.coef * torch.linalg.vector_norm(diff)
 
@@ -93,7 +93,7 @@ class Parseval(Intervention):
     name = "parseval"
     Params = ParsevalParams
 
-    def loss(self, model, obs):
+    def loss(self, model, ctx):
         total = 0.0
         for block in model.blocks:
             w = block.layer.weight.flatten(1)

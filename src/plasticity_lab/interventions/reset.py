@@ -96,8 +96,8 @@ class SoftShrinkPerturb(Intervention):
     name = "soft_shrink_perturb"
     Params = SoftShrinkPerturbParams
 
-    def __init__(self, params, model):
-        super().__init__(params, model)
+    def __init__(self, params, model, plan):
+        super().__init__(params, model, plan)
         self.anchors = ParamAnchors(model, torch.clone) if params.target == "init" else None
 
     @torch.no_grad()
