@@ -23,6 +23,14 @@ import yaml
 from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
 
 LOCK_NAME = ".lock"
+REFERENCE_MARKER = "REFERENCE.md"
+"""A study directory holding this file is a committed reference study: read-only for every command."""
+
+
+def is_reference_study(path: str | Path) -> bool:
+    """True for a committed reference study (results shipped with the repository), which no
+    command may write into: its files are tracked, and a re-run would silently replace them."""
+    return (Path(path) / REFERENCE_MARKER).is_file()
 
 
 @dataclass(frozen=True)
