@@ -1,9 +1,10 @@
 """Distribution shifts between training rounds (arXiv 2405.19153, ProcGen protocol).
 
-This module is the single definition of every shift type: how the shift state evolves from one
-round to the next (`next_shift`) and how a state translates into what the environment does
-(tile permutation of frames, action remapping, level range, difficulty). Train and test
-environments are configured from the same `ShiftState`, so they always shift together.
+This module is the single definition of every shift type: round 1's state (`initial_shift`), how
+the shift state evolves from one round to the next (`next_shift`) and how a state translates into
+what the environment does (tile permutation of frames, action remapping, level range,
+difficulty). Train and test environments are configured from the same `ShiftState`, so they
+always shift together.
 """
 
 from __future__ import annotations
@@ -95,6 +96,25 @@ def _new_perm(rng: np.random.Generator, size: int, current: np.ndarray | None) -
         perm = rng.permutation(size)
         if not np.array_equal(perm, previous):
             return perm
+
+
+def initial_shift(
+    shift_type: str,
+    rng: np.random.Generator,
+    num_tiles: int = NUM_TILES,
+) -> ShiftState:
+    """Round 1's state, as the reference builds its environments.
+
+    ``permute`` scrambles the frame from construction (a random tile permutation drawn from the
+    run's shift generator), so round 1 already sees a permuted frame; every other shift type
+    starts from the unshifted task (identity actions, levels [0, K), easy mode), as the
+    reference's wrapper does.
+    """
+    if shift_type not in SHIFT_TYPES:
+        raise ValueError(f"unknown shift type {shift_type!r}; allowed: {', '.join(SHIFT_TYPES)}")
+    if shift_type == "permute":
+        return ShiftState(tile_perm=_new_perm(rng, num_tiles, None))
+    return ShiftState()
 
 
 def next_shift(
