@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
-
 from plasticity_lab.config import ModelConfig
-from plasticity_lab.nets.layers import make_activation, make_norm, width_factor
+from plasticity_lab.nets.layers import make_activation, make_norm, spectral_norm, width_factor
 
 OBS_SHAPE = (64, 64, 3)
 
@@ -108,7 +106,7 @@ class ActorCritic(nn.Module):
             "penultimate": [self.blocks[-1].layer],
         }[scope]
         for layer in targets:
-            parametrizations.spectral_norm(layer)
+            spectral_norm(layer)
 
     @property
     def heads(self) -> tuple[nn.Module, nn.Module]:
@@ -148,9 +146,15 @@ class ActorCritic(nn.Module):
         return outs
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (logits, value, trunk features) for uint8 frames."""
+        """Returns (logits, value, trunk features) for uint8 frames.
+
+        The heads always run in fp32: under bf16 autocast only the encoder is bf16, because a bf16
+        value has a spacing of 0.0625 for |V| in [8, 16), coarser than the -0.01 step reward.
+        """
         features = self.trunk(obs)
-        return self.policy(features), self.value(features).squeeze(-1), features
+        with torch.autocast(features.device.type, enabled=False):
+            head_in = features.float()
+            return self.policy(head_in), self.value(head_in).squeeze(-1), features
 
 
 def build_model(cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> ActorCritic:
