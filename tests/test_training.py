@@ -51,14 +51,16 @@ def wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) 
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    """One uninterrupted 6-epoch run (shift at 3) shared by the tests below."""
+    """One uninterrupted 6-epoch run (shift at 3) per condition, shared by the tests below."""
     from tests.conftest import TINY, merge  # noqa: PLC0415
 
     import yaml
 
     root = tmp_path_factory.mktemp("ref")
     cfg = root / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(merge(TINY, {"experiment": {"conditions": {"baseline": {}, "redo": {"interventions.redo": {"every": 2, "tau": 0.5}}}}})))
+    episodes = {"ppo_trainer.rollout": "episodes", "environment.time_limit": "terminal", "environment.env_copies": 2}
+    conditions = {"baseline": {}, "redo": {"interventions.redo": {"every": 2, "tau": 0.5}}, "episodes": episodes}
+    cfg.write_text(yaml.safe_dump(merge(TINY, {"experiment": {"conditions": conditions}})))
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(root)]) == 0
     return cfg, root / "results" / "t"
 
@@ -118,17 +120,25 @@ def test_rerun_without_resume_is_an_error_and_another_seed_adds_a_run(reference_
     assert (study / "baseline" / "seed_0" / "metrics.csv").read_bytes() == before
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(reference_run, tmp_path):
+def test_episode_rollout_counts_the_transitions_it_collected(reference_run):
+    _, study = reference_run
+    steps = [int(r["env_steps"]) for r in read_rows(study / "episodes" / "seed_0" / "metrics.csv")]
+    per_epoch = [b - a for a, b in zip([0, *steps], steps)]
+    assert all(n >= 128 for n in per_epoch) and len(set(per_epoch)) > 1  # >= buffer_size, whole episodes
+
+
+@pytest.mark.parametrize("condition", ["redo", "episodes"])
+def test_sigkill_then_resume_matches_uninterrupted_run(reference_run, tmp_path, condition):
     cfg, study = reference_run
-    proc = launch(cfg, tmp_path, "-c", "redo")
-    metrics = tmp_path / "results" / "t" / "redo" / "seed_0" / "metrics.csv"
+    proc = launch(cfg, tmp_path, "-c", condition)
+    metrics = tmp_path / "results" / "t" / condition / "seed_0" / "metrics.csv"
     wait_rows(metrics, 3, proc)  # a checkpoint exists after epoch 1 (save_freq 2)
     proc.kill()
     proc.wait()
     assert not (metrics.parent / "DONE").exists()
-    assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path), "-c", "redo", "-r"]) == 0
+    assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path), "-c", condition, "-r"]) == 0
     resumed = read_rows(metrics)
-    expected = read_rows(study / "redo" / "seed_0" / "metrics.csv")
+    expected = read_rows(study / condition / "seed_0" / "metrics.csv")
     assert [r["epoch"] for r in resumed] == [str(i) for i in range(6)]  # none lost, none duplicated
     assert comparable(resumed) == comparable(expected)
 

@@ -71,11 +71,13 @@ class EnvironmentConfig(Strict):
     shift_k: int | None = Field(None, ge=1)
     """Level step for window/expand shifts (default: K)."""
     env_copies: int = Field(16, ge=1)
-    """Parallel training environments (rollouts are buffer_size / env_copies steps long)."""
+    """Parallel training environments (fixed rollouts are buffer_size / env_copies steps long)."""
     grid_size: int = Field(9, ge=5, le=32)
     """gridworld only: side of the square grid (the observation is grid_size x grid_size x 3)."""
     episode_steps: int = Field(50, ge=1)
     """gridworld only: time limit of an episode (ProcGen's is fixed at 200 agent steps)."""
+    time_limit: Literal["truncate", "terminal"] = "truncate"
+    """Episode cap: truncate (cut, the cut-off state's value bootstrapped) or terminal (the reference: value 0; ProcGen then ends at 201 steps)."""
 
     @model_validator(mode="after")
     def _task(self) -> EnvironmentConfig:
@@ -109,7 +111,9 @@ class PPOConfig(Strict):
     shift_points: list[int] = Field(default_factory=lambda: [1000, 2000])
     """Epochs at whose start the environment distribution shifts."""
     buffer_size: int = Field(1024, ge=1)
-    """Transitions gathered per epoch."""
+    """Transitions gathered per epoch (rollout: episodes gathers at least this many)."""
+    rollout: Literal["fixed", "episodes"] = "fixed"
+    """fixed: buffer_size/env_copies steps of every env; episodes: whole episodes from resets (the reference)."""
     batch_size: int = Field(64, ge=2)
     """Minibatch size (>= 2: advantages are normalised within each minibatch)."""
     num_passes: int = Field(3, ge=1)
@@ -154,10 +158,10 @@ class PPOConfig(Strict):
     def _consistent(self) -> PPOConfig:
         if self.batch_size > self.buffer_size:
             raise ValueError(f"batch_size {self.batch_size} is larger than buffer_size {self.buffer_size}")
-        if self.buffer_size % self.batch_size:
+        if self.rollout == "fixed" and self.buffer_size % self.batch_size:
             raise ValueError(
                 f"buffer_size {self.buffer_size} must be a multiple of batch_size {self.batch_size} "
-                "(every transition is used in every pass)"
+                "with rollout: fixed (every transition is used in every pass)"
             )
         if not all(0 <= beta < 1 for beta in self.adam_betas):
             raise ValueError(f"adam_betas {list(self.adam_betas)}: each must lie in [0, 1)")
@@ -206,10 +210,10 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _buffer_fits_envs(self) -> RunConfig:
-        if self.ppo_trainer.buffer_size % self.environment.env_copies:
+        if self.ppo_trainer.rollout == "fixed" and self.ppo_trainer.buffer_size % self.environment.env_copies:
             raise ValueError(
                 f"ppo_trainer.buffer_size {self.ppo_trainer.buffer_size} must be a multiple of "
-                f"environment.env_copies {self.environment.env_copies}"
+                f"environment.env_copies {self.environment.env_copies} with rollout: fixed"
             )
         return self
 

@@ -6,7 +6,7 @@ through the hook calls (``loss``, ``after_step``), never through branches here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,28 @@ ADV_EPS = 1e-8
 
 
 @dataclass
+class Batch:
+    """Experience flattened for the update: one row per transition, in any order."""
+
+    obs: torch.Tensor  # uint8 (M, H, W, 3)
+    actions: torch.Tensor  # int64 (M,)
+    log_probs: torch.Tensor  # (M,)
+    values: torch.Tensor  # (M,)
+    advantages: torch.Tensor  # (M,)
+
+    def __len__(self) -> int:
+        return self.actions.shape[0]
+
+    @classmethod
+    def concat(cls, batches: list[Batch]) -> Batch:
+        return cls(*(torch.cat([getattr(b, f.name) for b in batches]) for f in fields(cls)))
+
+
+@dataclass
 class Rollout:
-    """One epoch of fixed-length vectorised experience, shaped (steps, envs, ...)."""
+    """Vectorised experience shaped (steps, envs, ...): a fixed-length rollout, or one batch of
+    complete episodes (one per env, each from its reset) with ``active`` marking the steps that
+    belong to them."""
 
     obs: torch.Tensor  # uint8 (T, N, 64, 64, 3)
     actions: torch.Tensor  # int64 (T, N)
@@ -27,6 +47,18 @@ class Rollout:
     truncated: torch.Tensor  # bool (T, N): time limit hit, bootstrap from next_values
     next_values: torch.Tensor  # (T, N): V of the true next state where truncated, else unused
     last_values: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (N,) V(s_T)
+    active: torch.Tensor | None = None  # bool (T, N): rows that are experience; None = all
+
+    def to_batch(self, gamma: float, lam: float) -> Batch:
+        """GAE per env column, then the experience rows flattened (time-major)."""
+        adv = compute_gae(
+            self.rewards, self.values, self.terminated, self.truncated, self.next_values, self.last_values, gamma, lam
+        )
+        if self.active is None:
+            rows = (self.obs.flatten(0, 1), self.actions.flatten(), self.log_probs.flatten(), self.values.flatten(), adv.flatten())
+        else:
+            rows = (self.obs[self.active], self.actions[self.active], self.log_probs[self.active], self.values[self.active], adv[self.active])
+        return Batch(*rows)
 
     @classmethod
     def allocate(cls, steps: int, envs: int, obs_shape: tuple[int, ...], device: torch.device) -> Rollout:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
 
 from plasticity_lab.envs.shifts import ShiftState
 
@@ -15,10 +18,13 @@ def make_env(cfg: EnvironmentConfig, num_envs: int, seed: int, train: bool = Tru
     if cfg.name == "gridworld":
         from plasticity_lab.envs.gridworld import GridGatherVecEnv
 
-        return GridGatherVecEnv(cfg.task, num_envs, seed, train, shift, size=cfg.grid_size, episode_steps=cfg.episode_steps)
+        return GridGatherVecEnv(
+            cfg.task, num_envs, seed, train, shift, size=cfg.grid_size, episode_steps=cfg.episode_steps,
+            time_limit=cfg.time_limit,
+        )
     from plasticity_lab.envs.procgen import ProcgenVecEnv
 
-    return ProcgenVecEnv(cfg.task, num_envs, seed, train, shift)
+    return ProcgenVecEnv(cfg.task, num_envs, seed, train, shift, time_limit=cfg.time_limit)
 
 
 def env_spec(cfg: EnvironmentConfig) -> tuple[tuple[int, int, int], int]:
@@ -43,30 +49,49 @@ def num_levels(cfg: EnvironmentConfig) -> int:
     return parse_task(cfg.task)[1]
 
 
+class EpisodeStep(NamedTuple):
+    """One step of :func:`first_episode_steps`; rows where ``active`` is False are not part of
+    any first episode (those envs had finished and took action 0)."""
+
+    active: Any  # bool (n,): env still in its first episode when this step was taken
+    obs: Any  # (n, H, W, 3) observations the step was taken from
+    actions: Any  # int64 (n,)
+    result: Any  # the env's StepResult
+
+
+def first_episode_steps(policy: Any, env: Any) -> Iterator[EpisodeStep]:
+    """Step every env of ``env`` until each has finished its first episode (counted from its
+    current state), yielding every step.
+
+    ``policy(frames)`` gets only the frames of envs still in their first episode and returns their
+    actions; finished envs wait (they take action 0 and are not run through the network). The
+    episode cap bounds the loop.
+    """
+    n = env.num_envs
+    finished = np.zeros(n, dtype=bool)
+    obs = env.observe_current()
+    while not finished.all():
+        active = ~finished
+        actions = np.zeros(n, dtype=np.int64)
+        actions[active] = np.asarray(policy(obs[active]))
+        result = env.step(actions)
+        yield EpisodeStep(active, obs, actions, result)
+        finished |= result.terminated | result.truncated
+        obs = result.obs
+
+
 def first_episodes(policy: Any, env: Any) -> tuple[Any, Any]:
     """Return and length of exactly the first episode of every env of ``env``.
 
     Taking one episode per env avoids the bias towards short episodes that collecting "the first
-    N finished" would have; the episode cap bounds the loop. Finished envs take action 0 and are
-    not run through the network.
+    N finished" would have.
     """
-    import numpy as np
-
-    n = env.num_envs
-    returns = np.zeros(n, dtype=np.float32)
-    lengths = np.zeros(n, dtype=np.int64)
-    finished = np.zeros(n, dtype=bool)
-    actions = np.zeros(n, dtype=np.int64)
-    obs = env.observe_current()
-    while not finished.all():
-        active = ~finished
-        actions[active] = np.asarray(policy(obs[active]))
-        result = env.step(actions)
-        first_end = (result.terminated | result.truncated) & ~finished
-        returns[first_end] = result.episode_return[first_end]
-        lengths[first_end] = result.episode_length[first_end]
-        finished |= first_end
-        obs = result.obs
+    returns = np.zeros(env.num_envs, dtype=np.float32)
+    lengths = np.zeros(env.num_envs, dtype=np.int64)
+    for step in first_episode_steps(policy, env):
+        ended = (step.result.terminated | step.result.truncated) & step.active
+        returns[ended] = step.result.episode_return[ended]
+        lengths[ended] = step.result.episode_length[ended]
     return returns, lengths
 
 

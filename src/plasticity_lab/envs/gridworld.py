@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_lab.envs.procgen import StepResult
+from plasticity_lab.envs.procgen import TIME_LIMITS, StepResult
 from plasticity_lab.envs.shifts import ShiftState, level_range
 
 GRID_ACTIONS = 4  # up, down, left, right
@@ -77,7 +77,11 @@ class GridGatherVecEnv:
         episode_steps: int = 50,
         good: int = 6,
         bad: int = 3,
+        time_limit: str = "truncate",
     ) -> None:
+        if time_limit not in TIME_LIMITS:
+            raise ValueError(f"time_limit must be one of {', '.join(TIME_LIMITS)}, got {time_limit!r}")
+        self.time_limit = time_limit
         self.task, self.num_envs, self.train = task, num_envs, train
         self.num_layouts = parse_gather_task(task)
         self.size, self.episode_steps, self.good, self.bad = size, episode_steps, good, bad
@@ -109,6 +113,10 @@ class GridGatherVecEnv:
             self._layout_key = key
             self.layouts = make_layouts(first, count, self.size, self.good, bad)
             self._reset(np.arange(self.num_envs))
+
+    def restart(self) -> None:
+        """A fresh episode in every env (episode-based collection starts every batch this way)."""
+        self._reset(np.arange(self.num_envs))
 
     def _reset(self, idx: np.ndarray) -> None:
         chosen = self.rng.integers(0, len(self.layouts.start), len(idx))
@@ -153,7 +161,11 @@ class GridGatherVecEnv:
         self.steps += 1
         self.returns += reward
         terminated = ~np.any(self.objects > 0, axis=(1, 2))  # every good object collected
-        truncated = ~terminated & (self.steps >= self.episode_steps)
+        capped = ~terminated & (self.steps >= self.episode_steps)
+        if self.time_limit == "terminal":  # the reference gridworld: `steps >= step_limit` is a terminal
+            terminated, truncated = terminated | capped, np.zeros_like(capped)
+        else:
+            truncated = capped
         done = terminated | truncated
         episode_return = np.where(done, self.returns, 0.0).astype(np.float32)
         episode_length = np.where(done, self.steps, 0)

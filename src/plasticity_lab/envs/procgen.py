@@ -1,7 +1,8 @@
 """Vectorised ProcGen environment with the protocol of arXiv 2405.19153.
 
-9 movement actions, action repeat 2, a -0.01 penalty per agent step, a 200-step episode cap
-with real resets, and the distribution shifts of `shifts.py`. Per-step work is numpy-vectorised
+9 movement actions, action repeat 2, a -0.01 penalty per agent step, an episode cap with real
+resets (200 steps, truncated; or the reference's 201 steps as a terminal), and the distribution
+shifts of `shifts.py`. Per-step work is numpy-vectorised
 over environments so stepping stays close to raw ProcGen speed.
 """
 
@@ -39,6 +40,10 @@ GAMES = (
 NOOP_ACTION = 4
 STEP_PENALTY = 0.01
 MAX_EPISODE_STEPS = 200
+TIME_LIMITS = ("truncate", "terminal")
+"""truncate: an episode is cut after MAX_EPISODE_STEPS agent steps and the cut-off state's value
+is bootstrapped; terminal (the reference's ``steps > 200``): it ends after MAX_EPISODE_STEPS + 1
+agent steps as a terminal state (no bootstrap)."""
 
 
 def parse_task(task: str) -> tuple[str, int]:
@@ -87,9 +92,13 @@ class ProcgenVecEnv:
         seed: int,
         train: bool = True,
         shift: ShiftState | None = None,
+        time_limit: str = "truncate",
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
+        if time_limit not in TIME_LIMITS:
+            raise ValueError(f"time_limit must be one of {', '.join(TIME_LIMITS)}, got {time_limit!r}")
+        self.time_limit = time_limit
         self.task = task
         self.game, self.num_levels = parse_task(task)
         self.num_envs = num_envs
@@ -155,6 +164,10 @@ class ProcgenVecEnv:
         if self._configure(state):
             self._rebuild()
 
+    def restart(self) -> None:
+        """A fresh episode in every env (episode-based collection starts every batch this way)."""
+        self._rebuild()
+
     def close(self) -> None:
         if self._env is not None:
             self._env.close()
@@ -189,17 +202,21 @@ class ProcgenVecEnv:
         terminated = ended_1 | ended_2
         self._ep_len += 1
         self._ep_ret += reward
-        truncated = ~terminated & (self._ep_len >= MAX_EPISODE_STEPS)
+        if self.time_limit == "terminal":
+            capped = ~terminated & (self._ep_len > MAX_EPISODE_STEPS)
+            terminated = terminated | capped
+            truncated = np.zeros_like(capped)
+        else:
+            capped = truncated = ~terminated & (self._ep_len >= MAX_EPISODE_STEPS)
         done = terminated | truncated
         episode_return = np.where(done, self._ep_ret, 0.0).astype(np.float32)
         episode_length = np.where(done, self._ep_len, 0)
         self._ep_len[done] = 0
         self._ep_ret[done] = 0.0
 
-        final_obs = None
-        if truncated.any():
-            final_obs = self._present(raw)
-            self._reset_envs(np.flatnonzero(truncated), raw)
+        final_obs = self._present(raw) if truncated.any() else None
+        if capped.any():  # ProcGen resets only the episodes it ended itself
+            self._reset_envs(np.flatnonzero(capped), raw)
         self._raw_obs = raw
         return StepResult(
             obs=self._present(raw),

@@ -1,7 +1,7 @@
 """One training run: PPO on a shifting ProcGen task, with interventions, metrics and checkpoints.
 
-``Run.train()`` reads top to bottom: shift if due -> collect a fixed-length vectorised rollout
--> PPO update (intervention hooks at their points) -> periodic hooks -> test evaluation ->
+``Run.train()`` reads top to bottom: shift if due -> collect experience (a fixed-length
+vectorised rollout, or the reference's batches of complete episodes) -> PPO update (intervention hooks at their points) -> periodic hooks -> test evaluation ->
 metrics row -> checkpoint if due. Every random draw comes from a generator stored in the
 checkpoint, so a resumed run continues exactly where the uninterrupted one would be.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
+from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
-from plasticity_lab.envs.shifts import ShiftState, next_shift
+from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_env, num_levels
+from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
@@ -85,9 +85,11 @@ class Run:
         self.gen.manual_seed(int(seeds[1]))
         self.shift_rng = np.random.default_rng(int(seeds[2]))
         self.eval_seed = int(seeds[3])
-        self.shift_state = ShiftState()
         self.task_index = 0
         self.env = make_env(self.env_cfg, self.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
+        self.shift_state = initial_shift(self.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
+        self.env.apply_shift(self.shift_state)
         self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
         self.start_epoch = 0
         self.env_steps = 0
@@ -181,7 +183,28 @@ class Run:
         actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
         return actions, log_probs.gather(1, actions.unsqueeze(1)).squeeze(1), values.float()
 
-    def collect(self) -> tuple[Rollout, list[float], list[int]]:
+    def collect(self) -> tuple[Batch, list[float], list[int]]:
+        """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
+        episode that ended in it."""
+        if self.ppo.rollout == "episodes":
+            return self.collect_episodes()
+        ro, returns, lengths = self.collect_fixed()
+        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+
+    def bootstrap_truncated(self, ro: Rollout, finals: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        """``ro.next_values`` = V(cut-off state) of every (step, envs, frames) in ``finals``."""
+        if not finals:
+            return
+        with torch.no_grad(), self.amp():
+            batch = torch.from_numpy(np.concatenate([f[2] for f in finals])).to(self.device)
+            boot = self.model(batch)[1].float()
+        offset = 0
+        for t, idx, _ in finals:
+            ro.next_values[t, torch.from_numpy(idx).to(self.device)] = boot[offset : offset + len(idx)]
+            offset += len(idx)
+
+    def collect_fixed(self) -> tuple[Rollout, list[float], list[int]]:
+        """buffer_size / env_copies steps of every env, carrying episodes across epochs."""
         steps, envs = self.steps_per_env, self.env_cfg.env_copies
         ro = Rollout.allocate(steps, envs, self.env.obs_shape, self.device)
         returns: list[float] = []
@@ -206,23 +229,79 @@ class Run:
             obs = torch.from_numpy(res.obs).to(self.device)
         with torch.no_grad(), self.amp():
             ro.last_values = self.model(obs)[1].float()
-            if finals:
-                batch = torch.from_numpy(np.concatenate([f[2] for f in finals])).to(self.device)
-                boot = self.model(batch)[1].float()
-                offset = 0
-                for t, idx, _ in finals:
-                    ro.next_values[t, torch.from_numpy(idx).to(self.device)] = boot[offset : offset + len(idx)]
-                    offset += len(idx)
+        self.bootstrap_truncated(ro, finals)
         self.env_steps += steps * envs
         return ro, returns, lengths
 
+    def collect_episodes(self) -> tuple[Batch, list[float], list[int]]:
+        """The reference's collection: batches of complete episodes until at least buffer_size
+        transitions are stored (so buffer_size to buffer_size + env_copies * cap - 1)."""
+        batches: list[Batch] = []
+        returns: list[float] = []
+        lengths: list[int] = []
+        stored = 0
+        while stored < self.ppo.buffer_size:
+            ro, batch_returns, batch_lengths = self.collect_episode_batch()
+            batches.append(ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda))
+            stored += len(batches[-1])
+            returns += batch_returns
+            lengths += batch_lengths
+        self.env_steps += stored
+        return Batch.concat(batches), returns, lengths
+
+    def collect_episode_batch(self) -> tuple[Rollout, list[float], list[int]]:
+        """One complete episode from every env copy, all started by a reset and run together; an
+        env that finished waits for the others. Column i of the rollout is env i's episode,
+        ``active`` marks its steps."""
+        self.env.restart()
+        sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def policy(frames: np.ndarray) -> np.ndarray:
+            actions, log_probs, values = self.policy_sample(torch.from_numpy(frames).to(self.device), self.gen)
+            sampled.append((log_probs, values))
+            return actions.cpu().numpy()
+
+        cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")}
+        returns: list[float] = []
+        lengths: list[int] = []
+        finals: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for t, step in enumerate(first_episode_steps(policy, self.env)):
+            res, active = step.result, step.active
+            log_probs, values = sampled.pop()
+            mask = torch.from_numpy(active).to(self.device)
+            full_log_probs = torch.zeros(len(active), device=self.device)
+            full_values = torch.zeros(len(active), device=self.device)
+            full_log_probs[mask], full_values[mask] = log_probs, values
+            row = {
+                "obs": torch.from_numpy(step.obs), "actions": torch.from_numpy(step.actions),
+                "log_probs": full_log_probs, "values": full_values,
+                "rewards": torch.from_numpy(np.where(active, res.reward, 0.0).astype(np.float32)),
+                "terminated": torch.from_numpy(res.terminated & active),
+                "truncated": torch.from_numpy(res.truncated & active), "active": mask,
+            }
+            for key, value in row.items():
+                cols[key].append(value.to(self.device))
+            ended = (res.terminated | res.truncated) & active
+            returns.extend(res.episode_return[ended].tolist())
+            lengths.extend(res.episode_length[ended].tolist())
+            cut = res.truncated & active
+            if cut.any():
+                idx = np.flatnonzero(cut)
+                finals.append((t, idx, res.final_obs[idx]))
+        stacked = {key: torch.stack(values) for key, values in cols.items()}
+        ro = Rollout(
+            **stacked, next_values=torch.zeros_like(stacked["values"]),
+            last_values=torch.zeros(len(active), device=self.device),  # every episode ends inside the batch
+        )
+        self.bootstrap_truncated(ro, finals)
+        return ro, returns, lengths
+
     # ------------------------------------------------------------------ learning
-    def update(self, ro: Rollout) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, float]:
+        """num_passes passes of shuffled batch_size minibatches; a partial last one is skipped."""
         p = self.ppo
-        adv = compute_gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_values, ro.last_values, p.gamma, p.gae_lambda)
-        rets = adv + ro.values
-        obs, actions = ro.obs.flatten(0, 1), ro.actions.flatten()
-        old_logp, adv, rets = ro.log_probs.flatten(), adv.flatten(), rets.flatten()
+        obs, actions, old_logp, adv = batch.obs, batch.actions, batch.log_probs, batch.advantages
+        rets = adv + batch.values
         n = obs.shape[0]
         sums: dict[str, float] = {}
         count = 0
@@ -255,8 +334,8 @@ class Run:
                 count += 1
         out = {k: v / count for k, v in sums.items()}
         var = torch.var(rets)
-        out["explained_variance"] = float(1 - torch.var(rets - ro.values.flatten()) / var) if var > 0 else float("nan")
-        out["v_estimate"] = float(ro.values.mean())
+        out["explained_variance"] = float(1 - torch.var(rets - batch.values) / var) if var > 0 else float("nan")
+        out["v_estimate"] = float(batch.values.mean())
         periodic_obs = obs[perm[: min(n, 256)]]
         for iv in self.interventions:
             out.update(iv.periodic(self.model, self.optimizer, periodic_obs, self.current_epoch))

@@ -1,0 +1,137 @@
+"""Episode-based collection (``ppo_trainer.rollout: episodes``), the reference's loop: complete
+episodes from every env copy, each from a reset, until at least buffer_size transitions; GAE per
+episode with final value 0; shuffled minibatches with the partial last one skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
+from plasticity_lab.envs.procgen import MAX_EPISODE_STEPS, ProcgenVecEnv
+from plasticity_lab.experiment.runner import Run
+from plasticity_lab.interventions import Intervention
+from plasticity_lab.interventions.base import Params
+
+ENVS = {
+    "procgen": ({"task": "coinrun_10"}, {"enc_type": "conv64"}),
+    "gridworld": ({"name": "gridworld", "task": "gather_4", "episode_steps": 30}, {"enc_type": "conv11"}),
+}
+
+
+def make_run(tmp_path, family: str, **ppo) -> Run:
+    env, model = ENVS[family]
+    raw = {
+        "environment": {**env, "env_copies": 3, "time_limit": "terminal", "shift_type": "none"},
+        "model": {**model, "h_size": 16},
+        "ppo_trainer": {"num_epochs": 3, "shift_points": [], "rollout": "episodes", "buffer_size": 96,
+                        "batch_size": 32, "num_passes": 2, "test_interval": 100, "test_episodes": 2, **ppo},
+        "diagnostics": {"enabled": False},
+    }
+    torch.set_num_threads(1)
+    return Run(RunConfig.model_validate(raw), tmp_path / family, seed=3, device="cpu")
+
+
+def reference_gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
+    """The reference's per-episode GAE (algos/ppo/trainer.py: gae(rewards, values, 0.0, dones)),
+    transcribed with numpy floats: the final value is 0 and only the last step is done."""
+    values = [*values, 0.0]
+    dones = [0.0] * (len(rewards) - 1) + [1.0]
+    gae, out = 0.0, []
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * values[t + 1] * (1 - dones[t]) - values[t]
+        gae = delta + gamma * lam * (1 - dones[t]) * gae
+        out.insert(0, gae)
+    return out
+
+
+@pytest.mark.parametrize("family", list(ENVS))
+def test_a_batch_is_one_complete_episode_per_env_from_a_reset(tmp_path, family):
+    run = make_run(tmp_path, family)
+    for _ in range(2):  # the second batch starts while the envs are mid-episode after the first
+        ro, returns, lengths = run.collect_episode_batch()
+        active = ro.active.numpy()
+        counts = active.sum(axis=0)
+        for i in range(active.shape[1]):
+            n = counts[i]
+            assert active[:n, i].all() and not active[n:, i].any()  # one contiguous episode from row 0
+            done = (ro.terminated | ro.truncated).numpy()[:, i]
+            assert done[n - 1] and not done[: n - 1].any()  # complete, and only one
+        # The env's own step counter ran from 0: every episode started at the batch's reset.
+        assert sorted(lengths) == sorted(counts.tolist())
+        assert len(returns) == active.shape[1]
+        np.testing.assert_allclose(sorted(returns), sorted(ro.rewards.sum(0).tolist()), rtol=1e-5)
+        assert ro.active.shape[0] == counts.max()  # nobody ran longer than the longest episode
+
+
+@pytest.mark.parametrize("family", list(ENVS))
+def test_gae_per_episode_matches_the_reference_with_final_value_zero(tmp_path, family):
+    run = make_run(tmp_path, family)
+    ro, _, _ = run.collect_episode_batch()
+    batch = ro.to_batch(run.ppo.gamma, run.ppo.gae_lambda)
+    expected = np.zeros(ro.rewards.shape, dtype=np.float64)
+    for i in range(ro.rewards.shape[1]):
+        n = int(ro.active[:, i].sum())
+        expected[:n, i] = reference_gae(ro.rewards[:n, i].tolist(), ro.values[:n, i].tolist(), run.ppo.gamma, run.ppo.gae_lambda)
+    assert not ro.truncated.any() and ro.terminated.sum() == ro.rewards.shape[1]  # time_limit terminal
+    np.testing.assert_allclose(batch.advantages.numpy(), expected[ro.active.numpy()], rtol=1e-5, atol=1e-5)
+    assert len(batch) == int(ro.active.sum())
+    assert torch.equal(batch.values, ro.values[ro.active])
+
+
+@pytest.mark.parametrize("family", list(ENVS))
+def test_an_epoch_gathers_whole_batches_until_buffer_size(tmp_path, family):
+    run = make_run(tmp_path, family, buffer_size=200)
+    before = run.env_steps
+    batch, returns, lengths = run.collect()
+    assert len(batch) >= 200 and len(batch) == sum(lengths)  # every stored transition is in a finished episode
+    assert len(lengths) % 3 == 0  # whole batches of one episode per env copy
+    assert sum(lengths[:-3]) < 200  # it stopped after the batch that filled the buffer
+    assert run.env_steps - before == len(batch)  # env_steps counts what was really collected
+
+
+def test_time_limit_terminal_ends_procgen_after_201_steps_with_no_bootstrap():
+    env = ProcgenVecEnv("maze_5", 2, seed=0, time_limit="terminal")  # no-op in maze never ends an episode
+    for t in range(1, MAX_EPISODE_STEPS + 1):
+        res = env.step(np.full(2, 4))
+        assert not (res.terminated | res.truncated).any(), t
+    res = env.step(np.full(2, 4))  # the reference's `steps > 200`: agent step 201 ends it
+    assert res.terminated.all() and not res.truncated.any() and res.final_obs is None
+    assert res.episode_length.tolist() == [MAX_EPISODE_STEPS + 1] * 2
+    for _ in range(MAX_EPISODE_STEPS):  # really reset: a fresh 201-step episode follows
+        assert not env.step(np.full(2, 4)).terminated.any()
+
+
+class MinibatchSpy(Intervention):
+    """Records the size of every minibatch the update trains on."""
+
+    name = "spy"
+
+    def __init__(self, model):
+        super().__init__(Params(), model, None)
+        self.sizes: list[int] = []
+
+    def loss(self, model, ctx):
+        self.sizes.append(ctx.obs.shape[0])
+
+
+def test_update_skips_the_partial_last_minibatch(tmp_path):
+    run = make_run(tmp_path, "gridworld", buffer_size=70)
+    batch, _, _ = run.collect()
+    n = len(batch)
+    assert n % 32, "pick a seed whose buffer is not a multiple of batch_size"
+    spy = MinibatchSpy(run.model)
+    run.interventions.append(spy)
+    run.update(batch)
+    assert spy.sizes == [32] * (2 * (n // 32))  # num_passes 2, only full minibatches
+
+
+def test_episode_rollout_relaxes_the_divisibility_rules_only_for_itself():
+    base = {"environment": {"env_copies": 11}, "ppo_trainer": {"buffer_size": 1024, "batch_size": 64}}
+    with pytest.raises(ConfigError, match="env_copies 11 with rollout: fixed"):
+        StudyConfig(base, "x.yaml")
+    ok = StudyConfig({**base, "ppo_trainer": {**base["ppo_trainer"], "rollout": "episodes"}}, "x.yaml")
+    assert ok.base.ppo_trainer.rollout == "episodes"
+    with pytest.raises(ConfigError, match="ppo_trainer.rollout"):
+        StudyConfig({"ppo_trainer": {"rollout": "whole"}}, "x.yaml")
