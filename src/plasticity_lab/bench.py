@@ -57,6 +57,9 @@ def network_floor(run: Run, repeats: int) -> float:
 
 def make_run(precision: str, device: str, root: Path) -> Run:
     cfg = load_study("hyperparams_quick.yaml").condition("baseline").model_copy(deep=True)
+    # The toolkit's fast path, so figures stay comparable: exactly 1024 transitions per epoch
+    # (the reproduction configs' episode-based collection varies; see bench/bench_rollout.py).
+    cfg.ppo_trainer.rollout, cfg.environment.env_copies = "fixed", 16
     cfg.ppo_trainer.precision = precision
     cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
     run = Run(cfg, root / precision, seed=0, device=device, label=f"bench-{precision}")
