@@ -28,20 +28,22 @@ def make_run(rollout: str, root: Path, device: str) -> Run:
     return Run(cfg, root / rollout, seed=0, device=device, label=rollout)
 
 
-def measure(rollout: str, epochs: int, device: str) -> tuple[list[float], list[int]]:
-    """Per-epoch seconds and transitions of ``epochs`` epochs after one warm-up epoch."""
+def measure(rollout: str, epochs: int, device: str) -> tuple[list[float], list[float], list[int]]:
+    """Per-epoch wall seconds, process CPU seconds (comparable on a loaded machine) and
+    transitions of ``epochs`` epochs after one warm-up epoch."""
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run(rollout, Path(tmp), device)
-        seconds, transitions = [], []
+        wall, cpu, transitions = [], [], []
         for epoch in range(epochs + 1):
             before = run.env_steps
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run.run_epoch(epoch + 1)
             if epoch:
-                seconds.append(time.perf_counter() - t0)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
                 transitions.append(run.env_steps - before)
         run.env.close()
-    return seconds, transitions
+    return wall, cpu, transitions
 
 
 def main() -> None:
@@ -54,11 +56,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"{args.epochs} epochs after 1 warm-up, untrained network")
     for rollout in ("fixed", "episodes"):
-        seconds, transitions = measure(rollout, args.epochs, args.device)
-        per_1024 = [1024 * s / n for s, n in zip(seconds, transitions)]
-        print(f"{rollout:9s} s/epoch median {statistics.median(seconds):.2f} (each {', '.join(f'{s:.2f}' for s in seconds)}); "
+        wall, cpu, transitions = measure(rollout, args.epochs, args.device)
+        per_1024 = [1024 * s / n for s, n in zip(cpu, transitions)]
+        print(f"{rollout:9s} wall s/epoch {', '.join(f'{s:.2f}' for s in wall)}; "
+              f"CPU s/epoch {', '.join(f'{s:.2f}' for s in cpu)} (median {statistics.median(cpu):.2f}); "
               f"transitions/epoch {transitions} (mean {statistics.mean(transitions):.0f}); "
-              f"s per 1024 transitions {statistics.median(per_1024):.2f}")
+              f"CPU s per 1024 transitions {statistics.median(per_1024):.2f}")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,46 @@ def test_episode_rollout_relaxes_the_divisibility_rules_only_for_itself():
     assert ok.base.ppo_trainer.rollout == "episodes"
     with pytest.raises(ConfigError, match="ppo_trainer.rollout"):
         StudyConfig({"ppo_trainer": {"rollout": "whole"}}, "x.yaml")
+
+
+def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
+    """In-process companion of test_training's SIGKILL test (which covers ProcGen): a run stopped
+    after its checkpoint at epoch 2 and resumed writes the uninterrupted run's metrics."""
+    import csv
+
+    def rows(path):
+        with open(path, newline="") as handle:
+            return [{k: v for k, v in r.items() if k not in ("wall_time", "steps_per_s")} for r in csv.DictReader(handle)]
+
+    env, model = ENVS["gridworld"]
+    raw = {
+        "experiment": {"save_freq": 2},
+        "environment": {**env, "env_copies": 2, "time_limit": "terminal"},  # permute: round 1 permuted
+        "model": {**model, "h_size": 16},
+        "ppo_trainer": {"num_epochs": 5, "shift_points": [3], "rollout": "episodes", "buffer_size": 50,
+                        "batch_size": 16, "num_passes": 1, "test_interval": 2, "test_episodes": 2},
+        "diagnostics": {"probe_interval": 2, "probe_size": 32, "trainability_every": 0},
+    }
+    cfg = RunConfig.model_validate(raw)
+    torch.set_num_threads(1)
+    for name in ("full", "cut"):
+        (tmp_path / name).mkdir()
+    Run(cfg, tmp_path / "full", seed=0, device="cpu").train()
+
+    stopped = Run(cfg, tmp_path / "cut", seed=0, device="cpu")
+    run_epoch = stopped.run_epoch
+
+    def killed_at_3(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt  # dies mid-run, after the checkpoint written at the end of epoch 1
+        return run_epoch(epoch)
+
+    stopped.run_epoch = killed_at_3
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    resumed = Run(cfg, tmp_path / "cut", seed=0, device="cpu")
+    state = resumed.load_resume_state()
+    assert state["next_epoch"] == 3  # shift point 3: saved after epoch 2
+    resumed.train(state)
+    full, cut = rows(tmp_path / "full" / "metrics.csv"), rows(tmp_path / "cut" / "metrics.csv")
+    assert [r["epoch"] for r in cut] == ["0", "1", "2", "3", "4"] and cut == full

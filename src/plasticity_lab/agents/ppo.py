@@ -54,11 +54,10 @@ class Rollout:
         adv = compute_gae(
             self.rewards, self.values, self.terminated, self.truncated, self.next_values, self.last_values, gamma, lam
         )
+        columns = (self.obs, self.actions, self.log_probs, self.values, adv)
         if self.active is None:
-            rows = (self.obs.flatten(0, 1), self.actions.flatten(), self.log_probs.flatten(), self.values.flatten(), adv.flatten())
-        else:
-            rows = (self.obs[self.active], self.actions[self.active], self.log_probs[self.active], self.values[self.active], adv[self.active])
-        return Batch(*rows)
+            return Batch(*(c.flatten(0, 1) for c in columns))
+        return Batch(*(c[self.active] for c in columns))
 
     @classmethod
     def allocate(cls, steps: int, envs: int, obs_shape: tuple[int, ...], device: torch.device) -> Rollout:

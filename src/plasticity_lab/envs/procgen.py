@@ -2,8 +2,8 @@
 
 9 movement actions, action repeat 2, a -0.01 penalty per agent step, an episode cap with real
 resets (200 steps, truncated; or the reference's 201 steps as a terminal), and the distribution
-shifts of `shifts.py`. Per-step work is numpy-vectorised
-over environments so stepping stays close to raw ProcGen speed.
+shifts of `shifts.py`. Per-step work is numpy-vectorised over environments so stepping stays
+close to raw ProcGen speed.
 """
 
 from __future__ import annotations

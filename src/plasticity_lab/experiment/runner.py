@@ -1,9 +1,10 @@
 """One training run: PPO on a shifting ProcGen task, with interventions, metrics and checkpoints.
 
 ``Run.train()`` reads top to bottom: shift if due -> collect experience (a fixed-length
-vectorised rollout, or the reference's batches of complete episodes) -> PPO update (intervention hooks at their points) -> periodic hooks -> test evaluation ->
-metrics row -> checkpoint if due. Every random draw comes from a generator stored in the
-checkpoint, so a resumed run continues exactly where the uninterrupted one would be.
+vectorised rollout, or the reference's batches of complete episodes) -> PPO update (intervention
+hooks at their points) -> periodic hooks -> test evaluation -> metrics row -> checkpoint if due.
+Every random draw comes from a generator stored in the checkpoint, so a resumed run continues
+exactly where the uninterrupted one would be.
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ class Run:
             sampled.append((log_probs, values))
             return actions.cpu().numpy()
 
-        cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")}
+        keys = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")
+        cols: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
         returns: list[float] = []
         lengths: list[int] = []
         finals: list[tuple[int, np.ndarray, np.ndarray]] = []
