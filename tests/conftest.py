@@ -41,3 +41,15 @@ def write_config(tmp_path: Path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tiny networks (a second thread only adds synchronisation on
+    a busy machine), restored afterwards so later modules keep torch's default."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

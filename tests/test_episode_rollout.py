@@ -14,6 +14,8 @@ from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import Intervention
 from plasticity_lab.interventions.base import Params
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ENVS = {
     "procgen": ({"task": "coinrun_10"}, {"enc_type": "conv64"}),
     "gridworld": ({"name": "gridworld", "task": "gather_4", "episode_steps": 30}, {"enc_type": "conv11"}),
@@ -29,7 +31,6 @@ def make_run(tmp_path, family: str, **ppo) -> Run:
                         "batch_size": 32, "num_passes": 2, "test_interval": 100, "test_episodes": 2, **ppo},
         "diagnostics": {"enabled": False},
     }
-    torch.set_num_threads(1)
     return Run(RunConfig.model_validate(raw), tmp_path / family, seed=3, device="cpu")
 
 
@@ -156,7 +157,6 @@ def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
         "diagnostics": {"probe_interval": 2, "probe_size": 32, "trainability_every": 0},
     }
     cfg = RunConfig.model_validate(raw)
-    torch.set_num_threads(1)
     for name in ("full", "cut"):
         (tmp_path / name).mkdir()
     Run(cfg, tmp_path / "full", seed=0, device="cpu").train()

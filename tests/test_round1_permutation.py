@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import make_env
 from plasticity_lab.envs.shifts import SHIFT_TYPES, ShiftState, initial_shift, next_shift, permute_tiles
 from plasticity_lab.experiment.runner import Run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROCGEN = {
     "environment": {"task": "coinrun_10", "env_copies": 4},
@@ -23,7 +24,6 @@ GRID = {**PROCGEN, "environment": {"name": "gridworld", "task": "gather_4", "env
 
 
 def make_run(raw: dict, tmp_path, seed: int = 0) -> Run:
-    torch.set_num_threads(1)
     return Run(RunConfig.model_validate(raw), tmp_path / f"run{seed}", seed=seed, device="cpu")
 
 
