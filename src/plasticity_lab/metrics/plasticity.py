@@ -163,7 +163,8 @@ def srank(features: Any, delta: float = 0.01) -> float:
     """
     if not 0.0 <= float(delta) < 1.0:
         raise ValueError(f"srank: delta must be in [0, 1), got {delta}")
-    s = _singular_values(features, "srank")
+    # on the CPU: CUDA's floating-point cumsum has no deterministic kernel (experiment.deterministic)
+    s = _singular_values(features, "srank").cpu()
     cumulative = torch.cumsum(s, dim=0)
     total = cumulative[-1]  # the same sum the cumulative sums reach, so k <= len(s) always
     if not bool(total > 0):
