@@ -15,14 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from plasticity_lab.config import ACTIVATIONS, NORMS, RunConfig
+from plasticity_lab.config import ACTIVATIONS, NORMS, ModelConfig, RunConfig
 from plasticity_lab.experiment import runner as runner_module
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.metrics import reference_dead_units, weight_change_rms, weight_rms
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.layers import make_activation
 from plasticity_lab.nets.surgery import applied_weights
-from plasticity_lab.config import ModelConfig
 
 GRID = {
     "environment": {"name": "gridworld", "task": "gather_5", "grid_size": 7, "episode_steps": 20, "env_copies": 8},
