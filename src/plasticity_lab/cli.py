@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 
 from plasticity_lab.config import ConfigError
 
@@ -32,6 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from plasticity_lab.config import load_study
     from plasticity_lab.experiment.checkpoint import CheckpointError
+    from plasticity_lab.experiment.determinism import set_deterministic
     from plasticity_lab.experiment.runner import Run, pick_device
     from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
 
@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
+    set_deterministic(study.base.experiment.deterministic)
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     sw.set_defaults(func=cmd_sweep)
     demo = sub.add_parser("demo", help="minute-scale study on CPU: baseline vs. reset-all vs. mitigations, then the report")
-    demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/demo)")
+    demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/NAME)")
+    demo.add_argument("--name", default=None,
+                      help="study name (default: a new demo-YYYYmmdd-HHMMSS; results/demo is the committed reference demo)")
     demo.add_argument("--seeds", type=int, default=5, help="seeds per condition")
     demo.add_argument("--workers", type=int, default=2, help="runs at a time")
     demo.set_defaults(func=cmd_demo)
@@ -161,13 +164,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Sweep configs/demo_gridworld.yaml, write the report, print its tables."""
     from plasticity_lab.analysis.report import report
     from plasticity_lab.config import resolve_config_path
+    from plasticity_lab.experiment.study import new_study_name, study_dir
     from plasticity_lab.experiment.sweep import sweep
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
-    states = sweep(resolve_config_path(DEMO_CONFIG), name="demo", seeds=list(range(args.seeds)),
+    name = args.name or new_study_name(args.out_dir, "demo")
+    states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
                    workers=args.workers, out_dir=args.out_dir)
-    html = report(Path(args.out_dir) / "results" / "demo")
+    html = report(study_dir(args.out_dir, name))
     summary = (html.parent / "summary.md").read_text().splitlines()
     keep = False
     for line in summary:

@@ -45,6 +45,8 @@ class ExperimentConfig(Strict):
     """Seeds per condition for sweeps when --seeds is not given (reference-code key)."""
     baseline: str = "baseline"
     """Condition that reports compare against."""
+    deterministic: bool = False
+    """CUDA: deterministic kernels (bit-reproducible runs and resumes, slower); CPU runs are deterministic anyway."""
     conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     """Condition name -> dotted overrides applied to a fresh copy of this config."""
 
@@ -261,18 +263,26 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    """Read a YAML mapping, with one-line errors for a missing, unreadable, non-UTF-8, empty or
+    malformed file. An empty file is an error, not "all defaults": the defaults are a full
+    3000-epoch ProcGen study, which nobody should start by pointing at the wrong file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (undecodable byte at offset {exc.start}); is it a YAML config?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: empty config (no sections; write at least the settings that differ from the defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
@@ -288,6 +298,13 @@ class StudyConfig:
             self.base = RunConfig.model_validate(raw)
         except ValidationError as err:
             raise ConfigError(_format_error(source, "", err)) from None
+        experiment = self.base.experiment
+        if experiment.baseline not in experiment.conditions:
+            given = "" if "baseline" in (raw.get("experiment") or {}) else " (the default)"
+            raise ConfigError(
+                f"{source}: experiment.baseline: {experiment.baseline!r}{given} is not a condition "
+                f"(allowed: {', '.join(experiment.conditions)})"
+            )
         # Resolve every condition up front so a bad override fails before anything is written;
         # the error is raised when that condition is selected, so one condition naming a method
         # that is not available does not block the others.

@@ -27,7 +27,16 @@ from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
 from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
+from plasticity_lab.metrics.plasticity import (
+    REDO_TAU,
+    dormant_fraction_from_scores,
+    dormant_scores_from_mean_abs,
+    reference_dead_units,
+    weight_change_rms,
+    weight_rms,
+)
 from plasticity_lab.nets import build_model
+from plasticity_lab.nets.surgery import applied_weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -36,10 +45,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     return torch.device(name)
-
-
-def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 class StopRequested:
@@ -226,6 +231,7 @@ class Run:
         n = obs.shape[0]
         sums: dict[str, float] = {}
         count = 0
+        unit_abs_sum, rows = torch.zeros((), dtype=torch.float64, device=self.device), 0  # for dormant_units
         for _ in range(p.num_passes):
             perm = torch.randperm(n, generator=self.gen, device=self.device)
             for start in range(0, n - p.batch_size + 1, p.batch_size):
@@ -248,12 +254,17 @@ class Run:
                 stats = {
                     "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
                     "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
-                    "grad_norm": grad_norm, "dead_units": (features.detach() == 0).float().mean(),
+                    "grad_norm": grad_norm,
                 }
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums["dead_units"] = sums.get("dead_units", 0.0) + reference_dead_units(features, self.cfg.model.activation)
                 count += 1
+                unit_abs_sum = unit_abs_sum + features.detach().abs().sum(dim=0, dtype=torch.float64)
+                rows += features.shape[0]
         out = {k: v / count for k, v in sums.items()}
+        # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
+        out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum / rows), REDO_TAU)
         var = torch.var(rets)
         out["explained_variance"] = float(1 - torch.var(rets - ro.values.flatten()) / var) if var > 0 else float("nan")
         out["v_estimate"] = float(ro.values.mean())
@@ -295,20 +306,21 @@ class Run:
         """Collect, update, evaluate if due; returns the epoch's metrics row (minus wall_time)."""
         p = self.ppo
         self.current_epoch = epoch
-        t_epoch = time.monotonic()
+        t_train, steps_before = time.monotonic(), self.env_steps
         ro, ep_returns, ep_lengths = self.collect()
-        before = flat_params(self.model)
+        before = applied_weights(self.model)
         stats = self.update(ro)
-        after = flat_params(self.model)
+        steps_per_s = (self.env_steps - steps_before) / (time.monotonic() - t_train)  # training only: collect + update
+        after = applied_weights(self.model)
         test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
         return {
             "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
             "train_r": float(np.mean(ep_returns)) if ep_returns else None,
             "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
             "test_r": test_r,
-            "weight_m": float(after.pow(2).mean().sqrt()),
-            "weight_diff": float((after - before).pow(2).mean().sqrt()),
-            "steps_per_s": p.buffer_size / (time.monotonic() - t_epoch),
+            "weight_m": weight_rms(after),
+            "weight_diff": weight_change_rms(before, after),
+            "steps_per_s": steps_per_s,
             **stats,
         }
 

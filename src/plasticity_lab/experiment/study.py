@@ -1,7 +1,8 @@
 """Study directories: results/NAME/<condition>/seed_<s>/, created only after all input checks.
 
-``plan_runs`` does every check that can fail on bad input (config, condition names, existing runs
-without resume) before anything is written, so a refused command leaves no directory behind.
+``plan_runs`` does every check that can fail on bad input (config, condition names, a committed
+reference study, existing runs without resume) before anything is written, so a refused command
+leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def run_dir_for(out_dir: str | Path, name: str, condition: str, seed: int) -> Pa
     return study_dir(out_dir, name) / condition / f"seed_{seed}"
 
 
+def new_study_name(out_dir: str | Path, prefix: str) -> str:
+    """``PREFIX-YYYYmmdd-HHMMSS`` (plus ``-2``, ``-3``, ... if taken): a study directory that does
+    not exist yet, for commands with a default output (under results/, which git ignores)."""
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 1
+    while study_dir(out_dir, name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
 def plan_runs(
     study: StudyConfig,
     name: str,
@@ -65,6 +77,11 @@ def plan_runs(
     """Resolve and check every run; raises ConfigError (nothing written) on any problem."""
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"-n {name!r}: the experiment name must be a plain directory name")
+    if is_reference_study(study_dir(out_dir, name)):
+        raise ConfigError(
+            f"{study_dir(out_dir, name)}: a committed reference study ({REFERENCE_MARKER}) is read-only; "
+            "choose another study name (nothing was written)"
+        )
     chosen = conditions or study.conditions
     specs = []
     for condition in chosen:

@@ -68,6 +68,34 @@ def affine_weights(module: nn.Module) -> list[nn.Parameter]:
     return [weight_param(m) for m in module.modules() if isinstance(m, AFFINE)]
 
 
+@torch.no_grad()
+def applied_weights(module: nn.Module) -> list[torch.Tensor]:
+    """Copies of the weights the forward pass applies, for every trainable Linear/Conv2d in
+    ``module`` (biases, norm gains and frozen layers left out), in module order.
+
+    A parametrized weight is read with its parametrization in eval mode, so spectral norm gives
+    ``W / sigma`` from its current power-iteration vectors without advancing them; the module is
+    left exactly as it was.
+    """
+    out = []
+    for layer in module.modules():
+        if not isinstance(layer, AFFINE) or not weight_param(layer).requires_grad:
+            continue
+        if not parametrize.is_parametrized(layer, "weight"):
+            out.append(layer.weight.detach().clone())
+            continue
+        parts = list(layer.parametrizations.weight.modules())
+        modes = [part.training for part in parts]
+        for part in parts:
+            part.training = False
+        try:
+            out.append(layer.weight.detach().clone())
+        finally:
+            for part, mode in zip(parts, modes):
+                part.training = mode
+    return out
+
+
 def init_bound(layer: nn.Module) -> float:
     """torch's default Linear/Conv2d init draws weight and bias from U(-b, b) with b = 1/sqrt(fan_in)
     (kaiming_uniform with a=sqrt(5) reduces to this bound), so one number describes both."""
