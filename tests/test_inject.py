@@ -151,8 +151,8 @@ def test_reference_injection_trains_like_the_baseline_with_a_doubled_head_step_p
     features its old and new linear heads get the same gradient and, from fresh Adam states, the
     same update, so it follows the baseline with twice the head learning rate to rounding; the
     paper's variant learns differently. (With a learning encoder the reference variant also differs
-    from that baseline, but only by sending the encoder gradient through the fresh head's
-    zero-output pair new - new0; it never adds capacity, see the test above.)"""
+    from that baseline, but only in the encoder's gradient, which flows through old + new, new0
+    being detached; it never adds capacity, see the test above.)"""
     model = make_model(enc_type="mlp", obs_shape=(9, 9, 3)).double()
     model.preprocess = lambda obs: ActorCritic.preprocess(obs).double()
     fit(model, fixed_task(seed=1), steps=10, lr=1e-3)  # a first task

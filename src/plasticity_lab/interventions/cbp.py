@@ -127,6 +127,9 @@ class CbpParams(Params):
     """Decay of the running utility and mean activation (1: frozen, no bias correction)."""
     maturity_threshold: int = Field(10000, ge=0)
     """Optimiser steps a unit must survive before it can be replaced."""
+    bias_compensation: bool = True
+    """Move a replaced unit's mean contribution into its readers' biases (GnT's intent); false is
+    what lop/algos/gnt.py actually does (it clears the mean before using it)."""
 
 
 @register
@@ -204,11 +207,12 @@ class ContinualBackprop(Intervention):
         mean = self.mean_act[i]
         if mean is not None:
             per_unit = mean.view(link.copies, block.out_units, -1)
-            x = torch.zeros_like(per_unit)
-            x[:, chosen] = self._corrected(per_unit[:, chosen], self.ages[i][chosen].view(1, -1, 1))
-            for layer in reader_layers(link.readers):
-                if layer.bias is not None:
-                    layer.bias.add_(mean_input_response(layer, x.view_as(mean)))
+            if self.params.bias_compensation:
+                x = torch.zeros_like(per_unit)
+                x[:, chosen] = self._corrected(per_unit[:, chosen], self.ages[i][chosen].view(1, -1, 1))
+                for layer in reader_layers(link.readers):
+                    if layer.bias is not None:
+                        layer.bias.add_(mean_input_response(layer, x.view_as(mean)))
             per_unit[:, chosen] = 0.0
         recycle_units(block, link, chosen, optimizer, zero_bias=True)
         self.utility[i][chosen] = 0.0

@@ -33,9 +33,10 @@ networks of parameters, none of them trainable.
 value layers become old(f) + new(f) - new0(f).detach() on the trunk features f, with the old layer
 *still trained*, and a repeated injection first merges the previous wrapper into one linear layer
 (weights old + new - new0). That adds no capacity: with a fresh Adam state (the optimiser is
-re-created at shifts) old and new get the same gradient and the same update, so without gradient
-clipping or weight decay it trains exactly like the baseline with a doubled head learning rate
-(tests/test_inject.py shows it in float64).
+re-created at shifts) old and new get the same gradient and the same update, so on fixed features
+and without gradient clipping or weight decay it trains exactly like the baseline with a doubled
+head learning rate (tests/test_inject.py shows it in float64); a learning encoder differs only in
+its gradient, which flows through old + new while the output applies old + new - new0.
 
 The number of injections is this method's checkpoint state; ``load_state_dict`` repeats them on a
 freshly built model, so the structure exists before the weights are loaded.
@@ -114,7 +115,8 @@ class LinearInjection(nn.Module):
     def merged(self) -> nn.Linear:
         """One linear layer applying old + new - new0 (the reference merges before re-injecting;
         the applied weights are summed, so a spectral-norm head merges into a plain layer)."""
-        layer = nn.Linear(self.old.in_features, self.old.out_features, device=self.old.bias.device)
+        bias = self.old.bias
+        layer = nn.Linear(self.old.in_features, self.old.out_features, device=bias.device, dtype=bias.dtype)
         layer.weight.copy_(self.old.weight + self.new.weight - self.new0.weight)
         layer.bias.copy_(self.old.bias + self.new.bias - self.new0.bias)
         return layer
