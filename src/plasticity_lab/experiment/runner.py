@@ -283,7 +283,7 @@ class Run:
         self.task_index += 1
         for iv in self.interventions:
             iv.at_shift(self.model, self.optimizer)
-        if self.ppo.reset_optimizer_at_shift:
+        if self.ppo.reset_optimizer_at_shift and not any(iv.keeps_optimizer for iv in self.interventions):
             self.optimizer = self.make_optimizer()
 
     def evaluate(self, epoch: int) -> float:

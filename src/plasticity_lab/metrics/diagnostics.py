@@ -197,7 +197,8 @@ class _UnitAccumulator:
 
 def _head_matrix(head: nn.Module, in_features: int) -> torch.Tensor:
     """The ``(out, in)`` matrix of an affine head, read off its outputs so that wrapped heads
-    (plasticity injection sums several linear maps) count as the one map they apply."""
+    (the reference variant of plasticity injection sums several linear maps) count as the one map
+    they apply. After the paper variant's injection the heads are the new, trainable ones."""
     eye = torch.eye(in_features, device=_device(head))
     return (head(eye) - head(torch.zeros_like(eye[:1]))).T
 
@@ -250,8 +251,9 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
             acts = model.activations(obs)
             for acc, h in zip(accs, acts):
                 acc.add(h)
-            logits.append(model.policy(acts[-1]))
-            values.append(model.value(acts[-1]).squeeze(-1))
+            lg, v = model.outputs(acts)
+            logits.append(lg)
+            values.append(v)
         stats = weight_stats(model)
     for name, acc in zip(names, accs):
         stats.update(_unit_stats(name, acc.active, acc.scores(), n))

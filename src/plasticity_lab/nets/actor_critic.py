@@ -99,6 +99,9 @@ class ActorCritic(nn.Module):
         self.policy = nn.Linear(self.feature_dim, num_actions)
         self.value = nn.Linear(self.feature_dim, 1)
         self._apply_spectral_norm(cfg.spectral_norm)
+        self.injected: nn.Module | None = None
+        """Earlier head networks frozen by plasticity injection (interventions/inject.py), called as
+        ``injected(trunk_input, logits, value)`` to add their outputs to the heads'; None until then."""
 
     def _apply_spectral_norm(self, scope: str) -> None:
         targets = {
@@ -122,7 +125,10 @@ class ActorCritic(nn.Module):
             if i + 1 < len(self.blocks):
                 nxt = self.blocks[i + 1].layer
                 span = self.spatial if isinstance(nxt, nn.Linear) and isinstance(block.layer, nn.Conv2d) else 1
-                links.append(UnitLink(i, (nxt,), span, copies))
+                readers = (nxt,)
+                if i + 2 == len(self.blocks) and self.injected is not None:  # frozen trunk layers read it too
+                    readers += tuple(self.injected.input_layers())
+                links.append(UnitLink(i, readers, span, copies))
             else:
                 links.append(UnitLink(i, tuple(self.heads), 1, copies))
         return links
@@ -147,10 +153,18 @@ class ActorCritic(nn.Module):
             outs.append(x)
         return outs
 
+    def outputs(self, acts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, value) from the blocks' activations (for probes that already computed them)."""
+        features = acts[-1]
+        logits, value = self.policy(features), self.value(features)
+        if self.injected is not None:
+            logits, value = self.injected(acts[-2].flatten(1), logits, value)
+        return logits, value.squeeze(-1)
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (logits, value, trunk features) for uint8 frames."""
-        features = self.trunk(obs)
-        return self.policy(features), self.value(features).squeeze(-1), features
+        acts = self.activations(obs)
+        return *self.outputs(acts), acts[-1]
 
 
 def build_model(cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> ActorCritic:
