@@ -73,7 +73,8 @@ class ShrinkPerturb(Intervention):
 
 
 REFERENCE_SHRINK, REFERENCE_PERTURB = 0.999999, 1e-6
-"""The reference's per-step values, sized for its 5000-epoch rounds of 48 steps (0.79 per round)."""
+"""The reference's per-step values, sized for its 5000-epoch rounds of at least 48 steps each
+(x0.79 or less per round)."""
 
 
 class SoftShrinkPerturbParams(Params):
@@ -118,7 +119,7 @@ class SoftShrinkPerturb(Intervention):
     The strength is per step (the reference's 0.999999 / 1e-6) or per round: ``shrink_per_task``
     is the factor the parameters shrink by over one round of ``TrainingPlan.updates_per_round``
     steps (without gradients), so a condition means the same at any protocol length; per-step
-    1e-6 shrinks 21% over a reference round (240000 steps) but 0.04% over a 400-step round.
+    1e-6 shrinks 21% over a reference round (>= 240000 steps) but 0.04% over a 400-step round.
     """
 
     name = "soft_shrink_perturb"
