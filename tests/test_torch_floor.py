@@ -2,7 +2,7 @@
 below with the release that has it, and the declared floor is at least the newest of them.
 
 The scan reads every module of ``src/plasticity_lab`` (AST, so comments and strings do not count)
-and resolves names through its imports (``nn.RMSNorm`` -> ``torch.nn.RMSNorm``), including the
+and resolves names through its imports (``nn.functional.rms_norm`` -> ``torch.nn.functional.rms_norm``), including the
 keyword arguments of calls (``torch.load(weights_only=)``). A new API, or a new keyword, fails
 here until it is added to the table with its version, which then raises the floor if needed.
 Tensor methods (``x.sum(dtype=...)``) cannot be resolved statically and are not covered.
@@ -55,6 +55,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.cumsum(dim=)": "1.0",
     "torch.device": "1.0",
     "torch.empty_like": "1.0",
+    "torch.enable_grad": "1.0",
     "torch.exp": "1.0",
     "torch.eye": "1.0",
     "torch.eye(device=)": "1.0",
@@ -62,6 +63,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.float64": "1.0",
     "torch.from_numpy": "1.0",
     "torch.full_like": "1.0",
+    "torch.func.functional_call": "2.0",
     "torch.get_num_threads": "1.0",
     "torch.get_rng_state": "1.0",
     "torch.is_grad_enabled": "1.0",
@@ -97,18 +99,21 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.nn.Linear": "1.0",
     "torch.nn.Linear(bias=)": "1.0",
     "torch.nn.Linear(device=)": "1.10",  # factory keywords of modules
+    "torch.nn.Linear(dtype=)": "1.9",
     "torch.nn.Mish": "1.9",
     "torch.nn.Module": "1.0",
     "torch.nn.ModuleList": "1.0",
     "torch.nn.Parameter": "1.0",
-    "torch.nn.RMSNorm": "2.4",  # nets/layers.py, nets/surgery.py
     "torch.nn.ReLU": "1.0",
     "torch.nn.Tanh": "1.0",
     "torch.nn.functional": "1.0",
+    "torch.nn.functional.conv2d": "1.0",
     "torch.nn.functional.cross_entropy": "1.0",
     "torch.nn.functional.log_softmax": "1.0",
     "torch.nn.functional.log_softmax(dim=)": "1.0",
     "torch.nn.functional.mse_loss": "1.0",
+    "torch.nn.functional.rms_norm": "2.4",  # nets/layers.py ChannelRMSNorm
+    "torch.nn.functional.rms_norm(eps=)": "2.4",  # nets/layers.py ChannelRMSNorm
     "torch.nn.utils": "1.0",
     "torch.nn.utils.clip_grad_norm_": "1.0",
     "torch.nn.utils.parametrizations": "1.10",
@@ -117,6 +122,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.nn.utils.parametrize.is_parametrized": "1.9",
     "torch.no_grad": "1.0",
     "torch.nonzero": "1.0",
+    "torch.ones": "1.0",
     "torch.ones_like": "1.0",
     "torch.optim": "1.0",
     "torch.optim.Adam": "1.0",
@@ -124,6 +130,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.optim.AdamW": "1.2",
     "torch.optim.AdamW(lr=)": "1.2",
     "torch.optim.Optimizer": "1.0",
+    "torch.pow": "1.0",
     "torch.randint": "1.0",
     "torch.randint(device=)": "1.0",
     "torch.randint(dtype=)": "1.0",
@@ -141,6 +148,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.softmax": "1.2",
     "torch.special": "1.9",
     "torch.special.xlogy": "1.10",
+    "torch.sqrt": "1.0",
     "torch.topk": "1.0",
     "torch.uint8": "1.0",
     "torch.use_deterministic_algorithms": "1.8",
@@ -222,7 +230,7 @@ def resolve(name: str) -> object:
 
 def test_every_torch_api_the_package_uses_is_in_the_table():
     used = torch_names_used()
-    assert "torch.nn.RMSNorm" in used and "torch.load(weights_only=)" in used  # the scan sees through imports
+    assert "torch.nn.functional.rms_norm" in used and "torch.load(weights_only=)" in used  # the scan sees through imports
     missing = {name: sorted(files) for name, files in used.items() if name not in TORCH_API_SINCE}
     assert not missing, f"add these to TORCH_API_SINCE with the torch release that has them: {missing}"
     unused = sorted(set(TORCH_API_SINCE) - set(used))

@@ -48,6 +48,10 @@ def check_compatible(names: list[str]) -> None:
 
 def validate_interventions(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     """Validate every method's parameters and their combination; returns them with defaults filled in."""
-    params = {name: validate_params(name, raw).model_dump() for name, raw in cfg.interventions.items()}
+    params = {}
+    for name, raw in cfg.interventions.items():
+        validated = validate_params(name, raw)
+        REGISTRY[name].check_config(validated, cfg)
+        params[name] = validated.model_dump()
     check_compatible(list(params))
     return params

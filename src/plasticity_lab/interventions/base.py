@@ -90,6 +90,10 @@ class Intervention:
         self.plan = plan
 
     @classmethod
+    def check_config(cls, params: BaseModel, cfg: RunConfig) -> None:
+        """Refuse a run configuration the method cannot act on (a one-line ValueError)."""
+
+    @classmethod
     def hooks(cls) -> list[str]:
         return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h)]
 
@@ -146,9 +150,14 @@ def validate_params(name: str, raw: Any) -> BaseModel:
         return REGISTRY[name].Params.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        key = "".join(f".{p}" for p in first["loc"])  # empty for a check across parameters
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].replace("Value error, ", "")
-        raise ValueError(f"interventions.{name}{key}: {msg}") from None
+        where = ".".join(["interventions", name, *(str(p) for p in first["loc"])])
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif first["type"] == "value_error":  # a cross-field check: its own sentence
+            msg = str(first["ctx"]["error"])
+        else:
+            msg = first["msg"]
+        raise ValueError(f"{where}: {msg}") from None
 
 
 def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module, plan: TrainingPlan) -> list[Intervention]:

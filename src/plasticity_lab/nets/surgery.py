@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from plasticity_lab.nets.layers import ChannelRMSNorm
+
 
 def weight_param(layer: nn.Module) -> nn.Parameter:
     """The trainable tensor behind ``layer.weight`` (the parametrization's original if any)."""
@@ -54,7 +56,7 @@ def assign(
 
 
 AFFINE = (nn.Linear, nn.Conv2d)
-NORMS = (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+NORMS = (nn.GroupNorm, nn.LayerNorm, ChannelRMSNorm)
 
 
 def param_layers(module: nn.Module) -> list[nn.Module]:
