@@ -180,6 +180,9 @@ class DiagnosticsConfig(Strict):
     """Run the trainability probe every this many probes (and at task ends); 0 turns it off."""
     trainability_steps: int = Field(200, ge=1)
     """Adam steps the trainability probe trains a copy (and a fresh network) for."""
+    budget: float | None = Field(0.1, gt=0)
+    """Most compute the probes may take, as a fraction of the training's (fixed cost model, not
+    wall-clock, so resumes stay exact); probes and fits beyond it are skipped and logged. null: all."""
 
 
 class RunConfig(Strict):

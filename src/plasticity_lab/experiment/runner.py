@@ -26,7 +26,8 @@ from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
-from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
+from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
+from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.nets import build_model
 
 
@@ -95,12 +96,7 @@ class Run:
         self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in iv.stat_keys]
         self.autocast = self.ppo.precision == "bf16"
         self.stop_signal: int | None = None
-        d = cfg.diagnostics
-        self.probe = PlasticityProbe(
-            self.env_cfg, seed=seed, num_epochs=self.ppo.num_epochs, shift_points=self.ppo.shift_points,
-            interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
-            trainability_steps=d.trainability_steps,
-        ) if d.enabled else None
+        self.probe = PlasticityProbe.from_config(cfg, seed) if cfg.diagnostics.enabled else None
         self.current_epoch = 0
 
     # ------------------------------------------------------------------ optimiser and hooks
@@ -339,6 +335,8 @@ class Run:
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch)
         progress = Progress(self.label, p.num_epochs, self.start_epoch)
         diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
+        if self.probe:
+            print(f"[{self.label}] {self.probe.plan.describe()}", flush=True)
         t0 = time.monotonic() - self.wall_offset
         status = "done"
         try:
@@ -369,6 +367,7 @@ class Run:
                         break
         finally:
             if diagnostics is not None:
+                print(f"[{self.label}] {diagnostics.cost_line(time.monotonic() - t0)}", flush=True)
                 diagnostics.close()
             progress.close()
             writer.close()
