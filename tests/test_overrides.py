@@ -3,6 +3,7 @@ recording, application to every condition, and the resume check against changed 
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -118,29 +119,43 @@ def wait_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 300) 
     raise AssertionError("timed out waiting for metrics rows")
 
 
+def read_rows(path: Path, drop: tuple[str, ...] = ("wall_time", "steps_per_s", "probe_seconds")) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(handle)]
+
+
 def test_overrides_are_recorded_and_a_resume_with_other_values_is_refused(cfg, tmp_path, capsys):
-    sets = ["--set", "ppo_trainer.lr=1e-3", "model.h_size=16"]
+    """Also: a budgeted diagnostics schedule (probes 0, 1, 2, 5 of 0, 1, 2, 3, 5; no fits) survives a
+    SIGKILL and resume exactly (the plan depends on the config only, never on wall-clock time)."""
+    values = ["ppo_trainer.lr=1e-3", "model.h_size=16", "diagnostics.budget=0.25"]
     args = ["-n", "t", "-p", str(cfg), "-c", "baseline", "-o", str(tmp_path)]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, *sets],
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--set", *values],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "results/t/baseline/seed_0"
     wait_rows(run / "metrics.csv", 3, proc)  # a checkpoint exists after epoch 1 (save_freq 2)
     proc.kill()
     proc.wait()
+    plan_line = ("diagnostics: 4 of 5 probes and 0 of 4 trainability fits fit the budget of 25% of the training "
+                 "compute (estimated 23.8%); skipped probes after epochs 3; skipped fits after epochs 0, 2, 3, 5")
+    assert plan_line in proc.stdout.read()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["ppo_trainer"]["lr"] == 0.001 and resolved["model"]["h_size"] == 16
-    assert resolved["experiment"]["overrides"] == ["ppo_trainer.lr=1e-3", "model.h_size=16"]
-    assert json.loads((run / "run.json").read_text())["invocations"][0]["overrides"] == ["ppo_trainer.lr=1e-3", "model.h_size=16"]
+    assert resolved["experiment"]["overrides"] == values
+    assert json.loads((run / "run.json").read_text())["invocations"][0]["overrides"] == values
     before = (run / "metrics.csv").read_bytes()
-    for other in (["--set", "ppo_trainer.lr=2e-3", "model.h_size=16"], ["--set", "model.h_size=16"]):
+    for other in (["--set", "ppo_trainer.lr=2e-3", *values[1:]], ["--set", *values[1:]]):
         assert train_main([*args, "-r", *other]) == 2
         err = capsys.readouterr().err
         assert "incompatible checkpoint: ppo_trainer.lr is" in err and "but 0.001 in the checkpoint" in err, err
         assert (run / "metrics.csv").read_bytes() == before
-    assert train_main([*args, "-r", *sets]) == 0  # the same values resume
-    assert (run / "DONE").exists()
-    assert [i["overrides"] for i in json.loads((run / "run.json").read_text())["invocations"]] == [
-        ["ppo_trainer.lr=1e-3", "model.h_size=16"]] * 2
+    assert train_main([*args, "-r", "--set", *values]) == 0  # the same values resume
+    assert "[baseline/seed_0] diagnostics: 4 probes took" in capsys.readouterr().out
+    assert [i["overrides"] for i in json.loads((run / "run.json").read_text())["invocations"]] == [values] * 2
+    assert train_main([*args[:-1], str(tmp_path / "whole"), "--set", *values]) == 0
+    whole = tmp_path / "whole/results/t/baseline/seed_0"
+    assert read_rows(run / "metrics.csv") == read_rows(whole / "metrics.csv")
+    assert [r["epoch"] for r in read_rows(run / "diagnostics.csv")] == ["0", "1", "2", "5"]
+    assert read_rows(run / "diagnostics.csv") == read_rows(whole / "diagnostics.csv")
 
 
 def test_sweep_freezes_overrides_and_grid_and_refuses_other_values_later(cfg, tmp_path, capsys):

@@ -111,18 +111,19 @@ def collect_probe_frames(
 class CostModel:
     """Compute of training and diagnostics in one unit: a forward pass of one frame.
 
-    The factors were measured with ``plab bench --diagnostics`` (conv64 h256 on CPU, see
-    BENCHMARKS.md) and rounded up for diagnostics, so the estimate errs towards probing less.
-    Training counts only its network work (rollout forwards, then forward, backward and
-    optimiser step per minibatch frame), not environment steps or test evaluations, which makes
-    it a lower bound of the real training time and the estimated fraction an upper bound.
+    The factors are those measured with ``plab bench --diagnostics`` (conv64 h256 on CPU, see
+    BENCHMARKS.md: a probe 2.2 and a frame collection 0.8 forward passes per frame, a
+    trainability fit 0.8 of the modelled fit). Training counts only its network work (rollout
+    forwards, then forward, backward and optimiser step per minibatch frame), not environment
+    steps or test evaluations, so it is a lower bound of the real training time and the
+    estimated diagnostics fraction an upper bound of the real one.
     """
 
     train_step: float = 3.0
     """Forward + backward + optimiser step of one frame, in forward passes."""
-    probe: float = 2.5
+    probe: float = 2.2
     """One probe frame: forward with per-layer accumulators, ranks, weight statistics."""
-    collect: float = 1.0
+    collect: float = 0.8
     """One probe frame's collection (environment steps with random actions), once per task."""
 
     def epoch(self, buffer_size: int, num_passes: int) -> float:
