@@ -15,8 +15,7 @@ import pytest
 import yaml
 
 from plasticity_lab.cli import main, train_main
-from plasticity_lab.config import ConfigError, load_study, split_values
-from tests.conftest import TINY, merge
+from plasticity_lab.config import load_study, split_values
 
 REPO = Path(__file__).resolve().parents[1]
 CONDITIONS = {"baseline": {}, "mish": {"model.activation": "mish"}, "redo": {"interventions.redo": {"every": 2, "tau": 0.5}}}

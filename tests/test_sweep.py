@@ -91,7 +91,7 @@ def test_killed_worker_then_resume_completes_without_lost_or_duplicated_rows(con
 
 def test_a_killed_worker_is_retried_with_a_log_line_and_ends_identical(config, local_study, tmp_path):
     cmd = [sys.executable, "-m", "plasticity_lab.cli", "sweep", str(config), "--seed-list", "0", "--conditions", "mish",
-           "--retries", "1", "-o", str(tmp_path)]
+           "--workers", "2", "--retries", "1", "-o", str(tmp_path)]  # 2 workers: 1 thread, as local_study
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = tmp_path / "results/tiny_sweep"
     run = root / "mish/seed_0"

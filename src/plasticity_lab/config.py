@@ -197,8 +197,7 @@ class DiagnosticsConfig(Strict):
     trainability_steps: int = Field(200, ge=1)
     """Adam steps the trainability probe trains a copy (and a fresh network) for."""
     budget: float | None = Field(0.1, gt=0)
-    """Most compute the probes may take, as a fraction of the training's (fixed cost model, not
-    wall-clock, so resumes stay exact); probes and fits beyond it are skipped and logged. null: all."""
+    """Cap on diagnostics compute as a fraction of training's (fixed cost model; skips are logged); null: none."""
 
 
 def _installed(package: str) -> bool:
