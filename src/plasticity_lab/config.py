@@ -439,7 +439,7 @@ class StudyConfig:
         """The error naming the command-line flags behind a failing location, if any."""
         related = [(flag, key) for flag, key in self.flags if _overlaps(key, loc)]
         if condition:
-            grid = self.base.experiment.grid.get(condition) if hasattr(self, "base") else None
+            grid = self.base.experiment.grid.get(condition)
             related = [(f, k) for f, k in related if f == "--set" or (grid and k in grid.settings)]
         if not related:
             return None
