@@ -17,7 +17,10 @@ TINY: dict[str, Any] = {
         "num_epochs": 6, "shift_points": [3], "buffer_size": 128, "batch_size": 32,
         "num_passes": 1, "test_interval": 3, "test_episodes": 4,
     },
-    "diagnostics": {"probe_interval": 2, "probe_size": 64, "trainability_every": 2, "trainability_steps": 3},
+    "diagnostics": {
+        "probe_interval": 2, "probe_size": 64, "trainability_every": 2, "trainability_steps": 3,
+        "budget": None,  # the full schedule: tests check every probe (test_diagnostics_budget.py: the budget)
+    },
 }
 
 

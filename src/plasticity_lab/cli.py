@@ -24,6 +24,20 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-r", "--resume", action="store_true", help="continue existing runs from their latest checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (auto: CUDA when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_override_args(parser)
+
+
+def add_override_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys for every condition, e.g. --set ppo_trainer.lr=1e-3 model.h_size=128 "
+                             "(VALUE is YAML: 1e-3, false, [1000, 2000], {tau: 0.1})")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log to Weights & Biases (= --set logging.wandb.enabled=true; needs the wandb extra)")
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The --set texts, plus the one --wandb stands for."""
+    return [*args.set, *(["logging.wandb.enabled=true"] if args.wandb else [])]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -35,9 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from plasticity_lab.experiment.runner import Run, pick_device
     from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
 
-    study = load_study(args.hyperparams)
+    study = load_study(args.hyperparams, overrides(args))
     conditions = [args.condition] if args.condition else None
     specs = plan_runs(study, args.name, conditions, [args.seed], args.out_dir, args.resume)
+    for note in study.shadowed(conditions):
+        print(note, flush=True)
     try:
         device = str(pick_device(args.device))
     except ValueError as err:
@@ -93,7 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true", help="accepted for clarity: a sweep always skips finished runs and resumes interrupted ones")
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    add_override_args(sw)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="cross the conditions with these values, e.g. --grid interventions.redo.tau=0.0,0.025,0.1 "
+                         "(several --grid flags: every combination)")
     sw.set_defaults(func=cmd_sweep)
+    st = sub.add_parser("status", help="every run of a study: state, epoch, last test return, ETA (while a sweep runs, too)")
+    st.add_argument("results_dir", help="study directory (results/NAME)")
+    st.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="minute-scale study on CPU: baseline vs. reset-all vs. mitigations, then the report")
     demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/NAME)")
     demo.add_argument("--name", default=None,
@@ -139,7 +162,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.seed_list is not None:
         seeds = parse_int_list(args.seed_list, "--seed-list")
     else:
-        count = args.seeds if args.seeds is not None else load_study(args.config).base.experiment.num_sessions
+        count = args.seeds if args.seeds is not None else load_study(args.config, overrides(args)).base.experiment.num_sessions
         if count < 1:
             raise ConfigError(f"--seeds {count}: must be >= 1")
         seeds = list(range(count))
@@ -150,6 +173,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,
             backend=args.backend, address=args.address, out_dir=args.out_dir, retries=args.retries,
             device=args.device, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+            overrides=overrides(args), grid=args.grid,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
@@ -201,6 +225,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = report(args.results_dir, final_window=args.final_window, baseline=args.baseline, reps=args.reps, smooth=args.smooth)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from plasticity_lab.experiment.status import print_status
+
+    print_status(args.results_dir)
     return 0
 
 

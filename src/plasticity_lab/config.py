@@ -12,7 +12,10 @@ what is allowed (:class:`ConfigError`).
 from __future__ import annotations
 
 import copy
+import importlib.util
+import itertools
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +39,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=False)
 
 
+class GridCondition(Strict):
+    """Where a condition made by ``plab sweep --grid`` came from."""
+
+    condition: str
+    """The config's condition it crosses."""
+    settings: dict[str, Any]
+    """Dotted key -> this grid point's value (applied after the condition's own overrides)."""
+
+
 class ExperimentConfig(Strict):
     algo: Literal["ppo"] = "ppo"
     """Training algorithm (only PPO is implemented)."""
@@ -49,6 +61,10 @@ class ExperimentConfig(Strict):
     """CUDA: deterministic kernels (bit-reproducible runs and resumes, slower); CPU runs are deterministic anyway."""
     conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     """Condition name -> dotted overrides applied to a fresh copy of this config."""
+    overrides: list[str] = Field(default_factory=list)
+    """`--set KEY=VALUE` overrides already applied to this config's settings (recorded, as given)."""
+    grid: dict[str, GridCondition] = Field(default_factory=dict)
+    """Condition name -> the condition and `--grid` values it was expanded from (plab sweep --grid)."""
 
     @field_validator("conditions")
     @classmethod
@@ -182,6 +198,39 @@ class DiagnosticsConfig(Strict):
     """Run the trainability probe every this many probes (and at task ends); 0 turns it off."""
     trainability_steps: int = Field(200, ge=1)
     """Adam steps the trainability probe trains a copy (and a fresh network) for."""
+    budget: float | None = Field(0.1, gt=0)
+    """Cap on diagnostics compute as a fraction of training's (fixed cost model; skips are logged); null: none."""
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # sys.modules[package] is None: imports of it are blocked
+        return False
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    """Also log metrics, diagnostics and the resolved config to Weights & Biases (extra `wandb`)."""
+    project: str | None = None
+    """W&B project (default: the study name); runs are grouped by condition, named condition/seed_<s>."""
+    entity: str | None = None
+    """W&B team or user (default: your W&B default entity)."""
+    mode: Literal["online", "offline"] = "online"
+    """offline: no network; the run is written locally (under the run directory) for `wandb sync`."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags on every run."""
+
+    @model_validator(mode="after")
+    def _package(self) -> WandbConfig:
+        if self.enabled and not _installed("wandb"):
+            raise ValueError("enabled: the wandb package is not installed (pip install -e '.[wandb]')")
+        return self
+
+
+class LoggingConfig(Strict):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases tracking, off by default (metrics.csv and TensorBoard are always written)."""
 
 
 class RunConfig(Strict):
@@ -194,6 +243,8 @@ class RunConfig(Strict):
     interventions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Method name -> its parameters ({} for defaults); see plasticity_lab.interventions."""
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Experiment trackers beyond metrics.csv and TensorBoard."""
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:
@@ -220,7 +271,8 @@ class RunConfig(Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _format_error(source: str, prefix: str, err: ValidationError) -> str:
+def _error_location(err: ValidationError) -> tuple[str, str]:
+    """(dotted key, message) of a validation error's first problem."""
     first = err.errors()[0]
     loc = ".".join(str(part) for part in first["loc"] if part != "function-after")
     msg = first["msg"].replace("Value error, ", "")
@@ -228,13 +280,18 @@ def _format_error(source: str, prefix: str, err: ValidationError) -> str:
     if first["type"] == "value_error" and field:  # a model validator naming its field
         loc = ".".join(p for p in (loc, field.group(1)) if p)
         msg = msg[field.end():]
-    key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
-        part for part in (prefix, loc) if part)
-    key = key or "(top level)"
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "literal_error":
         msg = msg.replace("Input should be", "allowed:")
+    return loc, msg
+
+
+def _format_error(source: str, prefix: str, err: ValidationError) -> str:
+    loc, msg = _error_location(err)
+    key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
+        part for part in (prefix, loc) if part)
+    key = key or "(top level)"
     return f"{source}: {key}: {msg}"
 
 
@@ -288,16 +345,95 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-class StudyConfig:
-    """A whole config file: the base settings plus its named conditions, each resolvable."""
+_KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+RECORDED = ("experiment.overrides", "experiment.grid")
+"""Experiment keys that plab writes itself: no flag may set them."""
 
-    def __init__(self, raw: dict[str, Any], source: str = "<config>") -> None:
-        self.raw = raw
+
+def parse_assignment(text: str, flag: str) -> tuple[str, str]:
+    """Split a command-line ``KEY=VALUE`` and check that KEY names a settable config key."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.fullmatch(key):
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE with a dotted KEY (e.g. ppo_trainer.lr=1e-3)")
+    section = key.split(".")[0]
+    if section not in RunConfig.model_fields:
+        raise ConfigError(f"{flag} {key}: unknown section (allowed: {', '.join(RunConfig.model_fields)})")
+    if key.startswith("experiment.conditions.") or any(key == k or key.startswith(k + ".") for k in RECORDED):
+        raise ConfigError(f"{flag} {key}: cannot be set from the command line (conditions come from the config or --grid)")
+    return key, value
+
+
+def parse_value(text: str, flag: str, key: str) -> Any:
+    """A command-line value read as a YAML value by the config files' loader (``1e-3``,
+    ``false``, ``[1000, 2000]`` and ``{tau: 0.1}`` mean what they mean in a config file)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag} {key}: malformed value {text!r}: {getattr(exc, 'problem', exc)}") from None
+
+
+def split_values(text: str) -> list[str]:
+    """Split a --grid value list at the commas that are not inside brackets, braces or quotes."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    return [*parts, current]
+
+
+def _overlaps(key: str, loc: str) -> bool:
+    """Does setting ``key`` touch the config location ``loc`` (one contains the other)?"""
+    return not loc or key == loc or key.startswith(loc + ".") or loc.startswith(key + ".")
+
+
+class StudyConfig:
+    """A whole config file: the base settings plus its named conditions, each resolvable.
+
+    ``overrides`` (``--set KEY=VALUE`` texts) are applied to the base settings before any
+    condition is resolved, so they hold in every condition except where a condition sets the
+    same key itself; they are recorded in ``experiment.overrides``. Errors caused by a
+    command-line flag name the flag and the key instead of the file.
+    """
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        source: str = "<config>",
+        overrides: Sequence[str] = (),
+        flags: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.source = source
+        self.flags = list(flags)
+        """(flag, dotted key) of every command-line setting in ``raw``, for error messages."""
+        if overrides:
+            raw = copy.deepcopy(raw)
+            for text in overrides:
+                key, value = parse_assignment(text, "--set")
+                try:
+                    set_dotted(raw, key, parse_value(value, "--set", key))
+                except KeyError:
+                    raise ConfigError(f"--set {key}: {source} has a value, not a mapping, above this key") from None
+                self.flags.append(("--set", key))
+            experiment = raw.get("experiment")
+            if isinstance(experiment, dict) and isinstance(experiment.get("overrides", []), list):
+                experiment["overrides"] = [*experiment.get("overrides", []), *overrides]
+        self.raw = raw
         try:
             self.base = RunConfig.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(_format_error(source, "", err)) from None
+            raise self._error("", *_error_location(err)) or ConfigError(_format_error(source, "", err)) from None
         experiment = self.base.experiment
         if experiment.baseline not in experiment.conditions:
             given = "" if "baseline" in (raw.get("experiment") or {}) else " (the default)"
@@ -315,6 +451,19 @@ class StudyConfig:
                 self.resolved[name] = self._resolve(name)
             except ConfigError as err:
                 self.errors[name] = err
+
+    def _error(self, condition: str, loc: str, msg: str) -> ConfigError | None:
+        """The error naming the command-line flags behind a failing location, if any."""
+        related = [(flag, key) for flag, key in self.flags if _overlaps(key, loc)]
+        if condition:
+            grid = self.base.experiment.grid.get(condition)
+            related = [(f, k) for f, k in related if f == "--set" or (grid and k in grid.settings)]
+        if not related:
+            return None
+        flag = related[0][0]
+        exact = [key for f, key in related if f == flag and (loc == key or loc.startswith(key + "."))]
+        where = loc if exact else ", ".join(key for f, key in related if f == flag)
+        return ConfigError(f"{flag} {where}{f' (condition {condition})' if condition else ''}: {msg}")
 
     @property
     def conditions(self) -> list[str]:
@@ -337,13 +486,16 @@ class StudyConfig:
         try:
             cfg = RunConfig.model_validate(tree)
         except ValidationError as err:
-            raise ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
+            loc, msg = _error_location(err)
+            raise self._error(name, loc, msg) or ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
         from plasticity_lab.interventions import validate_interventions
 
         try:
             cfg.interventions = validate_interventions(cfg)
         except ValueError as err:
-            raise ConfigError(f"{self.source}: {prefix} -> {err}") from None
+            located = re.match(r"([\w.-]+): (.*)", str(err))
+            flagged = self._error(name, *located.groups()) if located else None
+            raise flagged or ConfigError(f"{self.source}: {prefix} -> {err}") from None
         return cfg
 
     def condition(self, name: str) -> RunConfig:
@@ -352,6 +504,81 @@ class StudyConfig:
         if name not in self.resolved:
             raise ConfigError(f"{self.source}: unknown condition {name!r} (allowed: {', '.join(self.conditions)})")
         return self.resolved[name]
+
+    def shadowed(self, conditions: Sequence[str] | None = None) -> list[str]:
+        """Notes on --set keys that a condition sets itself (the condition's value wins there)."""
+        notes = []
+        for name in conditions or self.conditions:
+            own = self.base.experiment.conditions.get(name, {})
+            for flag, key in self.flags:
+                hit = [k for k in own if isinstance(k, str) and _overlaps(key, k)]
+                if flag == "--set" and hit:
+                    notes.append(f"note: condition {name} sets {', '.join(hit)} itself, so --set {key} does not apply to it")
+        return notes
+
+    def with_grid(self, grid: Sequence[str], conditions: Sequence[str] | None = None) -> tuple[StudyConfig, list[str]]:
+        """Cross ``conditions`` (default: all) with every combination of the ``--grid KEY=V1,V2``
+        values; returns the expanded study and the new conditions' names, in order.
+
+        Each crossed condition is replaced by one condition per grid point, named
+        ``<condition>+<key>=<value>...`` (``key`` is the shortest unique tail of the dotted key,
+        the value as typed with anything but letters, digits and ``._-`` turned into ``_``) and
+        recorded in ``experiment.grid``. The grid values are applied after the condition's own
+        overrides. If the report's baseline condition is crossed, its first grid point becomes
+        the baseline.
+        """
+        axes: list[tuple[str, list[tuple[str, Any]]]] = []
+        for text in grid:
+            key, values = parse_assignment(text, "--grid")
+            if key.startswith("experiment"):
+                raise ConfigError(f"--grid {key}: experiment settings cannot vary between conditions")
+            if any(key == k for k, _ in axes):
+                raise ConfigError(f"--grid {key}: given twice; list all its values in one flag")
+            items = [(t.strip(), parse_value(t, "--grid", key)) for t in split_values(values)]
+            if any(not t for t, _ in items):
+                raise ConfigError(f"--grid {key}: empty value in {values!r} (expected V1,V2,...)")
+            seen: list[Any] = []
+            for t, v in items:
+                if v in seen:
+                    raise ConfigError(f"--grid {key}: value {t} is listed twice")
+                seen.append(v)
+            axes.append((key, items))
+        labels = []
+        for key, _ in axes:
+            parts = key.split(".")
+            depth = 1
+            while any(k != key and k.split(".")[-depth:] == parts[-depth:] for k, _ in axes):
+                depth += 1
+            labels.append(".".join(parts[-depth:]))
+        chosen = list(conditions or self.conditions)
+        for name in chosen:
+            self.condition(name)  # unknown or broken: its one-line error
+        raw = copy.deepcopy(self.raw)
+        experiment = raw.setdefault("experiment", {})
+        old = self.base.experiment.conditions
+        table: dict[str, dict[str, Any]] = {}
+        record: dict[str, dict[str, Any]] = {}
+        made: list[str] = []
+        for name, own in old.items():
+            if name not in chosen:
+                table[name] = own
+                continue
+            for point in itertools.product(*(items for _, items in axes)):
+                label = "".join(f"+{lab}={re.sub(r'[^A-Za-z0-9._-]+', '_', t).strip('_') or '_'}"
+                                for lab, (t, _) in zip(labels, point))
+                grid_name = name + label
+                if grid_name in table:
+                    raise ConfigError(f"--grid: two grid points are both named {grid_name!r}; write the values differently")
+                settings = {key: value for (key, _), (_, value) in zip(axes, point)}
+                table[grid_name] = copy.deepcopy({**own, **settings})
+                record[grid_name] = {"condition": name, "settings": settings}
+                made.append(grid_name)
+        experiment["conditions"] = table
+        experiment["grid"] = {**{k: v for k, v in experiment.get("grid", {}).items() if k in table}, **record}
+        if self.base.experiment.baseline in chosen and made:
+            experiment["baseline"] = next(n for n in made if record[n]["condition"] == self.base.experiment.baseline)
+        flags = self.flags + [("--grid", key) for key, _ in axes]
+        return StudyConfig(raw, self.source, flags=flags), made
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -366,6 +593,7 @@ def resolve_config_path(path: str | Path) -> Path:
     return path
 
 
-def load_study(path: str | Path) -> StudyConfig:
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """The config file at ``path`` with ``--set`` ``overrides`` applied to its base settings."""
     path = resolve_config_path(path)
-    return StudyConfig(load_yaml(path), source=str(path))
+    return StudyConfig(load_yaml(path), source=str(path), overrides=overrides)

@@ -25,8 +25,10 @@ from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
 from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
+from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
+from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
-from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
+from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
     REDO_TAU,
     dormant_fraction_from_scores,
@@ -100,12 +102,7 @@ class Run:
         self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in iv.stat_keys]
         self.autocast = self.ppo.precision == "bf16"
         self.stop_signal: int | None = None
-        d = cfg.diagnostics
-        self.probe = PlasticityProbe(
-            self.env_cfg, seed=seed, num_epochs=self.ppo.num_epochs, shift_points=self.ppo.shift_points,
-            interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
-            trainability_steps=d.trainability_steps,
-        ) if d.enabled else None
+        self.probe = PlasticityProbe.from_config(cfg, seed) if cfg.diagnostics.enabled else None
         self.current_epoch = 0
 
     # ------------------------------------------------------------------ optimiser and hooks
@@ -351,8 +348,11 @@ class Run:
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch)
         progress = Progress(self.label, p.num_epochs, self.start_epoch)
         diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
+        if self.probe:
+            print(f"[{self.label}] {self.probe.plan.describe()}", flush=True)
+        tracker = WandbTracker(self.cfg, self.run_dir, self.seed) if self.cfg.logging.wandb.enabled else None
         t0 = time.monotonic() - self.wall_offset
-        status = "done"
+        status = "failed"
         try:
             with StopRequested() as stop:
                 for epoch in range(self.start_epoch, p.num_epochs):
@@ -361,16 +361,21 @@ class Run:
                     row = self.run_epoch(epoch)
                     row["wall_time"] = time.monotonic() - t0
                     metrics.write(row)
-                    for key in self.columns[1:]:
-                        value = row.get(key)
-                        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                            writer.add_scalar(key, value, epoch)
+                    scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
+                               and not (isinstance(row[key], float) and math.isnan(row[key]))}
+                    for key, value in scalars.items():
+                        writer.add_scalar(key, value, epoch)
+                    if tracker is not None:
+                        tracker.log(scalars, epoch)
                     progress.update(epoch, row)
                     if diagnostics is not None and self.probe.due(epoch):
                         # before the checkpoint, so it holds this probe's churn reference
                         result = self.probe.measure(self.model, self.task_index, self.shift_state, epoch)
-                        for key, value in diagnostics.log(epoch, self.task_index, result.stats, result.spectrum).items():
+                        probed = diagnostics.log(epoch, self.task_index, result.stats, result.spectrum)
+                        for key, value in probed.items():
                             writer.add_scalar(key, value, epoch)
+                        if tracker is not None:
+                            tracker.log(probed, epoch)
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
                     if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
@@ -379,8 +384,13 @@ class Run:
                         status = "interrupted"
                         self.stop_signal = stop_signal
                         break
+                else:
+                    status = "done"
         finally:
+            if tracker is not None:
+                tracker.close(ok=status == "done")
             if diagnostics is not None:
+                print(f"[{self.label}] {diagnostics.cost_line(time.monotonic() - t0)}", flush=True)
                 diagnostics.close()
             progress.close()
             writer.close()

@@ -120,22 +120,47 @@ def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_doc = spec.cfg.to_yaml_dict()
     cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
+    cfg_doc["experiment"]["grid"] = {k: v for k, v in cfg_doc["experiment"]["grid"].items() if k == spec.condition}
     cfg_doc["run"] = {"name": spec.name, "condition": spec.condition, "seed": spec.seed, "hooks": hooks}
     write_atomic(spec.run_dir / "config.yaml", yaml.safe_dump(cfg_doc, sort_keys=False))
     info_path = spec.run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"invocations": []}
     info["invocations"].append(
-        {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+         "overrides": spec.cfg.experiment.overrides}
     )
     write_atomic(info_path, json.dumps(info, indent=2))
 
 
-def _try_flock(handle) -> bool:
+def _try_flock(handle, patience: float = 0.5) -> bool:
+    """Take the exclusive lock; False if a live writer holds it. Retries for ``patience`` seconds,
+    because ``plab status`` holds a shared lock for an instant to ask whether a run is live."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def lock_is_held(run_dir: Path) -> bool:
+    """True while a live process holds the run's lock (asked with an instant shared lock, which
+    a starting run's :func:`_try_flock` waits out)."""
+    path = run_dir / LOCK_NAME
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        handle = open(path)
+    except OSError:
         return False
-    return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def check_unlocked(run_dir: Path) -> None:
