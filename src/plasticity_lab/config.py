@@ -89,8 +89,8 @@ class EnvironmentConfig(Strict):
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64", "conv11", "mlp"] = "conv64"
-    """Encoder: conv64 (ProcGen, DESIGN.md section 4), conv11 (small grids), mlp (flattened image)."""
+    enc_type: Literal["conv64", "nature", "conv11", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), mlp (vectors or flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]

@@ -100,7 +100,7 @@ def _rom_facts(game: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, 
     """(modes, difficulties, minimal action set) of a ROM."""
     ale = ale_py.ALEInterface()
     ale.loadROM(roms.get_rom_path(game))
-    minimal = tuple(int(a) for a in ale.getMinimalActionSet())
+    minimal = tuple(int(a.value) for a in ale.getMinimalActionSet())
     return tuple(ale.getAvailableModes()), tuple(ale.getAvailableDifficulties()), minimal
 
 
