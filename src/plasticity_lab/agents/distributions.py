@@ -5,7 +5,8 @@ interventions use, so no code outside this module knows whether actions are disc
 ``DiagGaussian`` wraps ``Independent(Normal)`` with the head's outputs as means and a
 state-independent log standard deviation (a parameter of the network, as in PPO's MuJoCo
 setting). Sampling takes an explicit ``torch.Generator`` (torch.distributions samples from the
-global RNG only), so a run's action draws stay on its own checkpointed stream.
+global RNG only), so a run's action draws stay on its own checkpointed stream. Argument
+validation is off: it costs time on every minibatch and the inputs are network outputs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class Categorical:
     """Discrete actions: the head's outputs are logits."""
 
     def __init__(self, logits: torch.Tensor) -> None:
-        self.dist = D.Categorical(logits=logits.float())
+        self.dist = D.Categorical(logits=logits if logits.dtype == torch.float64 else logits.float(), validate_args=False)
 
     @property
     def params(self) -> torch.Tensor:
@@ -55,9 +56,10 @@ class DiagGaussian:
     """Continuous actions: the head's outputs are means, ``log_std`` is one value per dimension."""
 
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor) -> None:
-        mean = mean.float()
-        self.log_std = log_std.float().expand_as(mean)
-        self.dist = D.Independent(D.Normal(mean, self.log_std.exp()), 1)
+        dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
+        mean = mean.to(dtype)
+        self.log_std = log_std.to(dtype).expand_as(mean)
+        self.dist = D.Independent(D.Normal(mean, self.log_std.exp(), validate_args=False), 1, validate_args=False)
 
     @property
     def params(self) -> torch.Tensor:
@@ -99,3 +101,9 @@ class DiagGaussian:
 
 
 ActionDistribution = Categorical | DiagGaussian
+
+
+def make_distribution(head_out: torch.Tensor, log_std: torch.Tensor | None) -> ActionDistribution:
+    """The distribution of a policy head's output: Gaussian when a log std is given, else
+    categorical over logits."""
+    return Categorical(head_out) if log_std is None else DiagGaussian(head_out, log_std)

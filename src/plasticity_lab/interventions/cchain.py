@@ -5,6 +5,9 @@ update. C-CHAIN adds a churn-reduction term on a reference batch x_ref:
 
     coef * mean_x KL(pi_prev(.|x) || pi_theta(.|x))  +  value_coef * mean_x (V_theta(x) - V_prev(x))^2
 
+(for any action distribution: categorical or the Gaussian of continuous control, whose KL is
+closed-form)
+
 where "prev" is the network before the last optimiser step. The paper's PPO/ProcGen code uses
 the policy term only (its cross-entropy form, whose gradient equals the KL's), hence
 value_coef = 0; the value term is CHAIN's value-churn reduction. Differences from that code:
@@ -26,6 +29,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from plasticity_lab.agents.distributions import make_distribution
 from plasticity_lab.interventions.base import Intervention, Params, register
 
 
@@ -49,15 +53,15 @@ class CChain(Intervention):
         obs = ctx.obs
         penalty = None
         if self.ref is not None:
-            logits, values, _ = model(self.ref["obs"])
-            log_p = torch.log_softmax(logits.float(), dim=-1)
-            prev_log_p = self.ref["log_p"]
-            kl = (prev_log_p.exp() * (prev_log_p - log_p)).sum(-1).mean()
+            head, values, _ = model(self.ref["obs"])
+            prev = make_distribution(self.ref["policy"], self.ref["log_std"])
+            kl = model.distribution(head).kl_from(prev).mean()
             value_churn = (values.float() - self.ref["value"]).pow(2).mean()
             penalty = self.params.coef * kl + self.params.value_coef * value_churn
         with torch.no_grad():
-            logits, values, _ = model(obs)
-        self.ref = {"obs": obs, "log_p": torch.log_softmax(logits.float(), dim=-1), "value": values.float()}
+            head, values, _ = model(obs)
+        log_std = None if model.log_std is None else model.log_std.detach().clone()
+        self.ref = {"obs": obs, "policy": head.float(), "log_std": log_std, "value": values.float()}
         return penalty
 
     def at_shift(self, model, optimizer):
@@ -67,4 +71,7 @@ class CChain(Intervention):
         return {"ref": self.ref}
 
     def load_state_dict(self, state):
-        self.ref = state["ref"]
+        ref = state["ref"]
+        if ref is not None and "log_p" in ref:  # checkpoints of discrete-only versions
+            ref = {"obs": ref["obs"], "policy": ref["log_p"], "log_std": None, "value": ref["value"]}
+        self.ref = ref

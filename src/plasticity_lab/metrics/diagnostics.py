@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plasticity_lab.agents.distributions import make_distribution
 from plasticity_lab.config import EnvironmentConfig
 from plasticity_lab.envs import make_env
 from plasticity_lab.envs.shifts import ShiftState
@@ -103,10 +104,11 @@ def collect_probe_frames(
     warmup: int = 8,
     stride: int = 4,
 ) -> np.ndarray:
-    """``n`` real uint8 frames ``(n, H, W, 3)`` from the training levels of ``env_cfg``'s task
-    under ``shift_state``.
+    """``n`` real observations (uint8 frames ``(n, H, W, C)`` or float vectors ``(n, D)``) from
+    the training levels of ``env_cfg``'s task under ``shift_state``.
 
-    ``min(num_envs, n)`` environments take random actions (or ``policy(obs)``'s) and, after
+    ``min(num_envs, n)`` environments take random actions (uniform discrete actions, or the
+    untrained Gaussian policy's N(0, I) draws for continuous ones) or ``policy(obs)``'s and, after
     ``warmup`` steps, every ``stride``-th step's frames are kept, so the set spreads over many
     levels and over the course of episodes rather than over their first moments. The same seed
     gives the same frames; only the shift differs between tasks, so a tile-permuted task sees
@@ -118,15 +120,21 @@ def collect_probe_frames(
     env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     rng = np.random.default_rng(action_seed)
     env = make_env(env_cfg, envs, seed=env_seed, train=True, shift=shift_state)
-    frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=np.uint8)
+    continuous = bool(getattr(env, "continuous", False))
     try:
         obs = env.observe_current()
+        frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=obs.dtype)
         stored, t = 0, 0
         while stored < len(frames):
             if t >= warmup and (t - warmup) % stride == 0:
                 frames[stored : stored + envs] = obs
                 stored += envs
-            actions = rng.integers(0, env.num_actions, envs) if policy is None else np.asarray(policy(obs))
+            if policy is not None:
+                actions = np.asarray(policy(obs))
+            elif continuous:
+                actions = rng.standard_normal((envs, env.num_actions))
+            else:
+                actions = rng.integers(0, env.num_actions, envs)
             obs = env.step(actions).obs
             t += 1
     finally:
@@ -148,9 +156,11 @@ class ProbeResult:
     unit_rates: np.ndarray
     """Per trunk unit: fraction of probe frames on which it is active."""
     logits: torch.Tensor
-    """Policy logits ``(n, actions)`` on the probe frames (for churn)."""
+    """Policy head outputs ``(n, actions)`` on the probe frames: logits, or Gaussian means (for churn)."""
     values: torch.Tensor
     """Values ``(n,)`` on the probe frames (for churn)."""
+    log_std: torch.Tensor | None = None
+    """The Gaussian policy's log standard deviations (None for discrete actions)."""
 
 
 @contextlib.contextmanager
@@ -217,8 +227,14 @@ def weight_stats(model: nn.Module) -> dict[str, float]:
     return out
 
 
+def policy_log_std(model: nn.Module) -> torch.Tensor | None:
+    """The network's state-independent log std (continuous actions), detached; else None."""
+    log_std = getattr(model, "log_std", None)
+    return None if log_std is None else log_std.detach().clone()
+
+
 def policy_outputs(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy logits and values of ``model`` on ``frames``, computed in chunks."""
+    """Policy head outputs and values of ``model`` on ``frames``, computed in chunks."""
     logits, values = [], []
     with eval_mode(model):
         for obs in torch.from_numpy(frames).to(_device(model)).split(chunk):
@@ -270,6 +286,7 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
         unit_rates=(dense.active.double() / n).cpu().numpy(),
         logits=torch.cat(logits),
         values=torch.cat(values),
+        log_std=policy_log_std(model),
     )
 
 
@@ -284,17 +301,29 @@ def _unit_stats(name: str, active: torch.Tensor, scores: torch.Tensor, n: int) -
 
 
 def churn(
-    prev_logits: torch.Tensor, prev_values: torch.Tensor, logits: torch.Tensor, values: torch.Tensor
+    prev_logits: torch.Tensor,
+    prev_values: torch.Tensor,
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    prev_log_std: torch.Tensor | None = None,
+    log_std: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Output change on the same frames between two probes.
 
-    ``policy_churn``: mean total-variation distance ``0.5 * sum_a |pi_now(a|x) - pi_prev(a|x)|``
-    (bounded in [0, 1] and symmetric, unlike KL); ``value_churn``: mean ``|V_now(x) - V_prev(x)|``.
+    ``policy_churn``: mean total-variation distance between the two policies' action
+    distributions, ``0.5 * sum_a |pi_now(a|x) - pi_prev(a|x)|`` for discrete actions (bounded in
+    [0, 1] and symmetric, unlike KL); for Gaussian policies (``log_std`` given) the same distance,
+    estimated by Monte Carlo with a fixed generator (no closed form exists). ``value_churn``: mean
+    ``|V_now(x) - V_prev(x)|``.
     """
-    p_prev = torch.softmax(prev_logits.to(logits.device, torch.float64), -1)
-    p_now = torch.softmax(logits.double(), -1)
+    device = logits.device
+    prev_std = None if prev_log_std is None else prev_log_std.to(device, torch.float64)
+    now_std = None if log_std is None else log_std.to(device, torch.float64)
+    prev = make_distribution(prev_logits.to(device, torch.float64), prev_std)
+    now = make_distribution(logits.double(), now_std)
+    generator = torch.Generator(device=device).manual_seed(0)
     return {
-        "policy_churn": float(0.5 * (p_now - p_prev).abs().sum(dim=-1).mean()),
+        "policy_churn": float(now.total_variation(prev, generator).mean()),
         "value_churn": float((values.double() - prev_values.to(values.device, torch.float64)).abs().mean()),
     }
 
@@ -310,6 +339,7 @@ class _Previous:
     shift: ShiftState
     logits: torch.Tensor
     values: torch.Tensor
+    log_std: torch.Tensor | None = None
 
 
 class PlasticityProbe:
@@ -377,8 +407,8 @@ class PlasticityProbe:
                 now = result.logits, result.values
             else:
                 now = policy_outputs(model, self.frames(prev.task_index, prev.shift), self.chunk)
-            result.stats.update(churn(prev.logits, prev.values, *now))
-        self._previous = _Previous(task_index, shift_state, result.logits, result.values)
+            result.stats.update(churn(prev.logits, prev.values, *now, prev.log_std, result.log_std))
+        self._previous = _Previous(task_index, shift_state, result.logits, result.values, result.log_std)
         self._frames = {task_index: frames}
         if self.trainability_due(epoch):
             result.stats.update(self.trainability.measure(model, frames, key=task_index))
@@ -394,6 +424,7 @@ class PlasticityProbe:
             "previous": {
                 "task_index": prev.task_index, "shift": prev.shift.to_dict(),
                 "logits": prev.logits.cpu(), "values": prev.values.cpu(),
+                "log_std": None if prev.log_std is None else prev.log_std.cpu(),
             }
         }  # fmt: skip
 
@@ -402,7 +433,7 @@ class PlasticityProbe:
         the next probe has a predecessor)."""
         prev = None if state is None else state["previous"]
         self._previous = None if prev is None else _Previous(
-            prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"]
+            prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"], prev.get("log_std")
         )
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from plasticity_lab.agents.distributions import ActionDistribution, Categorical, DiagGaussian
+from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
 from plasticity_lab.config import ModelConfig
 from plasticity_lab.nets.layers import make_activation, make_norm, width_factor
 from plasticity_lab.nets.normalization import ObsNormalizer
@@ -162,9 +162,7 @@ class ActorCritic(nn.Module):
 
     def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
         """The action distribution of the policy head's output (logits or means)."""
-        if self.continuous:
-            return DiagGaussian(head_out, self.log_std)
-        return Categorical(head_out)
+        return make_distribution(head_out, self.log_std)
 
     def trunk(self, obs: torch.Tensor) -> torch.Tensor:
         return self.activations(obs)[-1]
