@@ -186,11 +186,12 @@ class Run:
 
     # ------------------------------------------------------------------ experience
     def policy_sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad(), self.amp():
-            head, values, _ = self.model(obs)
-        dist = self.model.distribution(head)
-        actions = dist.sample(generator)
-        return actions, dist.log_prob(actions), values.float()
+        with torch.no_grad():
+            with self.amp():
+                head, values, _ = self.model(obs)
+            dist = self.model.distribution(head)
+            actions = dist.sample(generator)
+            return actions, dist.log_prob(actions), values.float()
 
     def collect(self) -> tuple[Rollout, list[float], list[int]]:
         steps, envs = self.steps_per_env, self.env_cfg.env_copies
