@@ -130,3 +130,23 @@ def test_vector_network_is_gaussian_with_state_independent_std():
         build_model(ModelConfig(enc_type="conv64"), 3, (11,))
     with pytest.raises(ValueError, match="does not fit 9x9"):
         build_model(ModelConfig(enc_type="nature"), 3, (9, 9, 3))
+
+
+def test_continuous_ppo_loss_uses_the_gaussian():
+    """ppo_loss on a DiagGaussian: entropy is the Gaussian's, the surrogate is -mean(normalised
+    advantage) at ratio 1, and the gradient reaches the state-independent log std."""
+    from plasticity_lab.agents.ppo import ppo_loss
+
+    torch.manual_seed(0)
+    mean = torch.randn(6, 2, requires_grad=True)
+    log_std = torch.tensor([0.1, -0.3], requires_grad=True)
+    dist = DiagGaussian(mean, log_std)
+    actions = torch.randn(6, 2)
+    ref = torch.distributions.Normal(mean.detach(), log_std.detach().exp())
+    old = ref.log_prob(actions).sum(-1)
+    adv = torch.arange(6.0)
+    parts = ppo_loss(dist, torch.zeros(6, requires_grad=True), actions, old, adv, torch.zeros(6), 0.2)
+    assert torch.allclose(parts.entropy, ref.entropy().sum(-1).mean())
+    assert torch.allclose(parts.policy, -((adv - adv.mean()) / (adv.std() + 1e-8)).mean(), atol=1e-6)
+    (parts.policy - parts.entropy).backward()
+    assert log_std.grad is not None and log_std.grad.abs().sum() > 0
