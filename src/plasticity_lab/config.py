@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from plasticity_lab.envs.registry import ENV_NAMES, MissingDependency, env_spec
+from plasticity_lab.interventions import validate_interventions
 from plasticity_lab.envs.shifts import DEFAULT_SCALE_RANGE, SHIFT_TYPES
 
 ACTIVATIONS = ("relu", "leaky-relu", "mish", "gelu", "tanh", "crelu", "dff")
@@ -400,8 +401,6 @@ class StudyConfig:
             cfg = RunConfig.model_validate(tree)
         except ValidationError as err:
             raise ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
-        from plasticity_lab.interventions import validate_interventions
-
         try:
             cfg.interventions = validate_interventions(cfg)
         except ValueError as err:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
 from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
-from plasticity_lab.config import ModelConfig
 from plasticity_lab.nets.layers import make_activation, make_norm, width_factor
 from plasticity_lab.nets.normalization import ObsNormalizer
+
+if TYPE_CHECKING:  # the config imports the networks' users, never the reverse at run time
+    from plasticity_lab.config import ModelConfig
 
 OBS_SHAPE = (64, 64, 3)
 
