@@ -125,3 +125,16 @@ def test_continuous_config_errors_are_one_line(tmp_path, capsys):
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 2
     assert "does not fit environment gymnasium Pendulum-v1 (allowed: mlp)" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_missing_extra_is_a_config_error_naming_it(monkeypatch, tmp_path, capsys):
+    from plasticity_lab.envs import registry
+
+    real = registry.importlib.util.find_spec
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None if name == "mujoco" else real(name))
+    cfg = tmp_path / "ant.yaml"
+    cfg.write_text(yaml.safe_dump(family_config("mujoco")))
+    assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "environment.name: environment 'mujoco' needs mujoco" in err and "plasticity-lab[mujoco]" in err
+    assert not (tmp_path / "results").exists()
