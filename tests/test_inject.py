@@ -20,7 +20,6 @@ from plasticity_lab.interventions.inject import FrozenHeads, HeadNetwork, Linear
 from plasticity_lab.interventions.redo import recycle_units
 from plasticity_lab.metrics.diagnostics import probe_network, weight_stats
 from plasticity_lab.metrics.trainability import TrainabilityProbe
-from plasticity_lab.nets import ActorCritic
 from tests.test_interventions import build, count, frames, make_model, make_optimizer, snapshot, train_step, trainable
 
 CONFIGS = [
@@ -154,7 +153,7 @@ def test_reference_injection_trains_like_the_baseline_with_a_doubled_head_step_p
     from that baseline, but only in the encoder's gradient, which flows through old + new, new0
     being detached; it never adds capacity, see the test above.)"""
     model = make_model(enc_type="mlp", obs_shape=(9, 9, 3)).double()
-    model.preprocess = lambda obs: ActorCritic.preprocess(obs).double()
+    model.preprocess = lambda obs, plain=model.preprocess: plain(obs).double()
     fit(model, fixed_task(seed=1), steps=10, lr=1e-3)  # a first task
     model.blocks.requires_grad_(False)  # fixed features
     after_shift = fixed_task(seed=2)

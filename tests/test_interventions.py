@@ -3,7 +3,6 @@ should do (formula, numpy, analytic gradient), on the small conv64 model and ran
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 

@@ -14,7 +14,7 @@ from plasticity_lab.config import ConfigError, ModelConfig, load_study
 from plasticity_lab.interventions import TrainingPlan, build_interventions
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.surgery import weight_param
-from tests.test_interventions import PLAN, build, make_model, snapshot, train_step
+from tests.test_interventions import build, make_model, snapshot, train_step
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -29,11 +29,17 @@ def _sync(device: torch.device) -> None:
 
 def network_floor(run: Run, repeats: int) -> float:
     """Median seconds of the pure network compute of one epoch (see module docstring)."""
-    p, envs = run.ppo, run.env_cfg.env_copies
+    p, envs, spec = run.ppo, run.env_cfg.env_copies, run.spec
     model = run.model
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
-    frames = torch.randint(0, 256, (p.buffer_size, 64, 64, 3), dtype=torch.uint8, device=run.device)
-    actions = torch.randint(0, 9, (p.buffer_size,), device=run.device)
+    if spec.obs_dtype == "uint8":
+        frames = torch.randint(0, 256, (p.buffer_size, *spec.obs_shape), dtype=torch.uint8, device=run.device)
+    else:
+        frames = torch.randn((p.buffer_size, *spec.obs_shape), device=run.device)
+    if spec.continuous:
+        actions = torch.randn((p.buffer_size, spec.num_actions), device=run.device)
+    else:
+        actions = torch.randint(0, spec.num_actions, (p.buffer_size,), device=run.device)
     times = []
     for _ in range(repeats + WARMUP):
         _sync(run.device)
@@ -44,8 +50,9 @@ def network_floor(run: Run, repeats: int) -> float:
         for _ in range(p.num_passes):
             for start in range(0, p.buffer_size - p.batch_size + 1, p.batch_size):
                 with run.amp():
-                    logits, values, _ = model(frames[start : start + p.batch_size])
-                    loss = torch.nn.functional.cross_entropy(logits.float(), actions[start : start + p.batch_size]) + values.float().pow(2).mean()
+                    head, values, _ = model(frames[start : start + p.batch_size])
+                    log_prob = model.distribution(head).log_prob(actions[start : start + p.batch_size])
+                    loss = -log_prob.mean() + values.float().pow(2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
@@ -55,12 +62,12 @@ def network_floor(run: Run, repeats: int) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def make_run(precision: str, device: str, root: Path) -> Run:
-    cfg = load_study("hyperparams_quick.yaml").condition("baseline").model_copy(deep=True)
+def make_run(precision: str, device: str, root: Path, config: str = "hyperparams_quick.yaml") -> Run:
+    cfg = load_study(config).condition("baseline").model_copy(deep=True)
     cfg.ppo_trainer.precision = precision
     cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
     run = Run(cfg, root / precision, seed=0, device=device, label=f"bench-{precision}")
-    run.shift()  # apply one permute shift so the tile permutation is part of every step
+    run.shift()  # apply one shift (e.g. the tile permutation) so it is part of every step
     return run
 
 

@@ -22,7 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plasticity_lab.envs.shifts import SHIFT_TYPES
+from plasticity_lab.envs.registry import ENV_NAMES, MissingDependency, env_spec
+from plasticity_lab.envs.shifts import DEFAULT_SCALE_RANGE, SHIFT_TYPES
+from plasticity_lab.interventions import validate_interventions
 
 ACTIVATIONS = ("relu", "leaky-relu", "mish", "gelu", "tanh", "crelu", "dff")
 NORMS = ("none", "layernorm", "rmsnorm")
@@ -79,11 +81,71 @@ class ExperimentConfig(Strict):
         return value
 
 
+class AleConfig(Strict):
+    games: list[str] = Field(default_factory=list)
+    """Game sequence the `game` shift steps through (continual Atari); must start with the task. Empty: the task alone."""
+    flavours: list[tuple[int, int]] = Field(default_factory=list)
+    """(mode, difficulty) pairs the `flavour` shift steps through. Empty: every pair the game has (with shift flavour)."""
+    full_action_space: bool = True
+    """All 18 joystick actions (Machado et al.; needed for a game sequence) instead of the game's minimal set."""
+    sticky_actions: float = Field(0.25, ge=0, le=1)
+    """Probability that the emulator repeats the previous action (Machado et al. 2018)."""
+    frame_skip: int = Field(4, ge=1)
+    """Emulator frames per agent step (max-pooled over the last two)."""
+    frame_stack: int = Field(4, ge=1)
+    """84x84 grayscale frames stacked into one observation."""
+    noop_max: int = Field(0, ge=0)
+    """Random no-op actions at episode start (0: none, as Machado et al. rely on sticky actions)."""
+    max_episode_frames: int = Field(108_000, ge=1)
+    """Episode cap in emulator frames (a truncation; 108000 = 30 minutes of play)."""
+    clip_rewards: bool = True
+    """Clip training rewards to [-1, 1]; episode returns and evaluation use raw scores."""
+    threads: int = Field(0, ge=0)
+    """Worker threads of ale-py's vector environment (0: its default)."""
+
+    @field_validator("flavours", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
+
+
+class GymnasiumConfig(Strict):
+    normalize_obs: bool = False
+    """Standardise vector observations by running statistics (kept in the network's checkpoint)."""
+    obs_clip: float = Field(10.0, gt=0)
+    """Clip standardised observations to [-obs_clip, obs_clip]."""
+    normalize_reward: bool = False
+    """Divide training rewards by the running std of the discounted return (checkpointed)."""
+    reward_clip: float = Field(10.0, gt=0)
+    """Clip scaled training rewards to [-reward_clip, reward_clip]."""
+    action_bounding: Literal["clip", "squash"] = "clip"
+    """Continuous actions: clip the Gaussian sample to the action box, or squash it with tanh into the box."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Episode cap in steps (None: the task's registered limit)."""
+
+
+class MujocoConfig(GymnasiumConfig):
+    normalize_obs: bool = True
+    """Standardise observations by running statistics (CleanRL's MuJoCo default; kept in the checkpoint)."""
+    normalize_reward: bool = True
+    """Scale training rewards by the running std of the discounted return (CleanRL's MuJoCo default)."""
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    """friction / mass / gravity shifts draw a multiplier log-uniformly from this range (loss-of-plasticity: [0.02, 2])."""
+
+    @field_validator("scale_range", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        value = tuple(value) if isinstance(value, list) else value
+        if isinstance(value, tuple) and len(value) == 2 and not 0 < value[0] < value[1]:
+            raise ValueError(f"scale_range {list(value)} must satisfy 0 < low < high")
+        return value
+
+
 class EnvironmentConfig(Strict):
-    name: Literal["procgen", "gridworld"] = "procgen"
-    """Environment family: ProcGen (64x64 frames) or the vectorised gridworld gather task."""
+    name: Literal[ENV_NAMES] = "procgen"  # type: ignore[valid-type]
+    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id)."""
     task: str = "coinrun_100"
-    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K layouts."""
+    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1)."""
     shift_type: Literal[SHIFT_TYPES] = "permute"  # type: ignore[valid-type]
     """Distribution shift applied to train and test environments at every shift point."""
     shift_k: int | None = Field(None, ge=1)
@@ -94,21 +156,38 @@ class EnvironmentConfig(Strict):
     """gridworld only: side of the square grid (the observation is grid_size x grid_size x 3)."""
     episode_steps: int = Field(50, ge=1)
     """gridworld only: time limit of an episode (ProcGen's is fixed at 200 agent steps)."""
+    ale: AleConfig = Field(default_factory=AleConfig)
+    """ale only: Atari preprocessing and the game / flavour sequences."""
+    mujoco: MujocoConfig = Field(default_factory=MujocoConfig)
+    """mujoco only: normalisation, action bounding and physics-shift range."""
+    gymnasium: GymnasiumConfig = Field(default_factory=GymnasiumConfig)
+    """gymnasium only: normalisation and action bounding."""
 
     @model_validator(mode="after")
     def _task(self) -> EnvironmentConfig:
-        from plasticity_lab.envs import num_levels
-
         try:
-            num_levels(self)
+            spec = env_spec(self)
+        except MissingDependency as err:
+            raise ValueError(f"name: {err}") from None
         except ValueError as err:
             raise ValueError(f"task: {err}") from None
+        if self.shift_type not in spec.shift_types:
+            raise ValueError(
+                f"shift_type: {self.shift_type!r} does not apply to {self.name} {self.task} "
+                f"(allowed: {', '.join(spec.shift_types)})"
+            )
+        if self.shift_type in ("window", "expand") and not spec.num_levels:
+            raise ValueError(f"shift_type: {self.shift_type!r} needs a level-based task")
         return self
+
+    def options(self) -> GymnasiumConfig | None:
+        """The vector-observation options of a mujoco / gymnasium run (None for other families)."""
+        return {"mujoco": self.mujoco, "gymnasium": self.gymnasium}.get(self.name)
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64", "conv11", "mlp"] = "conv64"
-    """Encoder: conv64 (ProcGen, DESIGN.md section 4), conv11 (small grids), mlp (flattened image)."""
+    enc_type: Literal["conv64", "nature", "conv11", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), mlp (vectors or flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
@@ -248,10 +327,11 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:
-        if (self.model.enc_type == "conv64") != (self.environment.name == "procgen"):
+        encoders = env_spec(self.environment).encoders
+        if self.model.enc_type not in encoders:
             raise ValueError(
-                f"model.enc_type {self.model.enc_type!r} does not fit environment.name {self.environment.name!r} "
-                "(procgen: conv64; gridworld: conv11 or mlp)"
+                f"model.enc_type {self.model.enc_type!r} does not fit environment {self.environment.name} "
+                f"{self.environment.task} (allowed: {', '.join(encoders)})"
             )
         if self.model.activation in ("crelu", "dff") and self.model.h_size % 2:
             raise ValueError(f"model.h_size {self.model.h_size} must be even with {self.model.activation} (widths are halved)")
@@ -488,8 +568,6 @@ class StudyConfig:
         except ValidationError as err:
             loc, msg = _error_location(err)
             raise self._error(name, loc, msg) or ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
-        from plasticity_lab.interventions import validate_interventions
-
         try:
             cfg.interventions = validate_interventions(cfg)
         except ValueError as err:

@@ -73,10 +73,11 @@ def collect_probe_frames(
     warmup: int = 8,
     stride: int = 4,
 ) -> np.ndarray:
-    """``n`` real uint8 frames ``(n, H, W, 3)`` from the training levels of ``env_cfg``'s task
-    under ``shift_state``.
+    """``n`` real observations (uint8 frames ``(n, H, W, C)`` or float vectors ``(n, D)``) from
+    the training levels of ``env_cfg``'s task under ``shift_state``.
 
-    ``min(num_envs, n)`` environments take random actions (or ``policy(obs)``'s) and, after
+    ``min(num_envs, n)`` environments take random actions (uniform discrete actions, or the
+    untrained Gaussian policy's N(0, I) draws for continuous ones) or ``policy(obs)``'s and, after
     ``warmup`` steps, every ``stride``-th step's frames are kept, so the set spreads over many
     levels and over the course of episodes rather than over their first moments. The same seed
     gives the same frames; only the shift differs between tasks, so a tile-permuted task sees
@@ -88,15 +89,21 @@ def collect_probe_frames(
     env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
     rng = np.random.default_rng(action_seed)
     env = make_env(env_cfg, envs, seed=env_seed, train=True, shift=shift_state)
-    frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=np.uint8)
+    continuous = bool(getattr(env, "continuous", False))
     try:
         obs = env.observe_current()
+        frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=obs.dtype)
         stored, t = 0, 0
         while stored < len(frames):
             if t >= warmup and (t - warmup) % stride == 0:
                 frames[stored : stored + envs] = obs
                 stored += envs
-            actions = rng.integers(0, env.num_actions, envs) if policy is None else np.asarray(policy(obs))
+            if policy is not None:
+                actions = np.asarray(policy(obs))
+            elif continuous:
+                actions = rng.standard_normal((envs, env.num_actions))
+            else:
+                actions = rng.integers(0, env.num_actions, envs)
             obs = env.step(actions).obs
             t += 1
     finally:
@@ -267,6 +274,7 @@ class _Previous:
     shift: ShiftState
     logits: torch.Tensor
     values: torch.Tensor
+    log_std: torch.Tensor | None = None
 
 
 class PlasticityProbe:
@@ -345,8 +353,8 @@ class PlasticityProbe:
                 now = result.logits, result.values
             else:
                 now = policy_outputs(model, self.frames(prev.task_index, prev.shift), self.chunk)
-            result.stats.update(churn(prev.logits, prev.values, *now))
-        self._previous = _Previous(task_index, shift_state, result.logits, result.values)
+            result.stats.update(churn(prev.logits, prev.values, *now, prev.log_std, result.log_std))
+        self._previous = _Previous(task_index, shift_state, result.logits, result.values, result.log_std)
         self._frames = {task_index: frames}
         if self.trainability_due(epoch):
             result.stats.update(self.trainability.measure(model, frames, key=task_index))
@@ -362,6 +370,7 @@ class PlasticityProbe:
             "previous": {
                 "task_index": prev.task_index, "shift": prev.shift.to_dict(),
                 "logits": prev.logits.cpu(), "values": prev.values.cpu(),
+                "log_std": None if prev.log_std is None else prev.log_std.cpu(),
             }
         }  # fmt: skip
 
@@ -370,7 +379,7 @@ class PlasticityProbe:
         the next probe has a predecessor)."""
         prev = None if state is None else state["previous"]
         self._previous = None if prev is None else _Previous(
-            prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"]
+            prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"], prev.get("log_std")
         )
 
 

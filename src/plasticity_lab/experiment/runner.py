@@ -20,8 +20,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from plasticity_lab.agents.ppo import Rollout, compute_gae, ppo_loss
+from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs import env_spec, evaluate, make_env, num_levels
+from plasticity_lab.envs import env_spec, evaluate, make_env
 from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
@@ -79,13 +80,19 @@ class Run:
         self.device = pick_device(device)
         self.ppo = cfg.ppo_trainer
         self.env_cfg = cfg.environment
-        self.shift_k = self.env_cfg.shift_k or num_levels(self.env_cfg)
-        self.obs_shape, self.num_actions = env_spec(self.env_cfg)
+        self.spec = env_spec(self.env_cfg)
+        self.shift_k = self.env_cfg.shift_k or self.spec.num_levels
+        self.obs_shape, self.num_actions = self.spec.obs_shape, self.spec.num_actions
         self.config_dict = cfg.to_yaml_dict()
+        opts = self.env_cfg.options()
+        self.normalize_obs = bool(opts and opts.normalize_obs)
+        self.reward_scaler = RewardScaler(self.env_cfg.env_copies, self.ppo.gamma, opts.reward_clip) if opts and opts.normalize_reward else None
 
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
-        self.model = build_model(cfg.model, self.num_actions, self.obs_shape).to(self.device)
+        self.model = build_model(
+            cfg.model, self.num_actions, self.obs_shape, self.spec.continuous, opts.obs_clip if opts else 10.0
+        ).to(self.device)
         self.interventions = build_interventions(cfg.interventions, self.model, TrainingPlan.from_config(cfg))
         self.optimizer = self.make_optimizer()
         self.gen = torch.Generator(device=self.device)
@@ -134,6 +141,7 @@ class Run:
             "shift_rng": self.shift_rng.bit_generator.state,
             "shift_state": self.shift_state.to_dict(),
             "env": self.env.get_state(),
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
             "diagnostics": self.probe.state_dict() if self.probe else None,
             "config": self.config_dict,
         }
@@ -154,6 +162,9 @@ class Run:
         self.shift_rng.bit_generator.state = state["shift_rng"]
         self.shift_state = ShiftState.from_dict(state["shift_state"])
         self.env.set_state(state["env"])
+        if self.reward_scaler is not None and state.get("reward_scaler") is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+            self.reward_scaler.restart_episodes()  # environments that cannot resume restarted theirs
         if self.probe:
             self.probe.load_state_dict(state.get("diagnostics"))
         self.task_index = state["task_index"]
@@ -177,15 +188,20 @@ class Run:
 
     # ------------------------------------------------------------------ experience
     def policy_sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad(), self.amp():
-            logits, values, _ = self.model(obs)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
-        return actions, log_probs.gather(1, actions.unsqueeze(1)).squeeze(1), values.float()
+        with torch.no_grad():
+            with self.amp():
+                head, values, _ = self.model(obs)
+            dist = self.model.distribution(head)
+            actions = dist.sample(generator)
+            return actions, dist.log_prob(actions), values.float()
 
     def collect(self) -> tuple[Rollout, list[float], list[int]]:
         steps, envs = self.steps_per_env, self.env_cfg.env_copies
-        ro = Rollout.allocate(steps, envs, self.env.obs_shape, self.device)
+        ro = Rollout.allocate(
+            steps, envs, self.env.obs_shape, self.device,
+            obs_dtype=torch.float32 if self.spec.obs_dtype == "float32" else torch.uint8,
+            action_dim=self.num_actions if self.spec.continuous else None,
+        )  # fmt: skip
         returns: list[float] = []
         lengths: list[int] = []
         finals: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -195,10 +211,11 @@ class Run:
             actions, log_probs, values = self.policy_sample(obs, self.gen)
             res = self.env.step(actions.cpu().numpy())
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
-            ro.rewards[t] = torch.from_numpy(res.reward).to(self.device)
+            done = res.terminated | res.truncated
+            reward = res.reward if self.reward_scaler is None else self.reward_scaler(res.reward, done)
+            ro.rewards[t] = torch.from_numpy(reward).to(self.device)
             ro.terminated[t] = torch.from_numpy(res.terminated).to(self.device)
             ro.truncated[t] = torch.from_numpy(res.truncated).to(self.device)
-            done = res.terminated | res.truncated
             if done.any():
                 returns.extend(res.episode_return[done].tolist())
                 lengths.extend(res.episode_length[done].tolist())
@@ -223,7 +240,7 @@ class Run:
         p = self.ppo
         adv = compute_gae(ro.rewards, ro.values, ro.terminated, ro.truncated, ro.next_values, ro.last_values, p.gamma, p.gae_lambda)
         rets = adv + ro.values
-        obs, actions = ro.obs.flatten(0, 1), ro.actions.flatten()
+        obs, actions = ro.obs.flatten(0, 1), ro.actions.flatten(0, 1)
         old_logp, adv, rets = ro.log_probs.flatten(), adv.flatten(), rets.flatten()
         n = obs.shape[0]
         sums: dict[str, float] = {}
@@ -234,8 +251,8 @@ class Run:
             for start in range(0, n - p.batch_size + 1, p.batch_size):
                 mb = perm[start : start + p.batch_size]
                 with self.amp():
-                    logits, values, features = self.model(obs[mb])
-                parts = ppo_loss(logits, values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
+                    head, values, features = self.model(obs[mb])
+                parts = ppo_loss(self.model.distribution(head), values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
                 loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
                 ctx = LossContext(obs[mb], parts.policy.detach(), obs, self.gen)
                 for iv in self.interventions:
@@ -268,6 +285,9 @@ class Run:
         periodic_obs = obs[perm[: min(n, 256)]]
         for iv in self.interventions:
             out.update(iv.periodic(self.model, self.optimizer, periodic_obs, self.current_epoch))
+        if self.normalize_obs:
+            # after the update, so the epoch's actions and its PPO ratios saw the same statistics
+            self.model.obs_norm.update(obs)
         return out
 
     def shift(self) -> None:
@@ -275,8 +295,13 @@ class Run:
             self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k,
             num_tiles=self.env.num_tiles,
             num_actions=self.num_actions,
+            num_games=self.spec.num_games,
+            num_flavours=self.spec.num_flavours,
+            scale_range=self.env_cfg.mujoco.scale_range,
         )
         self.env.apply_shift(self.shift_state)
+        if self.reward_scaler is not None:
+            self.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
         self.task_index += 1
         for iv in self.interventions:
             iv.at_shift(self.model, self.optimizer)

@@ -6,8 +6,10 @@ random minibatch of the same epoch's buffer:
 
     coef * mean_x CE(pi_prev(.|x), pi_theta(.|x))  +  value_coef * mean_x (V_theta(x) - V_prev(x))^2
 
-where "prev" is the network before the last optimiser step and CE(p, q) = -sum_a p_a log q_a (the
-paper's code uses this cross-entropy; its gradient is that of KL(pi_prev || pi_theta)). The
+where "prev" is the network before the last optimiser step and CE(p, q) = -E_p[log q] (the
+paper's code uses this cross-entropy; its gradient is that of KL(pi_prev || pi_theta)). It is
+computed for any action distribution as KL(pi_prev || pi_theta) + H(pi_prev): categorical, or the
+diagonal Gaussian of continuous control, whose KL and entropy are closed-form. The
 paper's PPO code has the policy term only, hence value_coef = 0; the value term is CHAIN's value
 churn reduction. As in the paper's code (bluecontra/C-CHAIN, crl_procgen):
 
@@ -34,6 +36,7 @@ import torch
 from pydantic import Field
 from torch.func import functional_call
 
+from plasticity_lab.agents.distributions import make_distribution
 from plasticity_lab.interventions.base import Intervention, Params, register
 
 
@@ -89,17 +92,16 @@ class CChain(Intervention):
         if self.prev is not None:
             ref = self.reference_batch(ctx.buffer_obs, ctx.obs.shape[0], ctx.generator)
             with torch.no_grad():
-                prev_logits, prev_values, _ = functional_call(model, self.prev, (ref,))
-                prev_log_p = torch.log_softmax(prev_logits.float(), dim=-1)
-            logits, values, _ = model(ref)
-            log_p = torch.log_softmax(logits.float(), dim=-1)
-            prev_p = prev_log_p.exp()
-            cross_entropy = -(prev_p * log_p).sum(-1).mean()
+                prev_head, prev_values, _ = functional_call(model, self.prev, (ref,))
+                prev_dist = make_distribution(prev_head.float(), self.prev.get("log_std"))
+            head, values, _ = model(ref)
+            kl = model.distribution(head).kl_from(prev_dist).mean()
+            cross_entropy = kl + prev_dist.entropy().mean()
             value_churn = (values.float() - prev_values.float()).pow(2).mean()
             penalty = self.coef * cross_entropy + self.params.value_coef * value_churn
             with torch.no_grad():
                 stats["reg"] += float(cross_entropy)
-                stats["kl"] += float((prev_p * (prev_log_p - log_p)).sum(-1).mean())
+                stats["kl"] += float(kl)
                 stats["reg_steps"] += 1
         # the network of this step, before its update: the next minibatch's "prev"
         self.prev = {name: t.detach().clone() for name, t in (*model.named_parameters(), *model.named_buffers())}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from plasticity_lab.agents.distributions import make_distribution
 from plasticity_lab.metrics.plasticity import (
     activation_rate_from_counts,
     dead_fraction_from_counts,
@@ -79,9 +80,11 @@ class ProbeResult:
     unit_rates: np.ndarray
     """Per trunk unit: fraction of probe frames on which it is active."""
     logits: torch.Tensor
-    """Policy logits ``(n, actions)`` on the probe frames (for churn)."""
+    """Policy head outputs ``(n, actions)`` on the probe frames: logits, or Gaussian means (for churn)."""
     values: torch.Tensor
     """Values ``(n,)`` on the probe frames (for churn)."""
+    log_std: torch.Tensor | None = None
+    """The Gaussian policy's log standard deviations (None for discrete actions)."""
 
 
 @contextlib.contextmanager
@@ -149,8 +152,14 @@ def weight_stats(model: nn.Module) -> dict[str, float]:
     return out
 
 
+def policy_log_std(model: nn.Module) -> torch.Tensor | None:
+    """The network's state-independent log std (continuous actions), detached; else None."""
+    log_std = getattr(model, "log_std", None)
+    return None if log_std is None else log_std.detach().clone()
+
+
 def policy_outputs(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy logits and values of ``model`` on ``frames``, computed in chunks."""
+    """Policy head outputs and values of ``model`` on ``frames``, computed in chunks."""
     logits, values = [], []
     with eval_mode(model):
         for obs in torch.from_numpy(frames).to(_device(model)).split(chunk):
@@ -203,6 +212,7 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
         unit_rates=(dense.active.double() / n).cpu().numpy(),
         logits=torch.cat(logits),
         values=torch.cat(values),
+        log_std=policy_log_std(model),
     )
 
 
@@ -217,16 +227,28 @@ def _unit_stats(name: str, active: torch.Tensor, scores: torch.Tensor, n: int) -
 
 
 def churn(
-    prev_logits: torch.Tensor, prev_values: torch.Tensor, logits: torch.Tensor, values: torch.Tensor
+    prev_logits: torch.Tensor,
+    prev_values: torch.Tensor,
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    prev_log_std: torch.Tensor | None = None,
+    log_std: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Output change on the same frames between two probes.
 
-    ``policy_churn``: mean total-variation distance ``0.5 * sum_a |pi_now(a|x) - pi_prev(a|x)|``
-    (bounded in [0, 1] and symmetric, unlike KL); ``value_churn``: mean ``|V_now(x) - V_prev(x)|``.
+    ``policy_churn``: mean total-variation distance between the two policies' action
+    distributions, ``0.5 * sum_a |pi_now(a|x) - pi_prev(a|x)|`` for discrete actions (bounded in
+    [0, 1] and symmetric, unlike KL); for Gaussian policies (``log_std`` given) the same distance,
+    estimated by Monte Carlo with a fixed generator (no closed form exists). ``value_churn``: mean
+    ``|V_now(x) - V_prev(x)|``.
     """
-    p_prev = torch.softmax(prev_logits.to(logits.device, torch.float64), -1)
-    p_now = torch.softmax(logits.double(), -1)
+    device = logits.device
+    prev_std = None if prev_log_std is None else prev_log_std.to(device, torch.float64)
+    now_std = None if log_std is None else log_std.to(device, torch.float64)
+    prev = make_distribution(prev_logits.to(device, torch.float64), prev_std)
+    now = make_distribution(logits.double(), now_std)
+    generator = torch.Generator(device=device).manual_seed(0)
     return {
-        "policy_churn": float(0.5 * (p_now - p_prev).abs().sum(dim=-1).mean()),
+        "policy_churn": float(now.total_variation(prev, generator).mean()),
         "value_churn": float((values.double() - prev_values.to(values.device, torch.float64)).abs().mean()),
     }
