@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 TINY: dict[str, Any] = {
@@ -22,6 +23,16 @@ TINY: dict[str, Any] = {
         "budget": None,  # the full schedule: tests check every probe (test_diagnostics_budget.py: the budget)
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Restore torch's thread count after every test: ``train --threads`` and tiny-network tests
+    set it process-wide, and a later in-process run with another count would sum its floats in
+    another order than the subprocess it is compared with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def family_config(family: str) -> dict:
     if family == "ale":  # every ALE emulator takes ~0.5 s to load: fewer of them
         raw["diagnostics"]["probe_size"] = 8
         raw["experiment"]["conditions"] = {"methods": CONDITIONS["methods"]}
+        raw["experiment"]["baseline"] = "methods"
     return raw
 
 
