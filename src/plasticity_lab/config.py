@@ -45,6 +45,8 @@ class ExperimentConfig(Strict):
     """Seeds per condition for sweeps when --seeds is not given (reference-code key)."""
     baseline: str = "baseline"
     """Condition that reports compare against."""
+    reference: str | None = None
+    """Condition that reports normalise scores by (e.g. reset-all, a fresh network); none: no normalised scores."""
     conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     """Condition name -> dotted overrides applied to a fresh copy of this config."""
 
@@ -133,7 +135,7 @@ class PPOConfig(Strict):
     max_grad_norm: float = Field(0.5, gt=0)
     """Gradient clipping threshold (global norm)."""
     test_interval: int = Field(10, ge=1)
-    """Evaluate on test levels every this many epochs (and at the last epoch)."""
+    """Evaluate on test levels every this many epochs (and at the last epoch of every round)."""
     test_episodes: int = Field(50, ge=1)
     """Complete test episodes averaged per evaluation (run in parallel environments)."""
     reset_optimizer_at_shift: bool = True

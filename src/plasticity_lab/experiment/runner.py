@@ -300,7 +300,7 @@ class Run:
         before = flat_params(self.model)
         stats = self.update(ro)
         after = flat_params(self.model)
-        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
+        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points else None
         return {
             "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
             "train_r": float(np.mean(ep_returns)) if ep_returns else None,
