@@ -178,6 +178,8 @@ def sign_flip_p(differences: np.ndarray, resamples: int = 99_999, seed: int = 0)
     n = d.shape[-1]
     if n == 0:
         return np.full(d.shape[:-1], np.nan)
+    if n == 1:  # both sign patterns are as extreme as the observed one
+        return np.ones(d.shape[:-1])
     exact = n <= EXACT_SIGN_FLIP_MAX
     result = stats.permutation_test(
         (d,), lambda s, axis: np.mean(s, axis=axis), permutation_type="samples", vectorized=True, axis=-1,
