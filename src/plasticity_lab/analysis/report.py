@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from plasticity_lab.analysis.aggregate import (
@@ -189,7 +188,7 @@ def _sections(
     study: Study, comparison: Comparison, power: PowerAnalysis | None, figures: dict[str, Path],
 ) -> list[tuple[str, list[Block]]]:
     intro = [
-        f"Results directory: {study.root.resolve()}. Baseline: {study.baseline}. "
+        f"Results directory: {study.root}. Baseline: {study.baseline}. "
         f"Reference for normalised scores: {study.reference or 'none (set experiment.reference)'}. Shift points: "
         f"{', '.join(map(str, study.shift_points)) or 'none'}. Planned epochs: {study.num_epochs}.",
         _window_text(study, comparison),
