@@ -456,3 +456,32 @@ def test_report_prints_its_notes(mixed_report):
     printed = mixed_report[2]
     assert "note: method/seed_2 is incomplete (stopped: no DONE file and no live process): 14 of 30 epochs logged." in printed
     assert "note: baseline/seed_2 is left out of all curves and final values: trained for 40 epochs" in printed
+
+
+def test_dead_units_undefined_for_an_activation_shows_na_and_dormant_units_are_compared(tmp_path):
+    """Newer runs log dormant_units (defined for every activation) and leave dead_units empty where
+    exact zeros mean nothing (leaky-relu); older studies have no dormant_units column at all."""
+    root = write_study(tmp_path / "s", ["baseline", "leaky"])
+    for condition, dormant in (("baseline", 0.3), ("leaky", 0.1)):
+        for seed in range(2):
+            run = write_run(root, condition, seed, constant(5.0 + seed))
+            lines = (run / "metrics.csv").read_text().splitlines()
+            dead = lines[0].split(",").index("dead_units")
+            rows = []
+            for line in lines[1:]:
+                cells = line.split(",")
+                if condition == "leaky":
+                    cells[dead] = ""
+                rows.append(",".join(cells + [str(dormant + 0.01 * seed)]))
+            (run / "metrics.csv").write_text("\n".join([lines[0] + ",dormant_units", *rows]) + "\n")
+    with contextlib.redirect_stdout(io.StringIO()):
+        html = report(root, reps=REPS)
+    comparison = compare(open_study(root), reps=REPS)
+    assert comparison.results["leaky"].dead is None
+    assert comparison.results["leaky"].dormant.value == pytest.approx(10.5)  # percent
+    assert comparison.paired["dormant_units"]["leaky"].diff.value == pytest.approx(-20.0)
+    assert "dead_units" not in comparison.paired or "leaky" not in comparison.paired["dead_units"]
+    summary = (html.parent / "summary.md").read_text()
+    assert "| Condition | Test return: mean [95% CI] | IQM [95% CI] | Dead units | Dormant units |" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| leaky |"))
+    assert "| n/a | 10.5% [" in row

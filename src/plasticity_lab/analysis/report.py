@@ -164,7 +164,8 @@ def _window_text(study: Study, comparison: Comparison) -> str:
     planned = "" if end == study.num_epochs else f" (the planned length is {study.num_epochs} epochs)"
     return (
         f"Final values are means over {epoch_range(start, end)}{planned}, at most the last {comparison.evaluations} test "
-        "evaluations and never before the last task's first epoch: test return over the evaluations in that range, every "
+        f"evaluation{'s' if comparison.evaluations != 1 else ''} and never before the last task's first epoch: test return "
+        "over the evaluations in that range, every "
         "other metric over the same epochs. Each round's end in the per-round view is measured the same way, so the last "
         "round equals the final value."
     )
