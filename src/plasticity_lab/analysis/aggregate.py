@@ -53,7 +53,8 @@ class Run:
     status: str
     num_epochs: int | None
     shift_points: list[int]
-    commands: list[str]
+    invocations: list[dict]
+    """run.json's entries: command, device, start time, code version."""
     code_version: str
     config_differences: list[str]
     log_tail: str = ""
@@ -249,7 +250,7 @@ def open_study(
         runs.append(Run(
             row.condition, int(row.seed), series, length, bool(row.done), row.status,
             None if row.num_epochs is None or (isinstance(row.num_epochs, float) and math.isnan(row.num_epochs)) else int(row.num_epochs),
-            list(row.shift_points), list(row.commands), row.code_version, list(row.config_differences), row.log_tail,
+            list(row.shift_points), list(row.invocations), row.code_version, list(row.config_differences), row.log_tail,
         ))
     study = Study(
         data.root, data, baseline or experiment.get("baseline", "baseline"),

@@ -52,7 +52,8 @@ class StudyData:
       config_differences`` (list of ``key: study value -> run value`` beyond the condition's
       overrides), a resolved-config summary (``activation, norm, spectral_norm, h_size,
       interventions, precision``), ``config`` (the run's whole resolved config), ``commands``,
-      ``devices``, ``started`` and ``log_tail`` (last lines of train.log, for runs not done).
+      ``invocations`` (run.json's entries: command, device, start time, code version), ``devices``,
+      ``started`` and ``log_tail`` (last lines of train.log, for runs not done).
     """
 
     root: Path
@@ -229,7 +230,7 @@ def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any
         "activation": model.get("activation"), "norm": model.get("norm"), "spectral_norm": model.get("spectral_norm"),
         "h_size": model.get("h_size"), "interventions": ", ".join(config.get("interventions") or {}) or "none",
         "precision": trainer.get("precision"), "config": config,
-        "commands": [str(inv.get("command", "")) for inv in invocations],
+        "commands": [str(inv.get("command", "")) for inv in invocations], "invocations": invocations,
         "devices": ", ".join(dict.fromkeys(str(inv.get("device", "")) for inv in invocations)),
         "started": str(invocations[0].get("started", "")) if invocations else "",
         "log_tail": "" if done else _tail(path / "train.log"),

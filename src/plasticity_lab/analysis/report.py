@@ -31,6 +31,7 @@ from plasticity_lab.analysis.aggregate import (
     seed_list,
 )
 from plasticity_lab.analysis.figures import label, write_figures
+from plasticity_lab.analysis.frames import code_version_text
 from plasticity_lab.analysis.stats import CI_LEVEL, EXACT_SIGN_FLIP_MAX, WEAK_BELOW, Interval, min_sign_flip_pairs
 from plasticity_lab.config import ConfigError
 from plasticity_lab.experiment.study import is_reference_study, write_atomic
@@ -409,8 +410,14 @@ def _csv_table(path: Path) -> Table:
 
 
 def _commands_table(study: Study) -> Table:
-    rows = [[run.label, command] for run in study.runs for command in run.commands]
-    return Table(["Run", "Command"], rows, "From each run's run.json; a resumed run lists every invocation.")
+    rows = [
+        [run.label, str(inv.get("started", "")), str(inv.get("device", "")), code_version_text(inv.get("code")),
+         str(inv.get("command", ""))]
+        for run in study.runs
+        for inv in run.invocations
+    ]
+    return Table(["Run", "Started", "Device", "Code version", "Command"], rows,
+                 "From each run's run.json; a resumed run lists every invocation.")
 
 
 # ------------------------------------------------------------------------------------- data
