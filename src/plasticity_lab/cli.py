@@ -129,16 +129,36 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--frames", type=int, default=2560, help="real frames collected per task")
     an.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     an.set_defaults(func=cmd_analyze)
-    rep = sub.add_parser("report", help="figures, tables with CIs, summary.md and a self-contained report.html")
+    rep = sub.add_parser("report", help="figures, paired comparisons with CIs, summary.md, comparisons.csv, report.html")
     rep.add_argument("results_dir", help="study directory (results/NAME)")
+    rep.add_argument("--out", default=None, metavar="DIR",
+                     help="write the report here (default: RESULTS_DIR; for a committed reference study reports/NAME)")
+    rep.add_argument("--in-place", action="store_true",
+                     help="write into RESULTS_DIR even when it is a committed reference study (regenerates its summary)")
     rep.add_argument("--final-window", type=int, default=None, metavar="N",
-                     help="final values average the last N test evaluations (default: the last 10%%)")
+                     help="final values average the last N test evaluations, within the last task (default: the last 10%%)")
     rep.add_argument("--baseline", default=None, metavar="NAME",
                      help="condition to compare against (default: experiment.baseline of RESULTS_DIR/config.yaml)")
-    rep.add_argument("--reps", type=int, default=2000, metavar="N", help="bootstrap resamples per confidence interval")
+    rep.add_argument("--reference", default=None, metavar="NAME",
+                     help="condition scores are normalised by, e.g. reset-all (default: experiment.reference, if set)")
+    rep.add_argument("--allow-mixed", action="store_true",
+                     help="pool runs from different code versions or with configs that differ beyond their condition "
+                          "(the differences are listed in the report)")
+    rep.add_argument("--reps", type=int, default=99_999, metavar="N",
+                     help="random sign patterns of a sign-flip test with more than 20 seeds (below: exact)")
     rep.add_argument("--smooth", type=int, default=None, metavar="W",
                      help="curve smoothing window in epochs, within each task (default: 1%% of the epochs; 1: none)")
     rep.set_defaults(func=cmd_report)
+    pw = sub.add_parser("power", help="seeds needed to detect a given effect, from a study's paired seed-to-seed spread")
+    pw.add_argument("results_dir", help="study directory (results/NAME)")
+    pw.add_argument("--effects", default="10,20", metavar="PCTS",
+                    help="effects to detect, percent of the baseline's mean final test return (default: 10,20)")
+    pw.add_argument("--power", type=float, default=0.8, help="power to reach (default: 0.8)")
+    pw.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level (default: 0.05)")
+    pw.add_argument("--baseline", default=None, metavar="NAME", help="condition to compare against (default: experiment.baseline)")
+    pw.add_argument("--final-window", type=int, default=None, metavar="N", help="as for plab report")
+    pw.add_argument("--allow-mixed", action="store_true", help="as for plab report")
+    pw.set_defaults(func=cmd_power)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -223,7 +243,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from plasticity_lab.analysis.report import report
 
-    path = report(args.results_dir, final_window=args.final_window, baseline=args.baseline, reps=args.reps, smooth=args.smooth)
+    path = report(
+        args.results_dir, out=args.out, in_place=args.in_place, final_window=args.final_window, baseline=args.baseline,
+        reference=args.reference, reps=args.reps, smooth=args.smooth, allow_mixed=args.allow_mixed,
+    )
     print(f"report: {path}")
     return 0
 
@@ -232,6 +255,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     from plasticity_lab.experiment.status import print_status
 
     print_status(args.results_dir)
+    return 0
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.report import power_text
+
+    try:
+        effects = tuple(float(x) for x in args.effects.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--effects {args.effects!r}: expected comma-separated percentages, e.g. 10,20") from None
+    if not effects or any(e <= 0 for e in effects):
+        raise ConfigError(f"--effects {args.effects!r}: each effect must be a percentage > 0")
+    if not 0 < args.power < 1 or not 0 < args.alpha < 1:
+        raise ConfigError(f"--power {args.power} / --alpha {args.alpha}: each must lie in (0, 1)")
+    print(power_text(args.results_dir, effects, args.alpha, args.power, baseline=args.baseline,
+                     allow_mixed=args.allow_mixed, final_window=args.final_window))
     return 0
 
 

@@ -61,6 +61,8 @@ class ExperimentConfig(Strict):
     """Condition that reports compare against."""
     deterministic: bool = False
     """CUDA: deterministic kernels (bit-reproducible runs and resumes, slower); CPU runs are deterministic anyway."""
+    reference: str | None = None
+    """Condition that reports normalise scores by (e.g. reset-all, a fresh network); none: no normalised scores."""
     conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     """Condition name -> dotted overrides applied to a fresh copy of this config."""
     overrides: list[str] = Field(default_factory=list)
@@ -230,7 +232,7 @@ class PPOConfig(Strict):
     max_grad_norm: float = Field(0.5, gt=0)
     """Gradient clipping threshold (global norm)."""
     test_interval: int = Field(10, ge=1)
-    """Evaluate on test levels every this many epochs (and at the last epoch)."""
+    """Evaluate on test levels every this many epochs (and at the last epoch of every round)."""
     test_episodes: int = Field(50, ge=1)
     """Complete test episodes averaged per evaluation (run in parallel environments)."""
     reset_optimizer_at_shift: bool = True

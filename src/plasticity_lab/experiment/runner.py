@@ -334,7 +334,7 @@ class Run:
         stats = self.update(ro)
         steps_per_s = (self.env_steps - steps_before) / (time.monotonic() - t_train)  # training only: collect + update
         after = applied_weights(self.model)
-        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
+        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points else None
         return {
             "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
             "train_r": float(np.mean(ep_returns)) if ep_returns else None,

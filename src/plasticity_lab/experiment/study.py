@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
+from plasticity_lab.experiment.provenance import code_version
 
 LOCK_NAME = ".lock"
 REFERENCE_MARKER = "REFERENCE.md"
@@ -116,7 +117,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
-    """Create the run directory and write its resolved config.yaml and run.json (once)."""
+    """Create the run directory and write its resolved config.yaml and run.json (once); every
+    invocation appends its command, device, start time and code version to run.json."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_doc = spec.cfg.to_yaml_dict()
     cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
@@ -127,7 +129,8 @@ def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
     info = json.loads(info_path.read_text()) if info_path.exists() else {"invocations": []}
     info["invocations"].append(
         {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-         "overrides": spec.cfg.experiment.overrides}
+         "overrides": spec.cfg.experiment.overrides,
+         "code": code_version()}
     )
     write_atomic(info_path, json.dumps(info, indent=2))
 
