@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 TINY: dict[str, Any] = {
@@ -17,8 +18,21 @@ TINY: dict[str, Any] = {
         "num_epochs": 6, "shift_points": [3], "buffer_size": 128, "batch_size": 32,
         "num_passes": 1, "test_interval": 3, "test_episodes": 4,
     },
-    "diagnostics": {"probe_interval": 2, "probe_size": 64, "trainability_every": 2, "trainability_steps": 3},
+    "diagnostics": {
+        "probe_interval": 2, "probe_size": 64, "trainability_every": 2, "trainability_steps": 3,
+        "budget": None,  # the full schedule: tests check every probe (test_diagnostics_budget.py: the budget)
+    },
 }
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Restore torch's thread count after every test: ``train --threads`` and tiny-network tests
+    set it process-wide, and a later in-process run with another count would sum its floats in
+    another order than the subprocess it is compared with."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def test_heads_are_fp32_under_autocast():
     # Trunk features as the bf16 encoder would hand them over: unit 0 off, then on.
     features = torch.zeros(2, 8, dtype=torch.bfloat16)
     features[1, 0] = 1.0
-    model.trunk = lambda obs: features
+    model.activations = lambda obs: [features, features]
     with torch.no_grad(), torch.autocast(**BF16):
         logits, values, feats = model(frames())
     assert values.dtype == torch.float32 and logits.dtype == torch.float32

@@ -100,7 +100,7 @@ def test_a_condition_naming_a_missing_method_fails_only_when_chosen(write_config
 
 
 def test_two_optimiser_swaps_conflict(write_config, tmp_path, capsys):
-    cfg = write_config({"experiment": {"conditions": {"x": {"interventions.trac": {}, "interventions.l2": {}}}}})
+    cfg = write_config({"experiment": {"conditions": {"x": {"interventions.trac": {}, "interventions.kron": {}}}}})
     code, err = run_train(["-n", "x", "-p", str(cfg), "-c", "x", "-o", str(tmp_path / "o")], capsys)
     assert code == 2 and "x ->" in err and not (tmp_path / "o").exists()
 

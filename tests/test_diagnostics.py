@@ -11,17 +11,20 @@ import torch
 
 from plasticity_lab.config import EnvironmentConfig, ModelConfig
 from plasticity_lab.envs.shifts import ShiftState, next_shift, permute_tiles
-from plasticity_lab.metrics.diagnostics import (
-    DORMANT_TAUS,
+from plasticity_lab.experiment.probes import (
     RUN_COLUMNS,
     DiagnosticsLogger,
     PlasticityProbe,
-    churn,
     collect_probe_frames,
     default_probe_interval,
     diagnostic_columns,
+)
+from plasticity_lab.metrics.diagnostics import (
+    DORMANT_TAUS,
+    churn,
     layer_names,
     policy_outputs,
+    probe_columns,
     probe_network,
 )
 from plasticity_lab.metrics.plasticity import (
@@ -71,7 +74,7 @@ def test_streamed_probe_equals_full_set_definitions(frames):
         logits, values, _ = model(torch.from_numpy(frames))
     assert model.training and all(torch.equal(a, b) for a, b in zip(before, params(model)))
     assert layer_names(model) == CONV64_LAYERS
-    assert set(s) <= set(diagnostic_columns(CONV64_LAYERS))
+    assert set(s) == set(probe_columns(CONV64_LAYERS)) and set(diagnostic_columns(CONV64_LAYERS)) > set(s)
     for name, h in zip(CONV64_LAYERS, acts):
         assert s[f"{name}/dead_frac"] == dead_fraction(h)
         assert s[f"{name}/activation_rate"] == activation_rate(h)

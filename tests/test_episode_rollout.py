@@ -152,7 +152,7 @@ def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
         "experiment": {"save_freq": 2},
         "environment": {**env, "env_copies": 2, "time_limit": "terminal"},  # permute: round 1 permuted
         "model": {**model, "h_size": 16},
-        "ppo_trainer": {"num_epochs": 5, "shift_points": [3], "rollout": "episodes", "buffer_size": 50,
+        "ppo_trainer": {"num_epochs": 5, "shift_points": [3], "rollout": "episodes", "buffer_size": 70,
                         "batch_size": 16, "num_passes": 1, "test_interval": 2, "test_episodes": 2},
         "diagnostics": {"probe_interval": 2, "probe_size": 32, "trainability_every": 0},
     }
@@ -178,3 +178,26 @@ def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
     resumed.train(state)
     full, cut = rows(tmp_path / "full" / "metrics.csv"), rows(tmp_path / "cut" / "metrics.csv")
     assert [r["epoch"] for r in cut] == ["0", "1", "2", "3", "4"] and cut == full
+
+
+def test_continuous_actions_and_reward_scaling_collect_whole_episodes(tmp_path):
+    """The reference's collection on a continuous-action task: every env's first episode from a
+    reset (Pendulum: 200 steps, truncated and bootstrapped), Gaussian actions kept as vectors, and
+    the reward scaler fed only the steps that are experience."""
+    pytest.importorskip("gymnasium")
+    raw = {
+        "environment": {"name": "gymnasium", "task": "Pendulum-v1", "env_copies": 2, "shift_type": "none",
+                        "gymnasium": {"normalize_reward": True, "max_episode_steps": 30}},
+        "model": {"enc_type": "mlp", "h_size": 16},
+        "ppo_trainer": {"num_epochs": 2, "shift_points": [], "rollout": "episodes", "buffer_size": 70,
+                        "batch_size": 16, "num_passes": 1, "test_interval": 100, "test_episodes": 2},
+        "diagnostics": {"enabled": False},
+    }
+    run = Run(RunConfig.model_validate(raw), tmp_path / "pendulum", seed=1, device="cpu")
+    batch, returns, lengths = run.collect()
+    assert lengths == [30, 30, 30, 30]  # two batches of one 30-step episode per env: >= 70 stored
+    assert len(batch) == 120 and run.env_steps == 120
+    assert batch.actions.shape == (120, 1) and batch.actions.dtype == torch.float32
+    assert float(run.reward_scaler.moments.count) == pytest.approx(120, abs=1e-3)  # only experience steps
+    stats = run.update(batch)
+    assert np.isfinite(stats["p_loss"]) and np.isfinite(stats["v_loss"])

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from plasticity_lab.agents.distributions import Categorical
 from plasticity_lab.agents.ppo import compute_gae, ppo_loss
 
 
@@ -41,7 +42,7 @@ def _loss(logits, old_logp, adv, clip=0.2, actions=None):
     n = logits.shape[0]
     actions = torch.zeros(n, dtype=torch.long) if actions is None else actions
     values = torch.zeros(n, requires_grad=True)
-    return ppo_loss(logits, values, actions, old_logp, adv, torch.ones(n), clip)
+    return ppo_loss(Categorical(logits), values, actions, old_logp, adv, torch.ones(n), clip)
 
 
 def test_policy_loss_is_minus_mean_normalised_advantage_at_ratio_one():

@@ -7,7 +7,6 @@ answer is known in closed form.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

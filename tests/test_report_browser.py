@@ -82,7 +82,7 @@ def test_report_opens_offline_with_tables_and_decoded_figures(report_html, tmp_p
     images = int(re.search(r'data-images="(\d+)"', body).group(1))
     assert images == dom.count('<img alt="') == dom.count('src="data:image/png;base64,') >= 20
     assert 'data-broken="0"' in body
-    assert dom.count("<table>") >= 5 and "Test Reward" in dom and "Incomplete runs" in dom
+    assert dom.count("<table>") >= 5 and "Test return: mean" in dom and "Incomplete runs" in dom and "Difference vs baseline" in dom
     assert "method/seed_2 is incomplete" in dom
 
 

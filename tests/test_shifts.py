@@ -40,7 +40,8 @@ def distinct_tile_frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_shift_types_are_the_protocol_set() -> None:
-    assert SHIFT_TYPES == ("permute", "shuffle", "window", "expand", "difficulty", "none")
+    assert SHIFT_TYPES[:6] == ("permute", "shuffle", "window", "expand", "difficulty", "none")
+    assert set(SHIFT_TYPES[6:]) == {"game", "flavour", "friction", "mass", "gravity"}
 
 
 def test_permute_tiles_is_a_true_tile_permutation() -> None:
@@ -177,3 +178,39 @@ def test_invalid_permutations_rejected() -> None:
         ShiftState(tile_perm=np.zeros(NUM_TILES, dtype=int))
     with pytest.raises(ValueError):
         ShiftState(action_perm=np.array([0, 2, 2]))
+
+
+def test_new_shift_types_step_and_draw() -> None:
+    rng = np.random.default_rng(0)
+    state = ShiftState()
+    games = []
+    for _ in range(4):
+        state = next_shift(state, "game", rng, k=1, num_games=3)
+        games.append(state.game)
+    assert games == [1, 2, 0, 1] and state.round == 4
+    assert next_shift(ShiftState(), "flavour", rng, k=1, num_flavours=2).flavour == 1
+    draws = [next_shift(ShiftState(), "friction", rng, k=1).friction for _ in range(2000)]
+    logs = np.log10(draws)
+    # log-uniform over [0.02, 2] as loss-of-plasticity's frictions file
+    assert logs.min() >= np.log10(0.02) and logs.max() <= np.log10(2.0)
+    assert abs(np.mean(logs) - np.mean(np.log10([0.02, 2.0]))) < 0.03
+    with pytest.raises(ValueError, match="at least 2"):
+        next_shift(ShiftState(), "game", rng, k=1, num_games=1)
+    old = ShiftState().to_dict()
+    for key in ("game", "flavour", "friction", "mass", "gravity"):
+        old.pop(key)
+    assert ShiftState.from_dict(old) == ShiftState()  # checkpoints written before these fields
+
+
+def test_image_tile_permutation_on_atari_stacks() -> None:
+    from plasticity_lab.envs.shifts import gather_image, image_tile_source
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 84, 84, 4), dtype=np.uint8)
+    perm = np.random.default_rng(1).permutation(441)
+    out = gather_image(frames, image_tile_source(84, 84, perm))
+    for j in (0, 5, 440):
+        r, c = divmod(j, 21)
+        sr, sc = divmod(int(perm[j]), 21)
+        assert np.array_equal(out[:, 4 * r : 4 * r + 4, 4 * c : 4 * c + 4], frames[:, 4 * sr : 4 * sr + 4, 4 * sc : 4 * sc + 4])
+    with pytest.raises(ValueError, match="does not split"):
+        image_tile_source(210, 160, perm)

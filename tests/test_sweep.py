@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from plasticity_lab.config import ConfigError
+from plasticity_lab.experiment.status import study_status
 from plasticity_lab.experiment.study import LOCK_NAME, check_unlocked, run_lock
 from plasticity_lab.experiment.sweep import sweep
 from tests.conftest import TINY, merge
@@ -65,7 +66,7 @@ def test_killed_worker_then_resume_completes_without_lost_or_duplicated_rows(con
            "--workers", "2", "--retries", "0", "-o", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "results/tiny_sweep/mish/seed_0"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # generous: CI machines may be busy
     while time.monotonic() < deadline:
         lock = run / LOCK_NAME
         if (run / "metrics.csv").exists() and len(rows(run / "metrics.csv")) >= 3 and lock.exists():
@@ -77,12 +78,41 @@ def test_killed_worker_then_resume_completes_without_lost_or_duplicated_rows(con
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 1 and "FAILED mish/seed_0" in out, out
     assert not (run / "DONE").exists()
+    status = {r.condition: r for r in study_status(tmp_path / "results/tiny_sweep")}
+    assert status["mish"].state == "failed" and "killed by SIGKILL" in status["mish"].note
+    assert status["baseline"].state == "done"
     resumed = subprocess.run(cmd[:-2] + ["-o", str(tmp_path), "--resume"], capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     for cond in CONDITIONS:
         got = rows(tmp_path / f"results/tiny_sweep/{cond}/seed_0/metrics.csv")
         assert [r["epoch"] for r in got] == [str(i) for i in range(6)]
         assert got == rows(local_study / cond / "seed_0/metrics.csv")  # same numbers as uninterrupted
+
+
+def test_a_killed_worker_is_retried_with_a_log_line_and_ends_identical(config, local_study, tmp_path):
+    cmd = [sys.executable, "-m", "plasticity_lab.cli", "sweep", str(config), "--seed-list", "0", "--conditions", "mish",
+           "--workers", "2", "--retries", "1", "-o", str(tmp_path)]  # 2 workers: 1 thread, as local_study
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    root = tmp_path / "results/tiny_sweep"
+    run = root / "mish/seed_0"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        lock = run / LOCK_NAME
+        if (run / "metrics.csv").exists() and len(rows(run / "metrics.csv")) >= 3 and lock.exists():
+            live = study_status(root)  # from outside, while the sweep runs
+            assert [(r.condition, r.state) for r in live] == [("mish", "running")] and live[0].epoch >= 3
+            os.kill(int(lock.read_text().split()[3]), signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("run never reached epoch 3")
+    out, _ = proc.communicate(timeout=300)
+    died = "[sweep] mish/seed_0 died: exit code -9 (killed by SIGKILL); retrying from its checkpoint, attempt 2 of 2"
+    assert proc.returncode == 0 and died in out, out
+    assert "failed 0, retried 1 (mish/seed_0 x1)" in out
+    assert died in (root / "sweep.log").read_text()
+    assert rows(run / "metrics.csv") == rows(local_study / "mish/seed_0/metrics.csv")  # as if never killed
+    assert [(r.condition, r.state) for r in study_status(root)] == [("mish", "done")]
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(config, tmp_path):
@@ -106,7 +136,9 @@ def test_crashed_attempts_are_retried_up_to_the_limit(tmp_path):
     state.attempts = 1
     assert finish(state, -9, retries=1) and state.status == "pending"
     state.attempts = 2
-    assert not finish(state, -9, retries=1) and state.status == "failed" and "exit code -9" in state.error
+    assert not finish(state, -9, retries=1) and state.status == "failed" and "exit code -9 (killed by SIGKILL)" in state.error
+    assert state.deaths == ["exit code -9 (killed by SIGKILL)"]
+    assert (tmp_path / "FAILED").read_text().startswith("exit code -9 (killed by SIGKILL)")
     (tmp_path / "DONE").write_text("")
     assert not finish(state, 0, retries=1) and state.status == "done"
 

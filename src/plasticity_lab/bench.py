@@ -29,11 +29,17 @@ def _sync(device: torch.device) -> None:
 
 def network_floor(run: Run, repeats: int) -> float:
     """Median seconds of the pure network compute of one epoch (see module docstring)."""
-    p, envs = run.ppo, run.env_cfg.env_copies
+    p, envs, spec = run.ppo, run.env_cfg.env_copies, run.spec
     model = run.model
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
-    frames = torch.randint(0, 256, (p.buffer_size, 64, 64, 3), dtype=torch.uint8, device=run.device)
-    actions = torch.randint(0, 9, (p.buffer_size,), device=run.device)
+    if spec.obs_dtype == "uint8":
+        frames = torch.randint(0, 256, (p.buffer_size, *spec.obs_shape), dtype=torch.uint8, device=run.device)
+    else:
+        frames = torch.randn((p.buffer_size, *spec.obs_shape), device=run.device)
+    if spec.continuous:
+        actions = torch.randn((p.buffer_size, spec.num_actions), device=run.device)
+    else:
+        actions = torch.randint(0, spec.num_actions, (p.buffer_size,), device=run.device)
     times = []
     for _ in range(repeats + WARMUP):
         _sync(run.device)
@@ -44,8 +50,9 @@ def network_floor(run: Run, repeats: int) -> float:
         for _ in range(p.num_passes):
             for start in range(0, p.buffer_size - p.batch_size + 1, p.batch_size):
                 with run.amp():
-                    logits, values, _ = model(frames[start : start + p.batch_size])
-                    loss = torch.nn.functional.cross_entropy(logits.float(), actions[start : start + p.batch_size]) + values.float().pow(2).mean()
+                    head, values, _ = model(frames[start : start + p.batch_size])
+                    log_prob = model.distribution(head).log_prob(actions[start : start + p.batch_size])
+                    loss = -log_prob.mean() + values.float().pow(2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
@@ -55,15 +62,18 @@ def network_floor(run: Run, repeats: int) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def make_run(precision: str, device: str, root: Path) -> Run:
-    cfg = load_study("hyperparams_quick.yaml").condition("baseline").model_copy(deep=True)
-    # The toolkit's fast path, so figures stay comparable: exactly 1024 transitions per epoch
-    # (the reproduction configs' episode-based collection varies; see bench/bench_rollout.py).
-    cfg.ppo_trainer.rollout, cfg.environment.env_copies = "fixed", 16
+def make_run(precision: str, device: str, root: Path, config: str = "hyperparams_quick.yaml") -> Run:
+    cfg = load_study(config).condition("baseline").model_copy(deep=True)
+    # The toolkit's fast path, so figures stay comparable: fixed-length rollouts (the reproduction
+    # configs' episode-based collection varies per epoch; see bench/bench_rollout.py), and for the
+    # ProcGen default exactly 16 x 64 = 1024 transitions per epoch.
+    cfg.ppo_trainer.rollout = "fixed"
+    if config == "hyperparams_quick.yaml":
+        cfg.environment.env_copies = 16
     cfg.ppo_trainer.precision = precision
     cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
     run = Run(cfg, root / precision, seed=0, device=device, label=f"bench-{precision}")
-    run.shift()  # apply one permute shift so the tile permutation is part of every step
+    run.shift()  # apply one shift (e.g. the tile permutation) so it is part of every step
     return run
 
 
@@ -117,19 +127,24 @@ def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") ->
     return results
 
 
+RUN_LENGTHS = {2: [1], 30: [10, 20], 3000: [1000, 2000]}
+"""Run lengths (epochs -> shift points) whose default diagnostics cost the bench projects."""
+
+
 def run_diagnostics_bench(device: str = "auto") -> dict[str, float]:
-    """Cost of the default probe schedule of a study-report run (3000 epochs), projected from
-    timed probes and epochs measured in this process: diagnostics time / training time."""
-    from plasticity_lab.metrics.diagnostics import PlasticityProbe
+    """Time a probe, a frame collection and trainability fits, then project the cost of the
+    default (budgeted) schedule for runs of 2, 30 and 3000 epochs of the study-report protocol:
+    diagnostics time / training time. Also prints the cost-model factors these timings imply,
+    to check :class:`~plasticity_lab.experiment.probes.CostModel` against this machine."""
+    from plasticity_lab.experiment.probes import COSTS, PlasticityProbe
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run("fp32", device, Path(tmp))
-        p = run.ppo
+        p, d = run.ppo, run.cfg.diagnostics
         out["epoch_s"] = time_epochs(run, 2)
         probe = PlasticityProbe(run.env_cfg, seed=0, num_epochs=p.num_epochs, shift_points=p.shift_points)
-        schedule = [e for e in range(p.num_epochs) if probe.due(e)]
-        fits = [e for e in schedule if probe.trainability_due(e)]
+        fits = probe.plan.fits
         t0 = time.perf_counter()
         probe.frames(run.task_index, run.shift_state)
         out["collect_s"] = time.perf_counter() - t0
@@ -142,16 +157,25 @@ def run_diagnostics_bench(device: str = "auto") -> dict[str, float]:
         t0 = time.perf_counter()
         probe.measure(run.model, run.task_index, run.shift_state, fits[1])  # later fit of the same task: copy only
         out["fit_s"] = time.perf_counter() - t0 - out["probe_s"]
-        tasks = len(p.shift_points) + 1
-        total = (len(schedule) * out["probe_s"] + tasks * (out["collect_s"] + out["first_fit_s"])
-                 + (len(fits) - tasks) * out["fit_s"])
-        out["probes"], out["fits"] = float(len(schedule)), float(len(fits))
-        out["diagnostics_total_s"] = total
-        out["overhead"] = total / (p.num_epochs * out["epoch_s"])
         run.env.close()
-    print(f"epoch {out['epoch_s']:.2f} s; probe (2560 frames) {out['probe_s']:.2f} s; frame collection "
+    unit_s = out["epoch_s"] / COSTS.epoch(p.buffer_size, p.num_passes)
+    fit_units = COSTS.fit(d.trainability_steps, probe.trainability.batch_size, d.probe_size)
+    print(f"epoch {out['epoch_s']:.2f} s; probe ({d.probe_size} frames) {out['probe_s']:.2f} s; frame collection "
           f"{out['collect_s']:.2f} s; trainability fit {out['fit_s']:.1f} s (first of a task incl. fresh net "
           f"{out['first_fit_s']:.1f} s)")
-    print(f"default schedule for {p.num_epochs} epochs: {len(schedule)} probes, {len(fits)} trainability fits -> "
-          f"{total:.0f} s of diagnostics = {100 * out['overhead']:.1f}% of the training time")
+    print(f"cost model factors implied by these timings (model's value in brackets): probe "
+          f"{out['probe_s'] / unit_s / d.probe_size:.2f} [{COSTS.probe}] and collection "
+          f"{out['collect_s'] / unit_s / d.probe_size:.2f} [{COSTS.collect}] per frame, fit "
+          f"{out['fit_s'] / unit_s / fit_units:.2f} [1] of the modelled fit")
+    for epochs, shifts in RUN_LENGTHS.items():
+        cfg = run.cfg.model_copy(deep=True)
+        cfg.ppo_trainer.num_epochs, cfg.ppo_trainer.shift_points = epochs, shifts
+        plan = PlasticityProbe.from_config(cfg, seed=0).plan
+        task_of = [sum(e >= s for s in shifts) for e in range(epochs)]
+        probe_tasks, fit_tasks = {task_of[e] for e in plan.probes}, {task_of[e] for e in plan.fits}
+        total = (len(plan.probes) * out["probe_s"] + len(probe_tasks) * out["collect_s"]
+                 + len(fit_tasks) * out["first_fit_s"] + (len(plan.fits) - len(fit_tasks)) * out["fit_s"])
+        out[f"overhead_{epochs}"] = total / (epochs * out["epoch_s"])
+        print(f"{epochs} epochs: {plan.describe()} -> projected {total:.1f} s = "
+              f"{100 * out[f'overhead_{epochs}']:.1f}% of {epochs * out['epoch_s']:.0f} s of training")
     return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from pathlib import Path
 
 from plasticity_lab.config import ConfigError
 
@@ -25,6 +24,20 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-r", "--resume", action="store_true", help="continue existing runs from their latest checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (auto: CUDA when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_override_args(parser)
+
+
+def add_override_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config keys for every condition, e.g. --set ppo_trainer.lr=1e-3 model.h_size=128 "
+                             "(VALUE is YAML: 1e-3, false, [1000, 2000], {tau: 0.1})")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log to Weights & Biases (= --set logging.wandb.enabled=true; needs the wandb extra)")
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The --set texts, plus the one --wandb stands for."""
+    return [*args.set, *(["logging.wandb.enabled=true"] if args.wandb else [])]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -32,12 +45,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from plasticity_lab.config import load_study
     from plasticity_lab.experiment.checkpoint import CheckpointError
+    from plasticity_lab.experiment.determinism import set_deterministic
     from plasticity_lab.experiment.runner import Run, pick_device
     from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
 
-    study = load_study(args.hyperparams)
+    study = load_study(args.hyperparams, overrides(args))
     conditions = [args.condition] if args.condition else None
     specs = plan_runs(study, args.name, conditions, [args.seed], args.out_dir, args.resume)
+    for note in study.shadowed(conditions):
+        print(note, flush=True)
     try:
         device = str(pick_device(args.device))
     except ValueError as err:
@@ -48,6 +64,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ConfigError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
+    set_deterministic(study.base.experiment.deterministic)
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
@@ -92,9 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true", help="accepted for clarity: a sweep always skips finished runs and resumes interrupted ones")
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    add_override_args(sw)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="cross the conditions with these values, e.g. --grid interventions.redo.tau=0.0,0.025,0.1 "
+                         "(several --grid flags: every combination)")
     sw.set_defaults(func=cmd_sweep)
+    st = sub.add_parser("status", help="every run of a study: state, epoch, last test return, ETA (while a sweep runs, too)")
+    st.add_argument("results_dir", help="study directory (results/NAME)")
+    st.set_defaults(func=cmd_status)
     demo = sub.add_parser("demo", help="minute-scale study on CPU: baseline vs. reset-all vs. mitigations, then the report")
-    demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/demo)")
+    demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/NAME)")
+    demo.add_argument("--name", default=None,
+                      help="study name (default: a new demo-YYYYmmdd-HHMMSS; results/demo is the committed reference demo)")
     demo.add_argument("--seeds", type=int, default=5, help="seeds per condition")
     demo.add_argument("--workers", type=int, default=2, help="runs at a time")
     demo.set_defaults(func=cmd_demo)
@@ -103,16 +129,36 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--frames", type=int, default=2560, help="real frames collected per task")
     an.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     an.set_defaults(func=cmd_analyze)
-    rep = sub.add_parser("report", help="figures, tables with CIs, summary.md and a self-contained report.html")
+    rep = sub.add_parser("report", help="figures, paired comparisons with CIs, summary.md, comparisons.csv, report.html")
     rep.add_argument("results_dir", help="study directory (results/NAME)")
+    rep.add_argument("--out", default=None, metavar="DIR",
+                     help="write the report here (default: RESULTS_DIR; for a committed reference study reports/NAME)")
+    rep.add_argument("--in-place", action="store_true",
+                     help="write into RESULTS_DIR even when it is a committed reference study (regenerates its summary)")
     rep.add_argument("--final-window", type=int, default=None, metavar="N",
-                     help="final values average the last N test evaluations (default: the last 10%%)")
+                     help="final values average the last N test evaluations, within the last task (default: the last 10%%)")
     rep.add_argument("--baseline", default=None, metavar="NAME",
                      help="condition to compare against (default: experiment.baseline of RESULTS_DIR/config.yaml)")
-    rep.add_argument("--reps", type=int, default=2000, metavar="N", help="bootstrap resamples per confidence interval")
+    rep.add_argument("--reference", default=None, metavar="NAME",
+                     help="condition scores are normalised by, e.g. reset-all (default: experiment.reference, if set)")
+    rep.add_argument("--allow-mixed", action="store_true",
+                     help="pool runs from different code versions or with configs that differ beyond their condition "
+                          "(the differences are listed in the report)")
+    rep.add_argument("--reps", type=int, default=99_999, metavar="N",
+                     help="random sign patterns of a sign-flip test with more than 20 seeds (below: exact)")
     rep.add_argument("--smooth", type=int, default=None, metavar="W",
                      help="curve smoothing window in epochs, within each task (default: 1%% of the epochs; 1: none)")
     rep.set_defaults(func=cmd_report)
+    pw = sub.add_parser("power", help="seeds needed to detect a given effect, from a study's paired seed-to-seed spread")
+    pw.add_argument("results_dir", help="study directory (results/NAME)")
+    pw.add_argument("--effects", default="10,20", metavar="PCTS",
+                    help="effects to detect, percent of the baseline's mean final test return (default: 10,20)")
+    pw.add_argument("--power", type=float, default=0.8, help="power to reach (default: 0.8)")
+    pw.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level (default: 0.05)")
+    pw.add_argument("--baseline", default=None, metavar="NAME", help="condition to compare against (default: experiment.baseline)")
+    pw.add_argument("--final-window", type=int, default=None, metavar="N", help="as for plab report")
+    pw.add_argument("--allow-mixed", action="store_true", help="as for plab report")
+    pw.set_defaults(func=cmd_power)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -136,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.seed_list is not None:
         seeds = parse_int_list(args.seed_list, "--seed-list")
     else:
-        count = args.seeds if args.seeds is not None else load_study(args.config).base.experiment.num_sessions
+        count = args.seeds if args.seeds is not None else load_study(args.config, overrides(args)).base.experiment.num_sessions
         if count < 1:
             raise ConfigError(f"--seeds {count}: must be >= 1")
         seeds = list(range(count))
@@ -147,6 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,
             backend=args.backend, address=args.address, out_dir=args.out_dir, retries=args.retries,
             device=args.device, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+            overrides=overrides(args), grid=args.grid,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
@@ -161,13 +208,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Sweep configs/demo_gridworld.yaml, write the report, print its tables."""
     from plasticity_lab.analysis.report import report
     from plasticity_lab.config import resolve_config_path
+    from plasticity_lab.experiment.study import new_study_name, study_dir
     from plasticity_lab.experiment.sweep import sweep
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
-    states = sweep(resolve_config_path(DEMO_CONFIG), name="demo", seeds=list(range(args.seeds)),
+    name = args.name or new_study_name(args.out_dir, "demo")
+    states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
                    workers=args.workers, out_dir=args.out_dir)
-    html = report(Path(args.out_dir) / "results" / "demo")
+    html = report(study_dir(args.out_dir, name))
     summary = (html.parent / "summary.md").read_text().splitlines()
     keep = False
     for line in summary:
@@ -194,8 +243,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from plasticity_lab.analysis.report import report
 
-    path = report(args.results_dir, final_window=args.final_window, baseline=args.baseline, reps=args.reps, smooth=args.smooth)
+    path = report(
+        args.results_dir, out=args.out, in_place=args.in_place, final_window=args.final_window, baseline=args.baseline,
+        reference=args.reference, reps=args.reps, smooth=args.smooth, allow_mixed=args.allow_mixed,
+    )
     print(f"report: {path}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from plasticity_lab.experiment.status import print_status
+
+    print_status(args.results_dir)
+    return 0
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.report import power_text
+
+    try:
+        effects = tuple(float(x) for x in args.effects.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--effects {args.effects!r}: expected comma-separated percentages, e.g. 10,20") from None
+    if not effects or any(e <= 0 for e in effects):
+        raise ConfigError(f"--effects {args.effects!r}: each effect must be a percentage > 0")
+    if not 0 < args.power < 1 or not 0 < args.alpha < 1:
+        raise ConfigError(f"--power {args.power} / --alpha {args.alpha}: each must lie in (0, 1)")
+    print(power_text(args.results_dir, effects, args.alpha, args.power, baseline=args.baseline,
+                     allow_mixed=args.allow_mixed, final_window=args.final_window))
     return 0
 
 

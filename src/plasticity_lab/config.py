@@ -12,14 +12,19 @@ what is allowed (:class:`ConfigError`).
 from __future__ import annotations
 
 import copy
+import importlib.util
+import itertools
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from plasticity_lab.envs.shifts import SHIFT_TYPES
+from plasticity_lab.envs.registry import ENV_NAMES, MissingDependency, env_spec
+from plasticity_lab.envs.shifts import DEFAULT_SCALE_RANGE, SHIFT_TYPES
+from plasticity_lab.interventions import validate_interventions
 
 ACTIVATIONS = ("relu", "leaky-relu", "mish", "gelu", "tanh", "crelu", "dff")
 NORMS = ("none", "layernorm", "rmsnorm")
@@ -36,6 +41,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=False)
 
 
+class GridCondition(Strict):
+    """Where a condition made by ``plab sweep --grid`` came from."""
+
+    condition: str
+    """The config's condition it crosses."""
+    settings: dict[str, Any]
+    """Dotted key -> this grid point's value (applied after the condition's own overrides)."""
+
+
 class ExperimentConfig(Strict):
     algo: Literal["ppo"] = "ppo"
     """Training algorithm (only PPO is implemented)."""
@@ -45,8 +59,16 @@ class ExperimentConfig(Strict):
     """Seeds per condition for sweeps when --seeds is not given (reference-code key)."""
     baseline: str = "baseline"
     """Condition that reports compare against."""
+    deterministic: bool = False
+    """CUDA: deterministic kernels (bit-reproducible runs and resumes, slower); CPU runs are deterministic anyway."""
+    reference: str | None = None
+    """Condition that reports normalise scores by (e.g. reset-all, a fresh network); none: no normalised scores."""
     conditions: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     """Condition name -> dotted overrides applied to a fresh copy of this config."""
+    overrides: list[str] = Field(default_factory=list)
+    """`--set KEY=VALUE` overrides already applied to this config's settings (recorded, as given)."""
+    grid: dict[str, GridCondition] = Field(default_factory=dict)
+    """Condition name -> the condition and `--grid` values it was expanded from (plab sweep --grid)."""
 
     @field_validator("conditions")
     @classmethod
@@ -61,11 +83,71 @@ class ExperimentConfig(Strict):
         return value
 
 
+class AleConfig(Strict):
+    games: list[str] = Field(default_factory=list)
+    """Game sequence the `game` shift steps through (continual Atari); must start with the task. Empty: the task alone."""
+    flavours: list[tuple[int, int]] = Field(default_factory=list)
+    """(mode, difficulty) pairs the `flavour` shift steps through. Empty: every pair the game has (with shift flavour)."""
+    full_action_space: bool = True
+    """All 18 joystick actions (Machado et al.; needed for a game sequence) instead of the game's minimal set."""
+    sticky_actions: float = Field(0.25, ge=0, le=1)
+    """Probability that the emulator repeats the previous action (Machado et al. 2018)."""
+    frame_skip: int = Field(4, ge=1)
+    """Emulator frames per agent step (max-pooled over the last two)."""
+    frame_stack: int = Field(4, ge=1)
+    """84x84 grayscale frames stacked into one observation."""
+    noop_max: int = Field(0, ge=0)
+    """Random no-op actions at episode start (0: none, as Machado et al. rely on sticky actions)."""
+    max_episode_frames: int = Field(108_000, ge=1)
+    """Episode cap in emulator frames (a truncation; 108000 = 30 minutes of play)."""
+    clip_rewards: bool = True
+    """Clip training rewards to [-1, 1]; episode returns and evaluation use raw scores."""
+    threads: int = Field(0, ge=0)
+    """Worker threads of ale-py's vector environment (0: its default)."""
+
+    @field_validator("flavours", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
+
+
+class GymnasiumConfig(Strict):
+    normalize_obs: bool = False
+    """Standardise vector observations by running statistics (kept in the network's checkpoint)."""
+    obs_clip: float = Field(10.0, gt=0)
+    """Clip standardised observations to [-obs_clip, obs_clip]."""
+    normalize_reward: bool = False
+    """Divide training rewards by the running std of the discounted return (checkpointed)."""
+    reward_clip: float = Field(10.0, gt=0)
+    """Clip scaled training rewards to [-reward_clip, reward_clip]."""
+    action_bounding: Literal["clip", "squash"] = "clip"
+    """Continuous actions: clip the Gaussian sample to the action box, or squash it with tanh into the box."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Episode cap in steps (None: the task's registered limit)."""
+
+
+class MujocoConfig(GymnasiumConfig):
+    normalize_obs: bool = True
+    """Standardise observations by running statistics (CleanRL's MuJoCo default; kept in the checkpoint)."""
+    normalize_reward: bool = True
+    """Scale training rewards by the running std of the discounted return (CleanRL's MuJoCo default)."""
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
+    """friction / mass / gravity shifts draw a multiplier log-uniformly from this range (loss-of-plasticity: [0.02, 2])."""
+
+    @field_validator("scale_range", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        value = tuple(value) if isinstance(value, list) else value
+        if isinstance(value, tuple) and len(value) == 2 and not 0 < value[0] < value[1]:
+            raise ValueError(f"scale_range {list(value)} must satisfy 0 < low < high")
+        return value
+
+
 class EnvironmentConfig(Strict):
-    name: Literal["procgen", "gridworld"] = "procgen"
-    """Environment family: ProcGen (64x64 frames) or the vectorised gridworld gather task."""
+    name: Literal[ENV_NAMES] = "procgen"  # type: ignore[valid-type]
+    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id)."""
     task: str = "coinrun_100"
-    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K layouts."""
+    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1)."""
     shift_type: Literal[SHIFT_TYPES] = "permute"  # type: ignore[valid-type]
     """Distribution shift applied to train and test environments at every shift point."""
     shift_k: int | None = Field(None, ge=1)
@@ -77,22 +159,41 @@ class EnvironmentConfig(Strict):
     episode_steps: int = Field(50, ge=1)
     """gridworld only: time limit of an episode (ProcGen's is fixed at 200 agent steps)."""
     time_limit: Literal["truncate", "terminal"] = "truncate"
-    """Episode cap: truncate (cut, the cut-off state's value bootstrapped) or terminal (the reference: value 0; ProcGen then ends at 201 steps)."""
+    """procgen/gridworld episode cap: truncate (cut, the cut-off state's value bootstrapped) or terminal (the reference: value 0; ProcGen then ends at 201 steps)."""
+    ale: AleConfig = Field(default_factory=AleConfig)
+    """ale only: Atari preprocessing and the game / flavour sequences."""
+    mujoco: MujocoConfig = Field(default_factory=MujocoConfig)
+    """mujoco only: normalisation, action bounding and physics-shift range."""
+    gymnasium: GymnasiumConfig = Field(default_factory=GymnasiumConfig)
+    """gymnasium only: normalisation and action bounding."""
 
     @model_validator(mode="after")
     def _task(self) -> EnvironmentConfig:
-        from plasticity_lab.envs import num_levels
-
         try:
-            num_levels(self)
+            spec = env_spec(self)
+        except MissingDependency as err:
+            raise ValueError(f"name: {err}") from None
         except ValueError as err:
             raise ValueError(f"task: {err}") from None
+        if self.shift_type not in spec.shift_types:
+            raise ValueError(
+                f"shift_type: {self.shift_type!r} does not apply to {self.name} {self.task} "
+                f"(allowed: {', '.join(spec.shift_types)})"
+            )
+        if self.shift_type in ("window", "expand") and not spec.num_levels:
+            raise ValueError(f"shift_type: {self.shift_type!r} needs a level-based task")
+        if self.time_limit == "terminal" and self.name not in ("procgen", "gridworld"):
+            raise ValueError(f"time_limit: 'terminal' applies to procgen and gridworld only, not {self.name}")
         return self
+
+    def options(self) -> GymnasiumConfig | None:
+        """The vector-observation options of a mujoco / gymnasium run (None for other families)."""
+        return {"mujoco": self.mujoco, "gymnasium": self.gymnasium}.get(self.name)
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64", "conv11", "mlp"] = "conv64"
-    """Encoder: conv64 (ProcGen, DESIGN.md section 4), conv11 (small grids), mlp (flattened image)."""
+    enc_type: Literal["conv64", "nature", "conv11", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), mlp (vectors or flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
@@ -137,7 +238,7 @@ class PPOConfig(Strict):
     max_grad_norm: float = Field(0.5, gt=0)
     """Gradient clipping threshold (global norm)."""
     test_interval: int = Field(10, ge=1)
-    """Evaluate on test levels every this many epochs (and at the last epoch)."""
+    """Evaluate on test levels every this many epochs (and at the last epoch of every round)."""
     test_episodes: int = Field(50, ge=1)
     """Complete test episodes averaged per evaluation (run in parallel environments)."""
     reset_optimizer_at_shift: bool = True
@@ -184,6 +285,39 @@ class DiagnosticsConfig(Strict):
     """Run the trainability probe every this many probes (and at task ends); 0 turns it off."""
     trainability_steps: int = Field(200, ge=1)
     """Adam steps the trainability probe trains a copy (and a fresh network) for."""
+    budget: float | None = Field(0.1, gt=0)
+    """Cap on diagnostics compute as a fraction of training's (fixed cost model; skips are logged); null: none."""
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # sys.modules[package] is None: imports of it are blocked
+        return False
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    """Also log metrics, diagnostics and the resolved config to Weights & Biases (extra `wandb`)."""
+    project: str | None = None
+    """W&B project (default: the study name); runs are grouped by condition, named condition/seed_<s>."""
+    entity: str | None = None
+    """W&B team or user (default: your W&B default entity)."""
+    mode: Literal["online", "offline"] = "online"
+    """offline: no network; the run is written locally (under the run directory) for `wandb sync`."""
+    tags: list[str] = Field(default_factory=list)
+    """Tags on every run."""
+
+    @model_validator(mode="after")
+    def _package(self) -> WandbConfig:
+        if self.enabled and not _installed("wandb"):
+            raise ValueError("enabled: the wandb package is not installed (pip install -e '.[wandb]')")
+        return self
+
+
+class LoggingConfig(Strict):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases tracking, off by default (metrics.csv and TensorBoard are always written)."""
 
 
 class RunConfig(Strict):
@@ -196,13 +330,16 @@ class RunConfig(Strict):
     interventions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Method name -> its parameters ({} for defaults); see plasticity_lab.interventions."""
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    """Experiment trackers beyond metrics.csv and TensorBoard."""
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:
-        if (self.model.enc_type == "conv64") != (self.environment.name == "procgen"):
+        encoders = env_spec(self.environment).encoders
+        if self.model.enc_type not in encoders:
             raise ValueError(
-                f"model.enc_type {self.model.enc_type!r} does not fit environment.name {self.environment.name!r} "
-                "(procgen: conv64; gridworld: conv11 or mlp)"
+                f"model.enc_type {self.model.enc_type!r} does not fit environment {self.environment.name} "
+                f"{self.environment.task} (allowed: {', '.join(encoders)})"
             )
         if self.model.activation in ("crelu", "dff") and self.model.h_size % 2:
             raise ValueError(f"model.h_size {self.model.h_size} must be even with {self.model.activation} (widths are halved)")
@@ -222,7 +359,8 @@ class RunConfig(Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _format_error(source: str, prefix: str, err: ValidationError) -> str:
+def _error_location(err: ValidationError) -> tuple[str, str]:
+    """(dotted key, message) of a validation error's first problem."""
     first = err.errors()[0]
     loc = ".".join(str(part) for part in first["loc"] if part != "function-after")
     msg = first["msg"].replace("Value error, ", "")
@@ -230,13 +368,18 @@ def _format_error(source: str, prefix: str, err: ValidationError) -> str:
     if first["type"] == "value_error" and field:  # a model validator naming its field
         loc = ".".join(p for p in (loc, field.group(1)) if p)
         msg = msg[field.end():]
-    key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
-        part for part in (prefix, loc) if part)
-    key = key or "(top level)"
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif first["type"] == "literal_error":
         msg = msg.replace("Input should be", "allowed:")
+    return loc, msg
+
+
+def _format_error(source: str, prefix: str, err: ValidationError) -> str:
+    loc, msg = _error_location(err)
+    key = " ".join(part for part in (prefix, loc) if part) if prefix.endswith("->") else ".".join(
+        part for part in (prefix, loc) if part)
+    key = key or "(top level)"
     return f"{source}: {key}: {msg}"
 
 
@@ -265,33 +408,127 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    """Read a YAML mapping, with one-line errors for a missing, unreadable, non-UTF-8, empty or
+    malformed file. An empty file is an error, not "all defaults": the defaults are a full
+    3000-epoch ProcGen study, which nobody should start by pointing at the wrong file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (undecodable byte at offset {exc.start}); is it a YAML config?") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: empty config (no sections; write at least the settings that differ from the defaults)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
 
 
-class StudyConfig:
-    """A whole config file: the base settings plus its named conditions, each resolvable."""
+_KEY = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
+RECORDED = ("experiment.overrides", "experiment.grid")
+"""Experiment keys that plab writes itself: no flag may set them."""
 
-    def __init__(self, raw: dict[str, Any], source: str = "<config>") -> None:
-        self.raw = raw
+
+def parse_assignment(text: str, flag: str) -> tuple[str, str]:
+    """Split a command-line ``KEY=VALUE`` and check that KEY names a settable config key."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.fullmatch(key):
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE with a dotted KEY (e.g. ppo_trainer.lr=1e-3)")
+    section = key.split(".")[0]
+    if section not in RunConfig.model_fields:
+        raise ConfigError(f"{flag} {key}: unknown section (allowed: {', '.join(RunConfig.model_fields)})")
+    if key.startswith("experiment.conditions.") or any(key == k or key.startswith(k + ".") for k in RECORDED):
+        raise ConfigError(f"{flag} {key}: cannot be set from the command line (conditions come from the config or --grid)")
+    return key, value
+
+
+def parse_value(text: str, flag: str, key: str) -> Any:
+    """A command-line value read as a YAML value by the config files' loader (``1e-3``,
+    ``false``, ``[1000, 2000]`` and ``{tau: 0.1}`` mean what they mean in a config file)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag} {key}: malformed value {text!r}: {getattr(exc, 'problem', exc)}") from None
+
+
+def split_values(text: str) -> list[str]:
+    """Split a --grid value list at the commas that are not inside brackets, braces or quotes."""
+    parts, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    return [*parts, current]
+
+
+def _overlaps(key: str, loc: str) -> bool:
+    """Does setting ``key`` touch the config location ``loc`` (one contains the other)?"""
+    return not loc or key == loc or key.startswith(loc + ".") or loc.startswith(key + ".")
+
+
+class StudyConfig:
+    """A whole config file: the base settings plus its named conditions, each resolvable.
+
+    ``overrides`` (``--set KEY=VALUE`` texts) are applied to the base settings before any
+    condition is resolved, so they hold in every condition except where a condition sets the
+    same key itself; they are recorded in ``experiment.overrides``. Errors caused by a
+    command-line flag name the flag and the key instead of the file.
+    """
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        source: str = "<config>",
+        overrides: Sequence[str] = (),
+        flags: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.source = source
+        self.flags = list(flags)
+        """(flag, dotted key) of every command-line setting in ``raw``, for error messages."""
+        if overrides:
+            raw = copy.deepcopy(raw)
+            for text in overrides:
+                key, value = parse_assignment(text, "--set")
+                try:
+                    set_dotted(raw, key, parse_value(value, "--set", key))
+                except KeyError:
+                    raise ConfigError(f"--set {key}: {source} has a value, not a mapping, above this key") from None
+                self.flags.append(("--set", key))
+            experiment = raw.get("experiment")
+            if isinstance(experiment, dict) and isinstance(experiment.get("overrides", []), list):
+                experiment["overrides"] = [*experiment.get("overrides", []), *overrides]
+        self.raw = raw
         try:
             self.base = RunConfig.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(_format_error(source, "", err)) from None
+            raise self._error("", *_error_location(err)) or ConfigError(_format_error(source, "", err)) from None
+        experiment = self.base.experiment
+        if experiment.baseline not in experiment.conditions:
+            given = "" if "baseline" in (raw.get("experiment") or {}) else " (the default)"
+            raise ConfigError(
+                f"{source}: experiment.baseline: {experiment.baseline!r}{given} is not a condition "
+                f"(allowed: {', '.join(experiment.conditions)})"
+            )
         # Resolve every condition up front so a bad override fails before anything is written;
         # the error is raised when that condition is selected, so one condition naming a method
         # that is not available does not block the others.
@@ -302,6 +539,19 @@ class StudyConfig:
                 self.resolved[name] = self._resolve(name)
             except ConfigError as err:
                 self.errors[name] = err
+
+    def _error(self, condition: str, loc: str, msg: str) -> ConfigError | None:
+        """The error naming the command-line flags behind a failing location, if any."""
+        related = [(flag, key) for flag, key in self.flags if _overlaps(key, loc)]
+        if condition:
+            grid = self.base.experiment.grid.get(condition)
+            related = [(f, k) for f, k in related if f == "--set" or (grid and k in grid.settings)]
+        if not related:
+            return None
+        flag = related[0][0]
+        exact = [key for f, key in related if f == flag and (loc == key or loc.startswith(key + "."))]
+        where = loc if exact else ", ".join(key for f, key in related if f == flag)
+        return ConfigError(f"{flag} {where}{f' (condition {condition})' if condition else ''}: {msg}")
 
     @property
     def conditions(self) -> list[str]:
@@ -324,13 +574,14 @@ class StudyConfig:
         try:
             cfg = RunConfig.model_validate(tree)
         except ValidationError as err:
-            raise ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
-        from plasticity_lab.interventions import validate_interventions
-
+            loc, msg = _error_location(err)
+            raise self._error(name, loc, msg) or ConfigError(_format_error(self.source, f"{prefix} ->", err)) from None
         try:
             cfg.interventions = validate_interventions(cfg)
         except ValueError as err:
-            raise ConfigError(f"{self.source}: {prefix} -> {err}") from None
+            located = re.match(r"([\w.-]+): (.*)", str(err))
+            flagged = self._error(name, *located.groups()) if located else None
+            raise flagged or ConfigError(f"{self.source}: {prefix} -> {err}") from None
         return cfg
 
     def condition(self, name: str) -> RunConfig:
@@ -339,6 +590,81 @@ class StudyConfig:
         if name not in self.resolved:
             raise ConfigError(f"{self.source}: unknown condition {name!r} (allowed: {', '.join(self.conditions)})")
         return self.resolved[name]
+
+    def shadowed(self, conditions: Sequence[str] | None = None) -> list[str]:
+        """Notes on --set keys that a condition sets itself (the condition's value wins there)."""
+        notes = []
+        for name in conditions or self.conditions:
+            own = self.base.experiment.conditions.get(name, {})
+            for flag, key in self.flags:
+                hit = [k for k in own if isinstance(k, str) and _overlaps(key, k)]
+                if flag == "--set" and hit:
+                    notes.append(f"note: condition {name} sets {', '.join(hit)} itself, so --set {key} does not apply to it")
+        return notes
+
+    def with_grid(self, grid: Sequence[str], conditions: Sequence[str] | None = None) -> tuple[StudyConfig, list[str]]:
+        """Cross ``conditions`` (default: all) with every combination of the ``--grid KEY=V1,V2``
+        values; returns the expanded study and the new conditions' names, in order.
+
+        Each crossed condition is replaced by one condition per grid point, named
+        ``<condition>+<key>=<value>...`` (``key`` is the shortest unique tail of the dotted key,
+        the value as typed with anything but letters, digits and ``._-`` turned into ``_``) and
+        recorded in ``experiment.grid``. The grid values are applied after the condition's own
+        overrides. If the report's baseline condition is crossed, its first grid point becomes
+        the baseline.
+        """
+        axes: list[tuple[str, list[tuple[str, Any]]]] = []
+        for text in grid:
+            key, values = parse_assignment(text, "--grid")
+            if key.startswith("experiment"):
+                raise ConfigError(f"--grid {key}: experiment settings cannot vary between conditions")
+            if any(key == k for k, _ in axes):
+                raise ConfigError(f"--grid {key}: given twice; list all its values in one flag")
+            items = [(t.strip(), parse_value(t, "--grid", key)) for t in split_values(values)]
+            if any(not t for t, _ in items):
+                raise ConfigError(f"--grid {key}: empty value in {values!r} (expected V1,V2,...)")
+            seen: list[Any] = []
+            for t, v in items:
+                if v in seen:
+                    raise ConfigError(f"--grid {key}: value {t} is listed twice")
+                seen.append(v)
+            axes.append((key, items))
+        labels = []
+        for key, _ in axes:
+            parts = key.split(".")
+            depth = 1
+            while any(k != key and k.split(".")[-depth:] == parts[-depth:] for k, _ in axes):
+                depth += 1
+            labels.append(".".join(parts[-depth:]))
+        chosen = list(conditions or self.conditions)
+        for name in chosen:
+            self.condition(name)  # unknown or broken: its one-line error
+        raw = copy.deepcopy(self.raw)
+        experiment = raw.setdefault("experiment", {})
+        old = self.base.experiment.conditions
+        table: dict[str, dict[str, Any]] = {}
+        record: dict[str, dict[str, Any]] = {}
+        made: list[str] = []
+        for name, own in old.items():
+            if name not in chosen:
+                table[name] = own
+                continue
+            for point in itertools.product(*(items for _, items in axes)):
+                label = "".join(f"+{lab}={re.sub(r'[^A-Za-z0-9._-]+', '_', t).strip('_') or '_'}"
+                                for lab, (t, _) in zip(labels, point))
+                grid_name = name + label
+                if grid_name in table:
+                    raise ConfigError(f"--grid: two grid points are both named {grid_name!r}; write the values differently")
+                settings = {key: value for (key, _), (_, value) in zip(axes, point)}
+                table[grid_name] = copy.deepcopy({**own, **settings})
+                record[grid_name] = {"condition": name, "settings": settings}
+                made.append(grid_name)
+        experiment["conditions"] = table
+        experiment["grid"] = {**{k: v for k, v in experiment.get("grid", {}).items() if k in table}, **record}
+        if self.base.experiment.baseline in chosen and made:
+            experiment["baseline"] = next(n for n in made if record[n]["condition"] == self.base.experiment.baseline)
+        flags = self.flags + [("--grid", key) for key, _ in axes]
+        return StudyConfig(raw, self.source, flags=flags), made
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -353,6 +679,7 @@ def resolve_config_path(path: str | Path) -> Path:
     return path
 
 
-def load_study(path: str | Path) -> StudyConfig:
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
+    """The config file at ``path`` with ``--set`` ``overrides`` applied to its base settings."""
     path = resolve_config_path(path)
-    return StudyConfig(load_yaml(path), source=str(path))
+    return StudyConfig(load_yaml(path), source=str(path), overrides=overrides)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from plasticity_lab.agents.distributions import ActionDistribution
+
 ADV_EPS = 1e-8
 
 
@@ -38,8 +40,8 @@ class Rollout:
     complete episodes (one per env, each from its reset) with ``active`` marking the steps that
     belong to them."""
 
-    obs: torch.Tensor  # uint8 (T, N, 64, 64, 3)
-    actions: torch.Tensor  # int64 (T, N)
+    obs: torch.Tensor  # uint8 (T, N, H, W, C) frames or float32 (T, N, D) vectors
+    actions: torch.Tensor  # int64 (T, N) discrete or float32 (T, N, A) continuous
     log_probs: torch.Tensor  # (T, N)
     values: torch.Tensor  # (T, N)
     rewards: torch.Tensor  # (T, N)
@@ -60,11 +62,24 @@ class Rollout:
         return Batch(*(c[self.active] for c in columns))
 
     @classmethod
-    def allocate(cls, steps: int, envs: int, obs_shape: tuple[int, ...], device: torch.device) -> Rollout:
+    def allocate(
+        cls,
+        steps: int,
+        envs: int,
+        obs_shape: tuple[int, ...],
+        device: torch.device,
+        obs_dtype: torch.dtype = torch.uint8,
+        action_dim: int | None = None,
+    ) -> Rollout:
+        """``action_dim`` None: discrete actions; else continuous actions of that dimension."""
         f = dict(device=device)
+        actions = (
+            torch.zeros((steps, envs), dtype=torch.long, **f) if action_dim is None
+            else torch.zeros((steps, envs, action_dim), **f)
+        )  # fmt: skip
         return cls(
-            obs=torch.zeros((steps, envs, *obs_shape), dtype=torch.uint8, **f),
-            actions=torch.zeros((steps, envs), dtype=torch.long, **f),
+            obs=torch.zeros((steps, envs, *obs_shape), dtype=obs_dtype, **f),
+            actions=actions,
             log_probs=torch.zeros((steps, envs), **f),
             values=torch.zeros((steps, envs), **f),
             rewards=torch.zeros((steps, envs), **f),
@@ -117,7 +132,7 @@ class LossParts:
 
 
 def ppo_loss(
-    logits: torch.Tensor,
+    dist: ActionDistribution,
     values: torch.Tensor,
     actions: torch.Tensor,
     old_log_probs: torch.Tensor,
@@ -125,17 +140,17 @@ def ppo_loss(
     returns: torch.Tensor,
     clip: float,
 ) -> LossParts:
-    """Clipped surrogate, MSE value loss and entropy for one minibatch.
+    """Clipped surrogate, MSE value loss and entropy for one minibatch, for any action
+    distribution (:mod:`plasticity_lab.agents.distributions`).
 
     Advantages are normalised within the minibatch (as the reference implementation does).
     """
     adv = (advantages - advantages.mean()) / (advantages.std() + ADV_EPS)
-    log_probs_all = F.log_softmax(logits.float(), dim=-1)
-    log_probs = log_probs_all.gather(1, actions.unsqueeze(1)).squeeze(1)
+    log_probs = dist.log_prob(actions)
     log_ratio = log_probs - old_log_probs
     ratio = log_ratio.exp()
     surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
-    entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+    entropy = dist.entropy().mean()
     values = values.float()
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()

@@ -1,32 +1,33 @@
-"""Load a study's run directories and compute every number of its report.
+"""Every number of a study report, computed from the frames of :func:`analysis.frames.load_study`.
 
 Only numbers live here (figures.py draws them, report.py formats them), so each one can be checked
-against a hand computation. Runs that cannot be compared fairly are never averaged in silently:
-they are kept out with a reason, and every such decision is added to ``Comparison.notes``.
-
-Layout read (DESIGN.md section 3): ``RESULTS_DIR/config.yaml`` and
-``RESULTS_DIR/<condition>/seed_<s>/{metrics.csv, diagnostics.csv, config.yaml, run.json, DONE}``.
+against a hand computation. The statistics follow DESIGN.md section 7 (see analysis/stats.py):
+intervals valid at the study's n, comparisons paired by seed, Holm-adjusted p-values, correlations
+within condition. Runs that cannot be compared fairly are never averaged in silently: they are kept
+out with a reason, runs that failed are counted and shown in a sensitivity line, and every such
+decision is added to ``Comparison.notes``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import yaml
 
+from plasticity_lab.analysis import stats
+from plasticity_lab.analysis.frames import ROW_KEYS, STATUS_RUNNING, StudyData, load_study
+from plasticity_lab.analysis.stats import Interval
 from plasticity_lab.config import ConfigError
 
-NOT_METRICS = ("epoch", "env_steps", "wall_time", "task")
-"""metrics.csv columns that describe the row rather than the agent."""
 DIAGNOSTICS_PREFIX = "diagnostics/"
 """Series from diagnostics.csv are stored under this prefix, so they never collide with metrics.csv."""
-CORRELATED = ("weight_m", "weight_diff", "grad_norm", "dead_units", "entropy")
+PERCENT = ("dead_units", "dormant_units")
+"""metrics.csv fractions the report shows in percent, as the study report does."""
+COMPARED = ("test_r", "dead_units", "dormant_units")
+"""Final values compared with the baseline, seed by seed (comparisons.csv)."""
+CORRELATED = ("weight_m", "weight_diff", "grad_norm", "dead_units", "dormant_units", "entropy")
 """metrics.csv columns set against final test return."""
 CORRELATED_PROBES = ("overall/", "dense/", "trainability_ratio", "policy_churn", "value_churn")
 """diagnostics.csv columns (by prefix) set against final test return: pooled unit statistics, the
@@ -34,23 +35,29 @@ trunk output layer and the trainability probe; per-conv-layer columns are shown 
 since 75 scatter panels would hide the ones that matter."""
 DEFAULT_WINDOW_FRACTION = 0.1
 """Final values average the last 10% of the test evaluations when no window is given."""
-CI_LEVEL = 0.95
+POWER_EFFECTS = (10.0, 20.0)
+"""Effects (percent of the baseline's mean final test return) the seeds-needed table is for."""
 
 
 @dataclass(eq=False)
 class Run:
-    """One ``<condition>/seed_<s>`` directory as read from disk (compared by identity)."""
+    """One ``<condition>/seed_<s>`` directory (compared by identity)."""
 
     condition: str
     seed: int
     series: dict[str, np.ndarray]
-    """Metric name -> values indexed by epoch, NaN where nothing was logged."""
+    """Metric name -> values indexed by epoch, NaN where nothing was logged (dead/dormant units in %)."""
     length: int
     """Epochs logged (last epoch + 1)."""
     done: bool
+    status: str
     num_epochs: int | None
     shift_points: list[int]
-    invocations: list[dict[str, Any]]
+    invocations: list[dict]
+    """run.json's entries: command, device, start time, code version."""
+    code_version: str
+    config_differences: list[str]
+    log_tail: str = ""
     excluded: str | None = None
     """Why the run is left out of every comparison (another protocol, nothing logged)."""
 
@@ -62,13 +69,21 @@ class Run:
 @dataclass
 class Study:
     root: Path
-    config_text: str
+    data: StudyData
     baseline: str
+    reference: str | None
+    """Condition that normalised scores are relative to (experiment.reference or --reference)."""
     conditions: list[str]
     num_epochs: int
     shift_points: list[int]
     runs: list[Run]
     notes: list[str] = field(default_factory=list)
+    provenance: list[str] = field(default_factory=list)
+    """Differences between pooled runs (code versions, configs), listed when --allow-mixed pooled them."""
+
+    @property
+    def config_text(self) -> str:
+        return self.data.config_text
 
     def runs_of(self, condition: str) -> list[Run]:
         """The condition's comparable runs (those not excluded), by seed."""
@@ -84,41 +99,87 @@ class Study:
 
 
 @dataclass
-class Estimate:
-    """A point estimate with its 95% CI (``lo``/``hi`` are NaN when there are too few seeds)."""
+class PairedComparison:
+    """One condition against the baseline on one metric, seed by seed."""
 
-    value: float
-    lo: float = math.nan
-    hi: float = math.nan
+    condition: str
+    metric: str
+    seeds: list[int]
+    """Seeds with a final value in both conditions (the pairs)."""
+    differences: np.ndarray
+    """Per paired seed: condition - baseline."""
+    diff: Interval
+    """Mean paired difference, Student-t interval."""
+    iqm_diff: Interval
+    """IQM of the paired differences, Tukey-McLaughlin interval."""
+    relative: Interval
+    """Change of the condition's mean relative to the baseline's, percent, Fieller interval."""
+    win: Interval
+    """P(the condition beats the baseline in a seed), Clopper-Pearson interval."""
+    p: float
+    """Exact sign-flip test of mean difference 0."""
+    p_holm: float = math.nan
+    """Holm-adjusted over the conditions compared on this metric."""
+    unpaired: list[int] = field(default_factory=list)
+    """Seeds with a final value in one of the two conditions only (left out of the pairs)."""
 
 
 @dataclass
 class ConditionResult:
     condition: str
-    finals: dict[str, dict[str, float]]
-    """Seed label -> metric -> final value, for the runs that reached the horizon."""
-    test: Estimate | None = None
-    """Mean final test return over seeds, bootstrap CI of the mean."""
-    dead: Estimate | None = None
-    iqm: Estimate | None = None
-    vs_baseline_pct: float = math.nan
-    improvement: Estimate | None = None
-    """P(this condition's final test return > the baseline's), rliable."""
+    finals: dict[int, dict[str, float]]
+    """Seed -> metric -> final value, for the runs with a final test return."""
+    test: Interval | None = None
+    """Mean final test return over seeds, Student-t interval."""
+    iqm: Interval | None = None
+    """IQM of final test return over seeds, Tukey-McLaughlin interval."""
+    dead: Interval | None = None
+    dormant: Interval | None = None
+    normalised: Interval | None = None
+    """Mean final test return / the reference condition's, paired by seed, Fieller interval."""
     incomplete: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Run label -> why it has no final value although it should (crashed, stopped, NaN return)."""
     left_out: dict[str, str] = field(default_factory=dict)
-    """Run label -> why it has no final values."""
+    """Run label -> why it has no final values (failed runs included)."""
 
     def final_values(self, name: str) -> np.ndarray:
         return np.array([values.get(name, math.nan) for values in self.finals.values()])
 
+    def final(self, name: str) -> dict[int, float]:
+        return {seed: values.get(name, math.nan) for seed, values in self.finals.items()}
+
 
 @dataclass
-class Correlation:
-    name: str
-    r: float
-    p: float
-    n: int
-    why_none: str = ""
+class RoundEnd:
+    """Test return at the end of each round for one condition."""
+
+    values: list[Interval]
+    """Mean over seeds of each run's end-of-round value, Student-t interval."""
+    relative: list[Interval]
+    """End of round k / end of round 1, paired within runs, Fieller interval."""
+
+
+@dataclass
+class CorrelationRow:
+    names: list[str]
+    """Series with identical final values in every run share one row."""
+    within: stats.Correlation
+    between: stats.Correlation
+    runs: dict[str, list[int]]
+    """Condition -> seeds the row rests on."""
+    within_holm: float = math.nan
+    between_holm: float = math.nan
+
+
+@dataclass
+class Sensitivity:
+    """Results with every run that has no final value (failed) scored as the study's worst."""
+
+    worst: float
+    means: dict[str, Interval]
+    paired: dict[str, PairedComparison]
+    failed: dict[str, int]
 
 
 @dataclass
@@ -127,118 +188,80 @@ class Comparison:
     """Final values are taken from epochs before this one (the planned length unless no run reached it)."""
     window: tuple[int, int]
     """Epochs [start, horizon) averaged for final values."""
+    evaluations: int
+    """Test evaluations a final value (and each round's end) averages at most."""
     results: dict[str, ConditionResult]
+    paired: dict[str, dict[str, PairedComparison]]
+    """Metric -> condition -> comparison with the baseline."""
     rounds: list[tuple[int, int]]
     """Epoch range [start, end) of each round (task) that ends within the horizon."""
-    round_ends: dict[str, list[float]]
-    """Condition -> mean over seeds of test return at the end of each round."""
-    correlations: list[Correlation]
+    round_windows: list[tuple[int, int]]
+    """Epochs each round's end value averages."""
+    round_ends: dict[str, RoundEnd]
+    correlations: list[CorrelationRow]
+    sensitivity: Sensitivity | None
     notes: list[str]
 
 
 # ---------------------------------------------------------------------------------------- loading
-def read_epoch_csv(path: Path) -> dict[str, np.ndarray]:
-    """Columns of a per-epoch CSV as float arrays indexed by epoch (NaN for empty cells).
+def _series(data: StudyData, condition: str, seed: int) -> tuple[dict[str, np.ndarray], int]:
+    """Per-epoch arrays of one run, metrics then diagnostics (prefixed), NaN-padded to its length."""
+    def of(frame, skip):
+        part = frame[(frame["condition"] == condition) & (frame["seed"] == seed)]
+        return part, [c for c in part.columns if c not in skip and part[c].notna().any()]
 
-    The training loop appends and flushes one row per epoch, so a file read mid-run may end in a
-    half-written line: a last line without its newline, or any row with a wrong field count, is
-    skipped rather than parsed into a wrong number.
+    metrics, names = of(data.metrics, ("condition", "seed", *ROW_KEYS))
+    length = int(metrics["epoch"].max()) + 1 if len(metrics) else 0
+    series = {}
+    epochs = metrics["epoch"].to_numpy()
+    for name in names:
+        values = np.full(length, np.nan)
+        values[epochs] = metrics[name].to_numpy(dtype=float) * (100.0 if name in PERCENT else 1.0)
+        series[name] = values
+    probes, names = of(data.diagnostics, ("condition", "seed", "epoch", "task"))
+    epochs = probes["epoch"].to_numpy()
+    inside = epochs < length  # probes logged past the last metrics row are dropped
+    for name in names:
+        values = np.full(length, np.nan)
+        values[epochs[inside]] = probes[name].to_numpy(dtype=float)[inside]
+        series[DIAGNOSTICS_PREFIX + name] = values
+    return series, length
+
+
+def open_study(
+    source: str | Path | StudyData, baseline: str | None = None, reference: str | None = None, allow_mixed: bool = False,
+) -> Study:
+    """The report's view of a study: runs as per-epoch arrays, checked for comparability.
+
+    Raises ConfigError when there is nothing to report, when ``baseline``/``reference`` has no
+    runs, or when the pooled runs differ beyond their condition's overrides or come from different
+    code versions (unless ``allow_mixed``; then the differences are in ``Study.provenance``).
     """
-    text = path.read_text()
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]
-    if not lines:
-        return {}
-    header = [h.strip() for h in lines[0].split(",")]
-    if "epoch" not in header:
-        return {}
-    rows: list[tuple[int, list[str]]] = []
-    epoch_col = header.index("epoch")
-    for line in lines[1:]:
-        cells = line.split(",")
-        if len(cells) != len(header):
-            continue
-        try:
-            epoch = int(cells[epoch_col])
-        except ValueError:
-            continue
-        if epoch >= 0:
-            rows.append((epoch, cells))
-    length = max((epoch for epoch, _ in rows), default=-1) + 1
-    columns = {name: np.full(length, np.nan) for name in header if name not in NOT_METRICS}
-    for epoch, cells in rows:
-        for name, cell in zip(header, cells):
-            if name in columns and cell.strip():
-                try:
-                    columns[name][epoch] = float(cell)
-                except ValueError:
-                    pass
-    return columns
-
-
-def _yaml(path: Path) -> dict[str, Any]:
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-
-
-def _read_run(condition: str, seed: int, path: Path) -> Run:
-    series = read_epoch_csv(path / "metrics.csv") if (path / "metrics.csv").exists() else {}
-    if "dead_units" in series:
-        series["dead_units"] = series["dead_units"] * 100.0  # the study report shows dead units in %
-    length = max((len(v) for v in series.values()), default=0)
-    if (path / "diagnostics.csv").exists():
-        for name, values in read_epoch_csv(path / "diagnostics.csv").items():
-            series[DIAGNOSTICS_PREFIX + name] = values
-    series = {name: _pad(values, length) for name, values in series.items()}
-    trainer = _yaml(path / "config.yaml").get("ppo_trainer", {})
-    try:
-        invocations = json.loads((path / "run.json").read_text()).get("invocations", [])
-    except (OSError, ValueError):  # not written yet, or cut short: the report just lists no command
-        invocations = []
-    return Run(
-        condition, seed, series, length, (path / "DONE").exists(),
-        trainer.get("num_epochs"), list(trainer.get("shift_points") or []), invocations,
-    )
-
-
-def _pad(values: np.ndarray, length: int) -> np.ndarray:
-    """Cut or NaN-pad to ``length`` epochs (probes logged past the last metrics row are dropped)."""
-    out = np.full(length, np.nan)
-    out[: min(length, len(values))] = values[:length]
-    return out
-
-
-def load_study(results_dir: str | Path, baseline: str | None = None) -> Study:
-    """Read every run under ``results_dir``; raises ConfigError when there is nothing to report."""
-    root = Path(results_dir)
-    config_path = root / "config.yaml"
-    if not config_path.exists():
-        raise ConfigError(f"{config_path}: not found; is {root} a study directory (results/NAME)?")
-    config_text = config_path.read_text()
-    config = yaml.safe_load(config_text) or {}
-    trainer = config.get("ppo_trainer", {})
-    if "num_epochs" not in trainer:
-        raise ConfigError(f"{config_path}: ppo_trainer.num_epochs is missing")
-    experiment = config.get("experiment", {})
-    runs = [
-        _read_run(cond_dir.name, int(seed_dir.name[len("seed_"):]), seed_dir)
-        for cond_dir in sorted(p for p in root.iterdir() if p.is_dir())
-        for seed_dir in sorted(cond_dir.glob("seed_*"), key=lambda p: p.name)
-        if seed_dir.is_dir() and seed_dir.name[len("seed_"):].isdigit()
-    ]
-    runs.sort(key=lambda r: (r.condition, r.seed))
-    if not runs:
-        raise ConfigError(f"{root}: no run directories (<condition>/seed_<s>/) found")
-    configured = list(experiment.get("conditions", {}))
-    found = sorted({r.condition for r in runs})
-    chosen = baseline or experiment.get("baseline", "baseline")
-    if baseline is not None and baseline not in found:
-        raise ConfigError(f"--baseline {baseline}: no runs of that condition; conditions with runs: {', '.join(found)}")
+    data = source if isinstance(source, StudyData) else load_study(source)
+    trainer = data.config.get("ppo_trainer") or {}
+    experiment = data.config.get("experiment") or {}
+    found = sorted(set(data.runs["condition"]))
+    for flag, name in (("--baseline", baseline), ("--reference", reference)):
+        if name is not None and name not in found:
+            raise ConfigError(f"{flag} {name}: no runs of that condition; conditions with runs: {', '.join(found)}")
+    runs = []
+    for row in data.runs.itertuples(index=False):
+        series, length = _series(data, row.condition, row.seed)
+        runs.append(Run(
+            row.condition, int(row.seed), series, length, bool(row.done), row.status,
+            None if row.num_epochs is None or (isinstance(row.num_epochs, float) and math.isnan(row.num_epochs)) else int(row.num_epochs),
+            list(row.shift_points), list(row.invocations), row.code_version, list(row.config_differences), row.log_tail,
+        ))
     study = Study(
-        root, config_text, chosen, configured + [c for c in found if c not in configured],
-        int(trainer["num_epochs"]), list(trainer.get("shift_points", [])), runs,
+        data.root, data, baseline or experiment.get("baseline", "baseline"),
+        reference or experiment.get("reference"), data.conditions,
+        int(trainer["num_epochs"]), list(trainer.get("shift_points") or []), runs,
     )
+    if study.reference is not None and study.reference not in found:
+        study.notes.append(f"reference condition '{study.reference}' has no runs: no normalised scores.")
+        study.reference = None
     _check_runs(study)
+    _check_provenance(study, allow_mixed)
     return study
 
 
@@ -256,11 +279,18 @@ def _check_runs(study: Study) -> None:
             run.excluded = f"metrics.csv has {run.length} epochs, more than the study's {study.num_epochs}"
         if run.excluded:
             study.notes.append(f"{run.label} is left out of all curves and final values: {run.excluded}.")
+    unmarked = [r.label for r in study.runs if not r.done and r.length >= study.num_epochs]
     for run in study.runs:
-        if not run.done:
-            study.notes.append(f"{run.label} is incomplete (no DONE file): {run.length} of {study.num_epochs} epochs logged.")
-        elif run.excluded is None and run.length < study.num_epochs:
+        if not run.done and run.length < study.num_epochs:
+            state = "running" if run.status == STATUS_RUNNING else "stopped: no DONE file and no live process"
+            study.notes.append(f"{run.label} is incomplete ({state}): {run.length} of {study.num_epochs} epochs logged.")
+        elif run.done and run.excluded is None and run.length < study.num_epochs:
             study.notes.append(f"{run.label} has a DONE file but metrics.csv stops after {run.length} of {study.num_epochs} epochs.")
+    if unmarked:
+        study.notes.append(
+            f"{len(unmarked)} run(s) logged all {study.num_epochs} epochs but have no DONE file (e.g. copied or "
+            f"committed without it); they are treated as finished: {', '.join(unmarked)}."
+        )
     if study.baseline not in {r.condition for r in study.runs}:
         study.notes.append(f"baseline condition '{study.baseline}' has no runs: changes vs baseline cannot be computed.")
     for condition in study.conditions:
@@ -275,7 +305,46 @@ def _check_runs(study: Study) -> None:
             study.notes.append(f"{condition}: configured but no runs yet.")
 
 
-# ------------------------------------------------------------------------------------- statistics
+def _check_provenance(study: Study, allow_mixed: bool) -> None:
+    """Refuse to pool runs made by different code or with configs that differ beyond their
+    condition, unless ``allow_mixed``; list the differences either way."""
+    pooled = [r for r in study.runs if r.excluded is None]
+    versions: dict[str, list[str]] = {}
+    for run in pooled:
+        versions.setdefault(run.code_version, []).append(run.label)
+    differing = {r.label: r.config_differences for r in pooled if r.config_differences}
+    known = [v for v in versions if v != "unknown"]
+    if not known:
+        study.notes.append(
+            "no run records its code version (runs made before run.json recorded it): the report cannot check "
+            "that the pooled runs come from one version of the code."
+        )
+    elif any(v.endswith("dirty") or "+dirty " in v for v in known):
+        study.notes.append("some runs were made from a working tree with uncommitted changes (+dirty): those changes are not recorded.")
+    mixed_code = len(versions) > 1 or any(", " in v for v in versions)
+    if not (mixed_code or differing):
+        return
+    lines = []
+    if mixed_code:
+        lines += [f"code version {version}: {', '.join(labels)}" for version, labels in versions.items()]
+    lines += [f"{label}: {'; '.join(diffs)}" for label, diffs in differing.items()]
+    if not allow_mixed:
+        what = " and ".join(filter(None, (
+            f"{len(versions)} code versions ({', '.join(versions)})" if mixed_code else "",
+            f"{len(differing)} run(s) whose config differs beyond its condition's overrides (e.g. "
+            f"{next(iter(differing))}: {next(iter(differing.values()))[0]})" if differing else "",
+        )))
+        raise ConfigError(
+            f"{study.root}: the runs to pool come from {what}; pass --allow-mixed to pool them anyway "
+            "(every difference is then listed in the report)"
+        )
+    study.provenance = lines
+    study.notes.append(
+        "runs that differ in code version or config are pooled because --allow-mixed was given; see 'Provenance' for every difference."
+    )
+
+
+# ------------------------------------------------------------------------------------- helpers
 def curve_matrix(runs: list[Run], name: str) -> np.ndarray:
     """(runs, epochs) values of one series, NaN-padded to the longest run."""
     length = max((r.length for r in runs), default=0)
@@ -286,77 +355,40 @@ def curve_matrix(runs: list[Run], name: str) -> np.ndarray:
     return out
 
 
-def bootstrap_mean_ci(values: np.ndarray, reps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds (axis 0) of ``values`` (seeds, points) with a 95% percentile-bootstrap band.
+def curve_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) of ``values`` (seeds, points) with a pointwise Student-t 95% band,
+    and the number of seeds behind each point.
 
-    Whole seeds are resampled, so a band says how much the curve depends on which seeds were run.
-    Each point uses the seeds that have a value there (points are grouped by which seeds those
-    are, one vectorised bootstrap per group); points with fewer than two seeds get no band.
+    Each point uses the seeds that have a value there (points are grouped by which seeds those are,
+    one vectorised interval per group); points with fewer than two seeds get no band.
     """
     present = np.isfinite(values)
     count = present.sum(axis=0)
-    mean = np.where(count > 0, np.where(present, values, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
-    lo, hi = np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    mean, lo, hi = (np.full(values.shape[1], np.nan) for _ in range(3))
     patterns, group = np.unique(present.T, axis=0, return_inverse=True)
     for k, pattern in enumerate(patterns):
         seeds, points = np.flatnonzero(pattern), np.flatnonzero(group.ravel() == k)
-        if len(seeds) < 2:
-            continue
-        weights = rng.multinomial(len(seeds), np.full(len(seeds), 1 / len(seeds)), size=reps) / len(seeds)
-        boot = weights @ values[np.ix_(seeds, points)]
-        tail = 100 * (1 - CI_LEVEL) / 2
-        lo[points], hi[points] = np.percentile(boot, [tail, 100 - tail], axis=0)
-    return mean, lo, hi
-
-
-def _rliable_interval(scores: np.ndarray | list[np.ndarray], func: Callable[..., float], reps: int, seed: int) -> Estimate:
-    """rliable's stratified-bootstrap CI; each score array is (runs, 1): one task per study.
-
-    rliable draws its resamples from numpy's global RNG (its ``random_state`` is not used for
-    them), so the global state is seeded for reproducible reports and restored afterwards.
-    """
-    from rliable import library
-
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        points, intervals = library.get_interval_estimates(
-            {"x": scores}, lambda *s: np.array([func(*s)]), reps=reps, confidence_interval_size=CI_LEVEL,
-        )
-    finally:
-        np.random.set_state(state)
-    return Estimate(float(points["x"][0]), float(intervals["x"][0, 0]), float(intervals["x"][1, 0]))
-
-
-def iqm_ci(scores: np.ndarray, reps: int, seed: int = 0) -> Estimate:
-    """Interquartile mean over seeds with a 95% stratified-bootstrap CI (no CI below 2 seeds)."""
-    from rliable import metrics
-
-    scores = np.asarray(scores, dtype=float).reshape(-1, 1)
-    if len(scores) < 2:
-        return Estimate(float(metrics.aggregate_iqm(scores)))
-    return _rliable_interval(scores, metrics.aggregate_iqm, reps, seed)
-
-
-def improvement_ci(scores: np.ndarray, baseline_scores: np.ndarray, reps: int, seed: int = 0) -> Estimate:
-    """P(a run of ``scores`` beats a run of ``baseline_scores``) with a 95% CI (rliable)."""
-    from rliable import metrics
-
-    x = np.asarray(scores, dtype=float).reshape(-1, 1)
-    y = np.asarray(baseline_scores, dtype=float).reshape(-1, 1)
-    if len(x) < 2 or len(y) < 2:
-        return Estimate(float(metrics.probability_of_improvement(x, y)))
-    return _rliable_interval([x, y], metrics.probability_of_improvement, reps, seed)
-
-
-def change_pct(value: float, baseline: float) -> float:
-    """Change of ``value`` relative to ``baseline`` in percent (NaN when the baseline is 0)."""
-    return (value - baseline) / abs(baseline) * 100.0 if baseline else math.nan
+        if len(seeds):
+            mean[points], lo[points], hi[points] = stats.t_interval(values[np.ix_(seeds, points)].T)
+    return mean, lo, hi, count
 
 
 def epoch_range(start: int, end: int) -> str:
     """Human text for epochs [start, end)."""
     return f"epoch {start}" if end - start == 1 else f"epochs {start}-{end - 1}"
+
+
+def seed_list(seeds: list[int]) -> str:
+    """0,1,2,3,5 -> '0-3, 5'."""
+    out, seeds = [], sorted(seeds)
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        out.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}" if j > i + 1 else f"{seeds[i]}, {seeds[j]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def window_mean(values: np.ndarray, start: int, end: int) -> float:
@@ -366,24 +398,14 @@ def window_mean(values: np.ndarray, start: int, end: int) -> float:
     return float(part.mean()) if len(part) else math.nan
 
 
-def last_evaluations_start(test_epochs: np.ndarray, final_window: int | None) -> int:
-    """First epoch of the final window: the last ``final_window`` evaluations (default: last 10%)."""
-    n = final_window or max(1, math.ceil(DEFAULT_WINDOW_FRACTION * len(test_epochs)))
-    return int(test_epochs[-min(n, len(test_epochs))])
+def evaluation_count(total: int, final_window: int | None) -> int:
+    """Test evaluations averaged for a final value: ``final_window`` or the last 10%."""
+    return final_window or max(1, math.ceil(DEFAULT_WINDOW_FRACTION * total))
 
 
-def pearson(x: np.ndarray, y: np.ndarray, name: str) -> Correlation:
-    """Pearson r (and its two-sided p) over the runs where both values exist."""
-    from scipy import stats
-
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < 3:
-        return Correlation(name, math.nan, math.nan, len(x), "fewer than 3 runs")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return Correlation(name, math.nan, math.nan, len(x), "constant across runs")
-    r, p = stats.pearsonr(x, y)
-    return Correlation(name, float(r), float(p), len(x))
+def last_evaluations_start(test_epochs: np.ndarray, count: int, floor: int) -> int:
+    """First epoch of a window holding the last ``count`` of ``test_epochs``, never before ``floor``."""
+    return max(floor, int(test_epochs[-min(count, len(test_epochs))])) if len(test_epochs) else floor
 
 
 # ------------------------------------------------------------------------------------- comparison
@@ -403,54 +425,89 @@ def _horizon(study: Study, notes: list[str]) -> int:
     return horizon
 
 
-def compare(study: Study, final_window: int | None = None, reps: int = 2000, seed: int = 0) -> Comparison:
-    """Final values, table statistics, per-round view and correlations of a loaded study.
+def _evaluated(runs: list[Run], start: int, end: int) -> np.ndarray:
+    """Epochs in [start, end) at which any of ``runs`` logged a test return."""
+    found = [start + np.flatnonzero(np.isfinite(r.series.get("test_r", np.array([]))[start:end])) for r in runs]
+    return np.unique(np.concatenate(found)) if found else np.array([], dtype=int)
+
+
+def compare(study: Study, final_window: int | None = None, reps: int = 99_999, seed: int = 0) -> Comparison:
+    """Final values, paired comparisons, per-round view, correlations and sensitivity of a study.
 
     ``final_window``: number of last test evaluations averaged for final values (default: the last
-    10% of the evaluations before the horizon). Other metrics are averaged over the same epochs.
+    10% of the evaluations before the horizon), never reaching back before the last task's first
+    epoch. ``reps``: random sign patterns of a sign-flip test with more than 20 pairs (below,
+    every pattern is enumerated).
     """
     notes = list(study.notes)
     horizon = _horizon(study, notes)
-    eligible = [r for r in study.runs if r.excluded is None and r.length >= horizon > 0]
-    tested = [r for r in eligible if np.isfinite(r.series.get("test_r", [])[:horizon]).any()]
-    for run in sorted(set(eligible) - set(tested), key=lambda r: r.label):
-        notes.append(f"{run.label}: test_r is empty in every row (no evaluation logged); left out of final values.")
-    test_epochs = np.unique(np.concatenate(
-        [np.flatnonzero(np.isfinite(r.series["test_r"][:horizon])) for r in tested] or [np.array([], dtype=int)]
-    ))
-    start = last_evaluations_start(test_epochs, final_window) if len(test_epochs) else horizon
+    pooled = [r for r in study.runs if r.excluded is None]
+    eligible = [r for r in pooled if r.length >= horizon > 0]
+    test_epochs = _evaluated(eligible, 0, horizon)
+    count = evaluation_count(len(test_epochs), final_window)
+    last_task = max([0, *(s for s in study.shift_points if s < horizon)])
+    start = last_evaluations_start(test_epochs, count, last_task) if len(test_epochs) else horizon
+    if len(test_epochs) and int(test_epochs[-min(count, len(test_epochs))]) < last_task:
+        notes.append(
+            f"final window clipped to the last task ({epoch_range(start, horizon)}): the last {count} test evaluations "
+            f"would reach back across the shift at epoch {last_task}, into another task."
+        )
     if final_window and final_window > len(test_epochs) and len(test_epochs):
         notes.append(f"--final-window {final_window} is more than the {len(test_epochs)} test evaluations; all are used.")
-    results = {}
-    for condition in study.conditions:
-        result = ConditionResult(condition, {})
-        for run in study.runs:
-            if run.condition != condition:
-                continue
-            if not run.done:
-                result.incomplete.append(f"seed_{run.seed} ({run.length}/{study.num_epochs})")
-            if run.excluded:
-                result.left_out[run.label] = run.excluded
-            elif run in tested:
-                finals = _final_values(run, start, horizon)
-                if math.isnan(finals["test_r"]):
-                    result.left_out[run.label] = f"no test_r in the final window ({epoch_range(start, horizon)})"
-                    notes.append(f"{run.label}: no test_r in the final window ({epoch_range(start, horizon)}); left out of final values.")
-                else:
-                    result.finals[run.label] = finals
-            elif run in eligible:
-                result.left_out[run.label] = "test_r never logged"
+    results = {condition: _condition_result(study, condition, eligible, start, horizon, notes) for condition in study.conditions}
+    paired = {metric: _paired(study, results, metric, reps, seed) for metric in COMPARED}
+    paired = {metric: table for metric, table in paired.items() if table}
+    _normalised(study, results)
+    rounds, windows, round_ends = _round_view(study, results, horizon, count, notes)
+    return Comparison(
+        horizon, (start, horizon), count, results, paired, rounds, windows, round_ends,
+        _correlations(study, results), _sensitivity(study, results, reps, seed), notes,
+    )
+
+
+def _condition_result(study: Study, condition: str, eligible: list[Run], start: int, horizon: int, notes: list[str]) -> ConditionResult:
+    result = ConditionResult(condition, {})
+    for run in study.runs:
+        if run.condition != condition:
+            continue
+        if not run.done and run.length < study.num_epochs:
+            result.incomplete.append(f"seed_{run.seed} ({run.length}/{study.num_epochs})")
+        if run.excluded:
+            result.left_out[run.label] = run.excluded
+            continue
+        if run not in eligible:
+            why = f"only {run.length} of {horizon} epochs logged"
+            if run.status == STATUS_RUNNING:
+                result.left_out[run.label] = why + " (still running; in the curves only)"
             else:
-                result.left_out[run.label] = f"only {run.length} of {horizon} epochs logged (in the curves only)"
-        results[condition] = result
-    _table_statistics(results, study.baseline, reps, seed)
-    rounds, round_ends = _round_view(study, results, horizon, final_window, notes)
-    return Comparison(horizon, (start, horizon), results, rounds, round_ends, _correlations(study, results), notes)
+                result.failed[run.label] = why + " and no live process: crashed, killed or stopped" + (
+                    f" (train.log: {run.log_tail})" if run.log_tail else "")
+            continue
+        if not np.isfinite(run.series.get("test_r", np.array([]))).any():
+            result.failed[run.label] = "test_r never logged"
+            notes.append(f"{run.label}: test_r is empty in every row (no evaluation logged); counted as failed.")
+            continue
+        finals = _final_values(run, start, horizon)
+        if math.isnan(finals["test_r"]):
+            result.failed[run.label] = f"no test_r in the final window ({epoch_range(start, horizon)})"
+            notes.append(f"{run.label}: no test_r in the final window ({epoch_range(start, horizon)}); counted as failed.")
+        else:
+            result.finals[run.seed] = finals
+    result.left_out.update(result.failed)
+    test = result.final_values("test_r")
+    if len(test):
+        result.test = stats.mean_estimate(test)
+        result.iqm = stats.iqm_estimate(test)
+        for attr, name in (("dead", "dead_units"), ("dormant", "dormant_units")):
+            values = result.final_values(name)
+            if np.isfinite(values).any():
+                setattr(result, attr, stats.mean_estimate(values))
+    return result
 
 
 def _final_values(run: Run, start: int, horizon: int) -> dict[str, float]:
     """Each series averaged over the final window; a probe series with no probe inside the window
-    uses its last probe before the horizon, since probes are rarer than evaluations."""
+    uses its last probe of the same task, since probes are rarer than evaluations."""
     finals = {}
     for name, values in run.series.items():
         begin = start
@@ -462,63 +519,205 @@ def _final_values(run: Run, start: int, horizon: int) -> dict[str, float]:
     return finals
 
 
-def _table_statistics(results: dict[str, ConditionResult], baseline: str, reps: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    base = results.get(baseline)
-    base_test = base.final_values("test_r") if base else np.array([])
+def paired_comparison(
+    condition: str, metric: str, values: dict[int, float], base: dict[int, float], reps: int = 99_999, seed: int = 0,
+) -> PairedComparison:
+    """``values`` vs ``base`` (seed -> final value), over the seeds both have."""
+    have = {s for s, v in values.items() if math.isfinite(v)}
+    have_base = {s for s, v in base.items() if math.isfinite(v)}
+    seeds = sorted(have & have_base)
+    x = np.array([values[s] for s in seeds])
+    y = np.array([base[s] for s in seeds])
+    d = x - y
+    return PairedComparison(
+        condition, metric, seeds, d, stats.mean_estimate(d), stats.iqm_estimate(d), stats.relative_change(x, y),
+        stats.win_rate(x, y), float(stats.sign_flip_p(d, reps, seed)) if len(d) else math.nan,
+        unpaired=sorted(have ^ have_base),
+    )
+
+
+def _paired(study: Study, results: dict[str, ConditionResult], metric: str, reps: int, seed: int) -> dict[str, PairedComparison]:
+    """Every condition vs the baseline on ``metric``, Holm-adjusted across the conditions."""
+    base = results.get(study.baseline)
+    if base is None or not base.finals or not any(math.isfinite(v) for v in base.final(metric).values()):
+        return {}
+    table = {
+        condition: paired_comparison(condition, metric, result.final(metric), base.final(metric), reps, seed)
+        for condition, result in results.items()
+        if condition != study.baseline and result.finals and any(math.isfinite(v) for v in result.final(metric).values())
+    }
+    for comparison, adjusted in zip(table.values(), stats.holm([c.p for c in table.values()])):
+        comparison.p_holm = float(adjusted)
+    return table
+
+
+def _normalised(study: Study, results: dict[str, ConditionResult]) -> None:
+    """Mean final test return relative to the reference condition's, paired by seed."""
+    reference = results.get(study.reference) if study.reference else None
+    if reference is None or not reference.finals:
+        return
+    ref = reference.final("test_r")
     for result in results.values():
-        test = result.final_values("test_r")
-        if not len(test):
-            continue
-        result.test = Estimate(*(float(v[0]) for v in bootstrap_mean_ci(test[:, None], reps, rng)))
-        dead = result.final_values("dead_units")
-        if np.isfinite(dead).all():
-            result.dead = Estimate(*(float(v[0]) for v in bootstrap_mean_ci(dead[:, None], reps, rng)))
-        result.iqm = iqm_ci(test, reps, seed)
-        if len(base_test) and result.condition != baseline:
-            result.vs_baseline_pct = change_pct(result.test.value, float(base_test.mean()))
-            result.improvement = improvement_ci(test, base_test, reps, seed)
+        own = result.final("test_r")
+        seeds = sorted(s for s in own if s in ref)
+        if seeds:
+            result.normalised = stats.ratio_estimate(np.array([own[s] for s in seeds]), np.array([ref[s] for s in seeds]))
 
 
 def _round_view(
-    study: Study, results: dict[str, ConditionResult], horizon: int, final_window: int | None, notes: list[str],
-) -> tuple[list[tuple[int, int]], dict[str, list[float]]]:
-    """Test return at the end of each round (task) that ends within the horizon, mean over seeds.
+    study: Study, results: dict[str, ConditionResult], horizon: int, count: int, notes: list[str],
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict[str, RoundEnd]]:
+    """Test return at the end of each round (task) that ends within the horizon.
 
-    The end of a round is its own final window: its last ``final_window`` evaluations, or its
-    last 10% by default, so a round's value never includes the next task.
+    A round's end is measured like the final value: the mean of its last ``count`` test
+    evaluations, never reaching into the previous round; so the last round's value is the results
+    table's final value. Since round-end evaluation was added to the training loop, each round's
+    last epoch is among them; older runs may end their rounds earlier, which is noted.
     """
     bounds = [0, *study.shift_points, study.num_epochs]
     rounds = [(a, b) for a, b in zip(bounds, bounds[1:]) if b <= horizon]
     if len(rounds) < len(bounds) - 1 and horizon:
         notes.append(f"per-round view: only the {len(rounds)} round(s) that end by epoch {horizon} are shown.")
+    runs = {c: [r for r in study.runs_of(c) if r.seed in results[c].finals] for c in results}
+    everyone = [r for group in runs.values() for r in group]
+    windows, early = [], []
+    for k, (a, b) in enumerate(rounds):
+        evaluated = _evaluated(everyone, a, b)
+        windows.append((last_evaluations_start(evaluated, count, a), b))
+        if len(evaluated) and evaluated[-1] < b - 1:
+            early.append(f"round {k + 1} at epoch {evaluated[-1]} ({b - 1 - evaluated[-1]} before its end)")
+    if early:
+        notes.append(
+            "some rounds have no test evaluation at their last epoch (runs made before round-end evaluation), so their "
+            f"end values are measured early; last evaluation of {', '.join(early)}."
+        )
     round_ends = {}
-    for condition, result in results.items():
-        runs = [r for r in study.runs_of(condition) if r.label in result.finals]
-        if not runs:
+    for condition, group in runs.items():
+        if not group:
             continue
-        ends = []
-        for a, b in rounds:
-            per_run = []
-            for run in runs:
-                logged = a + np.flatnonzero(np.isfinite(run.series["test_r"][a:b]))
-                per_run.append(window_mean(run.series["test_r"], last_evaluations_start(logged, final_window), b) if len(logged) else math.nan)
-            ends.append(float(np.mean(per_run)))
-        round_ends[condition] = ends
-    return rounds, round_ends
+        per_run = np.array([[window_mean(r.series["test_r"], a, b) for a, b in windows] for r in group]).reshape(len(group), len(windows))
+        values = [stats.mean_estimate(per_run[:, k]) for k in range(len(windows))]
+        relative = [stats.ratio_estimate(per_run[:, k], per_run[:, 0]) for k in range(len(windows))]
+        round_ends[condition] = RoundEnd(values, relative)
+    return rounds, windows, round_ends
 
 
-def relative_to_first_round(ends: list[float]) -> list[float]:
-    """Each round's end-of-round return divided by round 1's (NaN when round 1's is not positive)."""
-    first = ends[0] if ends else math.nan
-    return [e / first if first > 0 else math.nan for e in ends]
-
-
-def _correlations(study: Study, results: dict[str, ConditionResult]) -> list[Correlation]:
-    finals = [values for result in results.values() for values in result.finals.values()]
-    names = [
+def _correlated_names(study: Study) -> list[str]:
+    return [
         n for n in study.metric_names()
         if n in CORRELATED or (n.startswith(DIAGNOSTICS_PREFIX) and n[len(DIAGNOSTICS_PREFIX):].startswith(CORRELATED_PROBES))
     ]
-    test = np.array([f["test_r"] for f in finals])
-    return [pearson(np.array([f.get(name, math.nan) for f in finals]), test, name) for name in names]
+
+
+def _correlations(study: Study, results: dict[str, ConditionResult]) -> list[CorrelationRow]:
+    """Each plasticity metric's final value against final test return: within condition (repeated
+    measures over runs) and between conditions (over condition means), Holm-adjusted per view.
+    Series whose final values are identical in every run (e.g. dead_frac and dormant_0 of a ReLU
+    network) share one row."""
+    entries = [(c, s, f) for c, result in results.items() for s, f in result.finals.items()]
+    if not entries:
+        return []
+    groups = np.array([c for c, _, _ in entries])
+    test = np.array([f["test_r"] for _, _, f in entries])
+    rows: list[CorrelationRow] = []
+    seen: list[np.ndarray] = []
+    for name in _correlated_names(study):
+        x = np.array([f.get(name, math.nan) for _, _, f in entries])
+        duplicate = next((i for i, other in enumerate(seen) if np.allclose(x, other, equal_nan=True, rtol=0, atol=1e-12)), None)
+        if duplicate is not None:
+            rows[duplicate].names.append(name)
+            continue
+        seen.append(x)
+        keep = np.isfinite(x) & np.isfinite(test)
+        runs: dict[str, list[int]] = {}
+        for (c, s, _), used in zip(entries, keep):
+            if used:
+                runs.setdefault(c, []).append(s)
+        means = [(np.mean(x[(groups == c) & keep]), np.mean(test[(groups == c) & keep])) for c in runs]
+        between = stats.between_correlation(np.array([m[0] for m in means]), np.array([m[1] for m in means]))
+        rows.append(CorrelationRow([name], stats.within_correlation(x, test, groups), between, runs))
+    for attr, view in (("within_holm", "within"), ("between_holm", "between")):
+        for row, adjusted in zip(rows, stats.holm([getattr(r, view).p for r in rows])):
+            setattr(row, attr, float(adjusted))
+    return rows
+
+
+def _sensitivity(study: Study, results: dict[str, ConditionResult], reps: int, seed: int) -> Sensitivity | None:
+    """When runs failed: every condition's mean and paired comparison with each failed run scored as
+    the worst final test return of the study, so a method that crashes often cannot look better
+    for it."""
+    failed = {c: r.failed for c, r in results.items() if r.failed}
+    finals = [v for r in results.values() for v in r.final_values("test_r") if math.isfinite(v)]
+    if not failed or not finals:
+        return None
+    worst = float(min(finals))
+    scored = {condition: result.final("test_r") for condition, result in results.items()}
+    for run in study.runs:
+        if run.label in results[run.condition].failed:
+            scored[run.condition][run.seed] = worst
+    means = {c: stats.mean_estimate(np.array(list(v.values()))) for c, v in scored.items() if v}
+    paired = {}
+    if study.baseline in scored and scored[study.baseline]:
+        paired = {
+            c: paired_comparison(c, "test_r", v, scored[study.baseline], reps, seed)
+            for c, v in scored.items() if c != study.baseline and v
+        }
+        for comparison, adjusted in zip(paired.values(), stats.holm([c.p for c in paired.values()])):
+            comparison.p_holm = float(adjusted)
+    return Sensitivity(worst, means, paired, {c: len(f) for c, f in failed.items()})
+
+
+# ------------------------------------------------------------------------------------------ power
+@dataclass
+class PowerRow:
+    label: str
+    n_pairs: int
+    sd: float
+    seeds: dict[tuple[float, bool], int]
+    """(effect in % of the baseline mean, Holm over the table's comparisons) -> seeds needed."""
+
+
+@dataclass
+class PowerAnalysis:
+    baseline_mean: float
+    effects: tuple[float, ...]
+    comparisons: int
+    alpha: float
+    power: float
+    rows: list[PowerRow]
+
+
+def power_analysis(
+    study: Study, comparison: Comparison, effects: tuple[float, ...] = POWER_EFFECTS, alpha: float = 0.05, power: float = 0.8,
+) -> PowerAnalysis | None:
+    """Seeds needed per condition to detect a paired difference of ``effects`` percent of the
+    baseline's mean final test return, from the observed spread of per-seed differences.
+
+    Rows: the pooled standard deviation of the differences over all conditions (degrees of freedom
+    summed), the same at its one-sided 80% upper confidence bound (a planning value that a lucky
+    small-sample estimate cannot talk down), and each condition's own. Seeds are given for a single
+    comparison at ``alpha`` and for the smallest p of a Holm-adjusted table of all the comparisons
+    (``alpha / k``).
+    """
+    table = comparison.paired.get("test_r", {})
+    base = comparison.results.get(study.baseline)
+    if not table or base is None or base.test is None or not math.isfinite(base.test.value):
+        return None
+    k = len(table)
+    usable = [c for c in table.values() if len(c.differences) >= 2]
+    df = sum(len(c.differences) - 1 for c in usable)
+    pooled = math.sqrt(sum((len(c.differences) - 1) * np.var(c.differences, ddof=1) for c in usable) / df) if df else math.nan
+
+    def row(label: str, n: int, sd: float) -> PowerRow:
+        seeds = {
+            (pct, strict): stats.seeds_needed(pct / 100 * abs(base.test.value), sd, alpha / k if strict else alpha, power).seeds
+            for pct in effects for strict in (False, True)
+        }
+        return PowerRow(label, n, sd, seeds)
+
+    rows = [row("all conditions (pooled SD)", df + len(usable), pooled),
+            row("all conditions (80% upper bound of SD)", df + len(usable), stats.sd_upper_bound(pooled, df))]
+    rows += [row(c.condition, len(c.differences), float(np.std(c.differences, ddof=1)) if len(c.differences) >= 2 else math.nan)
+             for c in table.values()]
+    return PowerAnalysis(base.test.value, tuple(effects), k, alpha, power, rows)
+

@@ -30,7 +30,8 @@ from plasticity_lab.config import EnvironmentConfig
 from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.checkpoint import load_checkpoint
 from plasticity_lab.experiment.loading import load_agent, load_run_config
-from plasticity_lab.metrics.diagnostics import ProbeResult, collect_probe_frames, probe_network
+from plasticity_lab.experiment.probes import collect_probe_frames
+from plasticity_lab.metrics.diagnostics import ProbeResult, probe_network
 
 FRAME_SEED = 0
 SUMMARY_COLUMNS = [

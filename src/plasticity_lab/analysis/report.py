@@ -1,4 +1,5 @@
-"""``plab report``: figures, ``summary.md`` and one self-contained ``report.html`` for a study.
+"""``plab report``: figures, ``summary.md``, ``comparisons.csv`` and one self-contained
+``report.html`` for a study.
 
 Both documents are rendered from the same sections (paragraphs, bullet lists, tables, figures),
 so the Markdown and the HTML never disagree. The HTML embeds its figures as base64 PNG data URIs
@@ -11,21 +12,32 @@ import base64
 import csv
 import html
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from plasticity_lab.analysis.aggregate import (
     Comparison,
-    Estimate,
+    PairedComparison,
+    PowerAnalysis,
     Study,
     compare,
     epoch_range,
-    load_study,
-    relative_to_first_round,
+    open_study,
+    power_analysis,
+    seed_list,
 )
-from plasticity_lab.analysis.figures import BAND_REPS, label, write_figures
+from plasticity_lab.analysis.figures import label, write_figures
+from plasticity_lab.analysis.frames import code_version_text
+from plasticity_lab.analysis.stats import CI_LEVEL, EXACT_SIGN_FLIP_MAX, WEAK_BELOW, Interval, min_sign_flip_pairs
 from plasticity_lab.config import ConfigError
+from plasticity_lab.experiment.study import is_reference_study, write_atomic
+
+REPORTS_DIR = "reports"
+"""Where ``plab report`` writes the report of a committed reference study unless told otherwise."""
 
 
 @dataclass
@@ -50,52 +62,100 @@ class Images:
 Block = str | list[str] | Table | Code | Images
 
 
+def output_dir(results_dir: Path, out: str | Path | None, in_place: bool) -> Path:
+    """Where a report goes: ``out``; else the study itself, except for a committed reference study
+    (read-only unless ``in_place``), whose report goes to reports/<name>/ (gitignored)."""
+    if out is not None and in_place:
+        raise ConfigError("--out and --in-place: give one of them (--in-place writes into RESULTS_DIR itself)")
+    if in_place:
+        return results_dir
+    if out is not None:
+        target = Path(out)
+        if is_reference_study(target):
+            raise ConfigError(
+                f"--out {target}: a committed reference study (REFERENCE.md) is read-only; "
+                "pass --in-place with it as RESULTS_DIR to regenerate its committed report"
+            )
+        return target
+    if is_reference_study(results_dir):
+        return Path(REPORTS_DIR) / results_dir.resolve().name
+    return results_dir
+
+
 def report(
     results_dir: str | Path,
     *,
+    out: str | Path | None = None,
+    in_place: bool = False,
     final_window: int | None = None,
     baseline: str | None = None,
-    reps: int = 2000,
+    reference: str | None = None,
+    reps: int = 99_999,
     smooth: int | None = None,
+    allow_mixed: bool = False,
 ) -> Path:
-    """Write comparison_figures/, summary.md and report.html into ``results_dir``; returns report.html.
+    """Write comparison_figures/, summary.md, comparisons.csv and report.html; returns report.html.
 
-    ``final_window``: last test evaluations averaged for final values (default: the last 10%).
-    ``baseline``: condition compared against (default: config.yaml's experiment.baseline).
-    ``reps``: bootstrap resamples of every CI. ``smooth``: curve smoothing window in epochs
-    (default: 1% of the planned epochs). Notes on incomplete or mismatched runs are printed too.
+    Output goes to ``out`` (default: ``results_dir``; for a committed reference study
+    reports/<name>/ unless ``in_place``). ``final_window``: last test evaluations averaged for
+    final values (default: the last 10%, within the last task). ``baseline``/``reference``:
+    conditions compared against / normalised by (default: config.yaml's experiment.baseline /
+    experiment.reference). ``reps``: random sign patterns of sign-flip tests with more than 20
+    pairs. ``smooth``: curve smoothing window in epochs (default: 1% of the planned epochs).
+    ``allow_mixed``: pool runs from different code versions or with configs that differ beyond
+    their condition (listed in the report). Notes on incomplete or mismatched runs are printed too.
     """
     for flag, value in (("--final-window", final_window), ("--reps", reps), ("--smooth", smooth)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: must be a whole number >= 1")
     root = Path(results_dir)
-    study = load_study(root, baseline)
+    target = output_dir(root, out, in_place)
+    study = open_study(root, baseline, reference, allow_mixed)
     comparison = compare(study, final_window=final_window, reps=reps)
+    power = power_analysis(study, comparison)
     smooth_epochs = smooth if smooth is not None else max(1, study.num_epochs // 100)
-    figures = write_figures(study, comparison, root / "comparison_figures", smooth_epochs=smooth_epochs, reps=reps)
-    sections = _sections(study, comparison, figures, reps)
+    target.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(study, comparison, target / "comparison_figures", smooth_epochs=smooth_epochs)
+    sections = _sections(study, comparison, power, figures)
     title = f"Study report: {root.resolve().name}"
-    (root / "summary.md").write_text(_markdown(title, sections, root))
+    write_atomic(target / "comparisons.csv", comparisons_frame(study, comparison).to_csv(index=False, float_format="%.6g"))
+    write_atomic(target / "summary.md", _markdown(title, sections, target))
     commands = ("Commands that produced the runs", [_commands_table(study)])
     config = ("Resolved config (config.yaml)", [Code(study.config_text)])
-    html_path = root / "report.html"
-    html_path.write_text(_html(title, [*sections, commands, config]))
+    html_path = target / "report.html"
+    write_atomic(html_path, _html(title, [*sections, commands, config]))
+    if target != root:
+        print(f"note: report of {root} written to {target}")
     for note in comparison.notes:
         print(f"note: {note}")
     return html_path
 
 
-# ------------------------------------------------------------------------------------- sections
+# ------------------------------------------------------------------------------------- numbers as text
 def _num(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def _with_ci(estimate: Estimate | None, spec: str = ".2f") -> str:
-    if estimate is None:
+def _ci(estimate: Interval | None, spec: str = ".2f", unit: str = "") -> str:
+    """``value [lo, hi] (n=N)``; weak below WEAK_BELOW values, 'no CI' for one value."""
+    if estimate is None or not math.isfinite(estimate.value):
         return "n/a"
-    if not math.isfinite(estimate.lo):
-        return f"{_num(estimate.value, spec)} (no CI: 1 seed)"
-    return f"{_num(estimate.value, spec)} [{_num(estimate.lo, spec)}, {_num(estimate.hi, spec)}]"
+    value = _num(estimate.value, spec) + unit
+    weak = ", weak" if estimate.n < WEAK_BELOW else ""
+    if not estimate.has_interval:
+        return f"{value} (n={estimate.n}, no CI)"
+    if not estimate.bounded:
+        return f"{value} [unbounded] (n={estimate.n}{weak})"
+    return f"{value} [{_num(estimate.lo, spec)}, {_num(estimate.hi, spec)}] (n={estimate.n}{weak})"
+
+
+def _p(value: float) -> str:
+    return _num(value, ".3g")
+
+
+def _seed_values(values: dict[int, float], spec: str = ".2f") -> str:
+    """The seeds themselves (shown where there are too few for a strong interval)."""
+    return ", ".join(f"s{seed}: {_num(v, spec)}" for seed, v in sorted(values.items()))
 
 
 def _window_text(study: Study, comparison: Comparison) -> str:
@@ -104,32 +164,57 @@ def _window_text(study: Study, comparison: Comparison) -> str:
         return "No final values yet: no run has a test evaluation to compare."
     planned = "" if end == study.num_epochs else f" (the planned length is {study.num_epochs} epochs)"
     return (
-        f"Final values are means over {epoch_range(start, end)}{planned}: test return over the test evaluations "
-        "in that range, every other metric over the same epochs, then averaged over seeds."
+        f"Final values are means over {epoch_range(start, end)}{planned}, at most the last {comparison.evaluations} test "
+        f"evaluation{'s' if comparison.evaluations != 1 else ''} and never before the last task's first epoch: test return "
+        "over the evaluations in that range, every "
+        "other metric over the same epochs. Each round's end in the per-round view is measured the same way, so the last "
+        "round equals the final value."
     )
 
 
-def _sections(study: Study, comparison: Comparison, figures: dict[str, Path], reps: int) -> list[tuple[str, list[Block]]]:
+STATISTICS_TEXT = (
+    "Statistics (DESIGN.md section 7). The seed is the unit: runs of one seed share evaluation levels, shift "
+    "permutations and (where shapes match) initialisation across conditions, so every comparison with the baseline "
+    "uses per-seed differences (pairs). Every interval is a two-sided 95% interval with its n beside it: means use "
+    "Student's t; IQMs (interquartile means, rliable's definition) the Tukey-McLaughlin trimmed-mean interval; "
+    "changes in percent, normalised scores and round ratios Fieller's interval for a ratio of paired means "
+    "('unbounded' when the denominator is not clearly away from 0); P(beats baseline) the exact Clopper-Pearson "
+    "interval. Simulated coverage at n = 2, 3, 5, 10 is in the README. p is the exact sign-flip permutation test of "
+    f"the paired differences (all 2^n sign patterns up to n = {EXACT_SIGN_FLIP_MAX}); its smallest possible value is "
+    f"2/2^n, so fewer than {min_sign_flip_pairs(0.05)} pairs can never give p < 0.05. p (Holm) is adjusted over the "
+    f"table's comparisons. With fewer than {WEAK_BELOW} seeds an interval is marked weak and the seeds are listed."
+)
+
+
+def _sections(
+    study: Study, comparison: Comparison, power: PowerAnalysis | None, figures: dict[str, Path],
+) -> list[tuple[str, list[Block]]]:
     intro = [
-        f"Results directory: {study.root.resolve()}. Baseline: {study.baseline}. Shift points: "
+        f"Results directory: {study.root}. Baseline: {study.baseline}. "
+        f"Reference for normalised scores: {study.reference or 'none (set experiment.reference)'}. Shift points: "
         f"{', '.join(map(str, study.shift_points)) or 'none'}. Planned epochs: {study.num_epochs}.",
         _window_text(study, comparison),
-        f"Confidence intervals are 95% bootstrap intervals over seeds ({reps} resamples; curve bands "
-        f"{min(reps, BAND_REPS)}); IQM and P(improvement) use rliable's stratified bootstrap.",
+        STATISTICS_TEXT,
     ]
     sections: list[tuple[str, list[Block]]] = [("Overview", intro)]
     if comparison.notes:
-        sections.append(("Notes: incomplete, mismatched or excluded runs", [comparison.notes]))
+        sections.append(("Notes: incomplete, mismatched, failed or excluded runs", [comparison.notes]))
 
     def pick(*names: str) -> dict[str, Path]:
         return {caption: path for caption, path in figures.items() if path.name in names}
 
-    study_figures = ("test_reward_comparison.png", "dead_units_comparison.png", "summary_comparison.png")
+    results: list[Block] = [_results_table(study, comparison), _paired_table(study, comparison)]
+    if comparison.sensitivity is not None:
+        results.append(_sensitivity_table(study, comparison))
+    results.append(Images(pick("test_reward_comparison.png", "dead_units_comparison.png", "summary_comparison.png",
+                               "paired_differences.png", "iqm_test_return.png", "performance_profiles.png")))
     sections += [
-        ("Results", [_results_table(study, comparison), Images(pick(*study_figures))]),
+        ("Results", results),
         ("Return at the end of each round",
          [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]),
         ("Plasticity metrics vs. final test return", [_correlation_table(comparison), Images(pick("correlations.png"))]),
+        ("Seeds needed", [_power_table(power) if power else "Needs paired final values of the baseline and another condition."]),
+        ("Provenance", _provenance_blocks(study)),
         ("Every logged metric", [Images(pick(*(p.name for p in figures.values() if p.name.startswith("metric_"))), grid=True)]),
         ("Runs", [_runs_table(study, comparison)]),
     ]
@@ -144,63 +229,170 @@ def _sections(study: Study, comparison: Comparison, figures: dict[str, Path], re
 
 
 def _results_table(study: Study, comparison: Comparison) -> Table:
+    dormant = any(r.dormant is not None for r in comparison.results.values())
+    normalised = study.reference is not None
+    header = ["Condition", "Test return: mean [95% CI]", "IQM [95% CI]", "Dead units"]
+    header += ["Dormant units"] if dormant else []
+    header += [f"Test return / {study.reference}"] if normalised else []
+    header += ["Seeds (final test return)", "Failed", "Incomplete runs (epochs)"]
     rows = []
     for condition, result in comparison.results.items():
         runs = sum(r.condition == condition for r in study.runs)
-        seeds = f"{len(result.finals)}" if len(result.finals) == runs else f"{len(result.finals)} of {runs}"
-        vs = "-" if condition == study.baseline else _num(result.vs_baseline_pct, "+.1f") + ("%" if math.isfinite(result.vs_baseline_pct) else "")
+        test = result.final("test_r")
+        row = [
+            condition, _ci(result.test), _ci(result.iqm),
+            _ci(result.dead, ".1f", "%") if result.dead else "n/a",
+        ]
+        row += [_ci(result.dormant, ".1f", "%") if result.dormant else "n/a"] if dormant else []
+        if normalised:
+            row.append("1 (reference)" if condition == study.reference else _ci(result.normalised) if result.normalised else "n/a")
+        seeds = _seed_values(test) if 0 < len(test) < WEAK_BELOW else f"{len(test)} of {runs}" if len(test) else "none"
+        row += [seeds, str(len(result.failed)) if result.failed else "0", ", ".join(result.incomplete) or "-"]
+        rows.append(row)
+    return Table(
+        header, rows,
+        "Mean and IQM of the seeds' final test returns with 95% intervals (t; Tukey-McLaughlin) and n. Dead units: "
+        "exactly-zero trunk outputs (n/a where the activation has no exact zeros)"
+        + ("; dormant units: ReDo score <= 0.025, defined for every activation" if dormant else "")
+        + (f"; / {study.reference}: ratio of means paired by seed (Fieller)" if normalised else "")
+        + f". Seeds: with fewer than {WEAK_BELOW} the values themselves, else how many of the condition's runs have one. "
+        "Failed: runs that should have a final value and have none (crashed, stopped, no test return); see the "
+        "sensitivity table when there are any.",
+    )
+
+
+def _paired_table(study: Study, comparison: Comparison) -> Table | str:
+    table = comparison.paired.get("test_r", {})
+    if not table:
+        return f"No paired comparison: {study.baseline} and the other conditions share no seed with a final test return yet."
+    rows = []
+    for condition, c in table.items():
+        differences = dict(zip(c.seeds, c.differences))
         rows.append([
-            condition,
-            _num(result.test.value if result.test else None),
-            _num(result.dead.value, ".1f") + "%" if result.dead else "n/a",
-            vs,
-            _with_ci(result.iqm),
-            "-" if condition == study.baseline else _with_ci(result.improvement),
-            seeds,
-            ", ".join(result.incomplete) or "-",
+            condition, _ci(c.diff), _ci(c.relative, "+.1f", "%"), _ci(c.iqm_diff), _p(c.p), _p(c.p_holm), _ci(c.win),
+            _seed_values(differences, "+.2f") if len(c.seeds) < WEAK_BELOW else "-",
         ])
     return Table(
-        ["Condition", "Test Reward", "Dead Units", "vs Baseline", "IQM [95% CI]", f"P(> {study.baseline}) [95% CI]",
-         "Seeds", "Incomplete runs (epochs)"],
+        ["Condition", f"Difference vs {study.baseline} [95% CI]", "Change [95% CI]", "IQM of differences [95% CI]",
+         "p (exact)", f"p (Holm, k={len(table)})", f"P(beats {study.baseline} in a seed) [95% CI]", "Per-seed differences"],
         rows,
-        "Test Reward and Dead Units: mean over seeds of the final values; vs Baseline: change of the mean test reward "
-        "relative to the baseline's; IQM: interquartile mean of the seeds' final test reward; P(> baseline): probability "
-        "that a run of the condition ends with a higher test reward than a baseline run. Seeds: runs with final values.",
+        f"Paired by seed: condition minus {study.baseline} in the same seed's final test return; n = seeds with both. "
+        "Change: relative to the baseline's mean (Fieller). p: exact sign-flip test; p (Holm): adjusted over the "
+        "table's rows. P(beats baseline in a seed): fraction of seeds where the condition's final return is higher, "
+        "Clopper-Pearson interval (never [1, 1] from a few seeds). All numbers, also for dead and dormant units, are "
+        "in comparisons.csv.",
+    )
+
+
+def _sensitivity_table(study: Study, comparison: Comparison) -> Table:
+    sensitivity = comparison.sensitivity
+    rows = []
+    for condition, result in comparison.results.items():
+        paired = sensitivity.paired.get(condition)
+        rows.append([
+            condition, str(sensitivity.failed.get(condition, 0)), _ci(result.test), _ci(sensitivity.means.get(condition)),
+            _ci(paired.diff) if paired else "-", _p(paired.p_holm) if paired else "-",
+        ])
+    return Table(
+        ["Condition", "Failed runs", "Mean as reported [95% CI]", "Mean, failed runs as worst [95% CI]",
+         f"Difference vs {study.baseline}, failed as worst [95% CI]", "p (Holm)"],
+        rows,
+        f"Sensitivity: every failed run scored as the worst final test return of the study ({_num(sensitivity.worst)}), "
+        "so a method that fails often cannot look better for leaving its failures out.",
     )
 
 
 def _rounds_table(comparison: Comparison) -> Table:
-    header = ["Condition"] + [f"round {k + 1} ({epoch_range(a, b)})" for k, (a, b) in enumerate(comparison.rounds)]
+    header = ["Condition", "n"] + [
+        f"round {k + 1} (end: {epoch_range(*w)})" for k, w in enumerate(comparison.round_windows)
+    ]
     rows = []
     for condition, ends in comparison.round_ends.items():
-        relative = relative_to_first_round(ends)
-        rows.append([condition] + [f"{_num(e)} ({_num(r)}x)" for e, r in zip(ends, relative)])
+        n = max((v.n for v in ends.values), default=0)
+        cells = [
+            f"{_ci(value)}; x{_num(rel.value)}" + (f" [{_num(rel.lo)}, {_num(rel.hi)}]" if k and rel.has_interval else "")
+            for k, (value, rel) in enumerate(zip(ends.values, ends.relative))
+        ]
+        rows.append([condition, str(n)] + cells)
     return Table(
         header, rows,
-        "Test return at the end of each round (task), mean over seeds; in brackets relative to the end of round 1 "
-        "(n/a when round 1's return is not positive). A round's end is its last 10% of test evaluations "
-        "(or the last --final-window evaluations).",
+        "Test return at the end of each round (task): per run the mean of the round's last test evaluations (as many "
+        "as the final window, within the round), then the mean over seeds with its 95% t interval; x: relative to the "
+        "end of round 1, paired within runs (Fieller; 'unbounded' shown as n/a ends when round 1 is not clearly away "
+        "from 0). The last round equals the results table.",
     )
 
 
 def _correlation_table(comparison: Comparison) -> Table:
-    rows = [
-        [label(c.name), _num(c.r), _num(c.p, ".3g"), str(c.n)] if math.isfinite(c.r) else [label(c.name), f"n/a ({c.why_none})", "", str(c.n)]
-        for c in comparison.correlations
-    ]
+    rows = []
+    for row in comparison.correlations:
+        w, b = row.within, row.between
+        rows.append([
+            " = ".join(label(n) for n in row.names),
+            _num(w.r) if math.isfinite(w.r) else f"n/a ({w.why_none})", _p(w.p), _p(row.within_holm), f"{w.n} runs, {w.groups} cond.",
+            _num(b.r) if math.isfinite(b.r) else f"n/a ({b.why_none})", _p(b.p), _p(row.between_holm), str(b.n),
+            "; ".join(f"{c} {seed_list(s)}" for c, s in row.runs.items()),
+        ])
     return Table(
-        ["Metric (final value)", "Pearson r with final test return", "p", "Runs"], rows,
-        "One point per run (all conditions pooled), final values as in the results table.",
+        ["Metric (final value)", "Within r", "p", "p (Holm)", "n", "Between r", "p", "p (Holm)", "Conditions",
+         "Runs (condition seeds)"],
+        rows,
+        "Within: repeated-measures correlation (each run's final metric and final test return centred on its "
+        "condition's means; df = runs - conditions - 1): does a run with more of the metric end with more return "
+        "than other runs of its condition? Between: Pearson r of the conditions' means (n = conditions, however many "
+        "seeds). p (Holm): adjusted over the table's rows, per view. Series with identical final values in every run "
+        "share a row.",
     )
+
+
+def _power_table(power: PowerAnalysis) -> Table:
+    header = ["SD of per-seed differences from", "Pairs", "SD"]
+    for pct in power.effects:
+        header += [f"seeds for {pct:g}%", f"{pct:g}%, Holm k={power.comparisons}"]
+    rows = []
+    for row in power.rows:
+        cells = [row.label, str(row.n_pairs), _num(row.sd, ".3g")]
+        for pct in power.effects:
+            cells += [_seeds(row.seeds[(pct, False)]), _seeds(row.seeds[(pct, True)])]
+        rows.append(cells)
+    return Table(
+        header, rows,
+        f"Seeds per condition needed to detect a paired difference of the given percent of {_num(power.baseline_mean)} "
+        f"(the baseline's mean final test return) with {power.power:.0%} power, two-sided paired t test at "
+        f"alpha = {power.alpha:g} (one comparison) or alpha / k (the smallest p of a Holm-adjusted table of k), and at "
+        "least as many as the exact sign-flip test needs to reach that alpha at all. SD from few pairs is itself "
+        "uncertain: the 80% upper bound is the safer planning value. Also: plab power RESULTS_DIR.",
+    )
+
+
+def _seeds(value: int) -> str:
+    return "n/a" if value < 0 else str(value)
+
+
+def _provenance_blocks(study: Study) -> list[Block]:
+    versions: dict[str, list[str]] = {}
+    for run in study.runs:
+        versions.setdefault(run.code_version, []).append(run.label)
+    blocks: list[Block] = [Table(
+        ["Code version (git commit, package)", "Runs"],
+        [[version, ", ".join(labels)] for version, labels in versions.items()],
+        "From each run's run.json ('unknown': made before runs recorded their code version).",
+    )]
+    if study.provenance:
+        blocks += ["Pooled despite these differences (--allow-mixed):", study.provenance]
+    else:
+        blocks.append("Every pooled run's resolved config equals the study config with its condition's overrides"
+                      + (" and all come from one code version." if len(versions) == 1 and "unknown" not in versions else "."))
+    return blocks
 
 
 def _runs_table(study: Study, comparison: Comparison) -> Table:
     rows = []
     for run in study.runs:
         left_out = comparison.results[run.condition].left_out.get(run.label)
-        status = "done" if run.done else "incomplete (no DONE)"
-        rows.append([run.label, f"{run.length}/{study.num_epochs}", status, "yes" if left_out is None else f"no: {left_out}"])
-    return Table(["Run", "Epochs logged", "Status", "In final values"], rows)
+        rows.append([run.label, f"{run.length}/{study.num_epochs}", run.status, run.code_version,
+                     "yes" if left_out is None else f"no: {left_out}"])
+    return Table(["Run", "Epochs logged", "Status", "Code version", "In final values"], rows)
 
 
 def _csv_table(path: Path) -> Table:
@@ -219,11 +411,53 @@ def _csv_table(path: Path) -> Table:
 
 def _commands_table(study: Study) -> Table:
     rows = [
-        [run.label, str(inv.get("started", "")), str(inv.get("device", "")), str(inv.get("command", ""))]
+        [run.label, str(inv.get("started", "")), str(inv.get("device", "")), code_version_text(inv.get("code")),
+         str(inv.get("command", ""))]
         for run in study.runs
         for inv in run.invocations
     ]
-    return Table(["Run", "Started", "Device", "Command"], rows, "From each run's run.json; a resumed run lists every invocation.")
+    return Table(["Run", "Started", "Device", "Code version", "Command"], rows,
+                 "From each run's run.json; a resumed run lists every invocation.")
+
+
+# ------------------------------------------------------------------------------------- data
+def comparisons_frame(study: Study, comparison: Comparison) -> pd.DataFrame:
+    """comparisons.csv: one row per condition and compared metric, every number of the paired table."""
+    rows = []
+    for metric, table in comparison.paired.items():
+        for c in table.values():
+            rows.append(_comparison_row(study, c))
+    columns = [
+        "condition", "baseline", "metric", "n_pairs", "seeds", "diff", "ci_low", "ci_high", "p", "p_holm",
+        "rel_diff_pct", "rel_ci_low", "rel_ci_high", "iqm_diff", "iqm_ci_low", "iqm_ci_high",
+        "p_beats_baseline", "p_beats_ci_low", "p_beats_ci_high", "unpaired_seeds", "ci_level",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _comparison_row(study: Study, c: PairedComparison) -> dict[str, object]:
+    return {
+        "condition": c.condition, "baseline": study.baseline, "metric": c.metric, "n_pairs": len(c.seeds),
+        "seeds": " ".join(map(str, c.seeds)), "diff": c.diff.value, "ci_low": c.diff.lo, "ci_high": c.diff.hi,
+        "p": c.p, "p_holm": c.p_holm, "rel_diff_pct": c.relative.value, "rel_ci_low": c.relative.lo,
+        "rel_ci_high": c.relative.hi, "iqm_diff": c.iqm_diff.value, "iqm_ci_low": c.iqm_diff.lo,
+        "iqm_ci_high": c.iqm_diff.hi, "p_beats_baseline": c.win.value, "p_beats_ci_low": c.win.lo,
+        "p_beats_ci_high": c.win.hi, "unpaired_seeds": " ".join(map(str, c.unpaired)), "ci_level": CI_LEVEL,
+    }
+
+
+def power_text(results_dir: str | Path, effects: tuple[float, ...], alpha: float, power: float,
+               baseline: str | None = None, allow_mixed: bool = False, final_window: int | None = None) -> str:
+    """``plab power``: the seeds-needed table of a study as Markdown."""
+    study = open_study(results_dir, baseline, None, allow_mixed)
+    comparison = compare(study, final_window=final_window)
+    analysis = power_analysis(study, comparison, effects, alpha, power)
+    if analysis is None:
+        raise ConfigError(f"{results_dir}: no paired final test returns of {study.baseline} and another condition yet")
+    table = _power_table(analysis)
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "|".join(["---"] * len(table.header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+    return "\n".join(lines + ["", table.caption])
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -232,6 +466,7 @@ def _md_cell(text: str) -> str:
 
 
 def _markdown(title: str, sections: list[tuple[str, list[Block]]], root: Path) -> str:
+    """Figures are linked relative to ``root``, the directory summary.md is written to."""
     out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `plab report`.", ""]
     for heading, blocks in sections:
         out += [f"## {heading}", ""]
@@ -252,7 +487,7 @@ def _markdown(title: str, sections: list[tuple[str, list[Block]]], root: Path) -
             elif isinstance(block, Code):
                 out += ["```", block.text.rstrip("\n"), "```", ""]
             else:
-                out += [f"![{caption}]({path.relative_to(root).as_posix()})" for caption, path in block.figures.items()] + [""]
+                out += [f"![{caption}]({Path(os.path.relpath(path, root)).as_posix()})" for caption, path in block.figures.items()] + [""]
     return "\n".join(out)
 
 

@@ -1,61 +1,26 @@
-"""Environments: vectorised ProcGen and the gridworld gather testbed, behind one factory."""
+"""Environments: ProcGen, the gridworld gather testbed, Atari (ALE), MuJoCo and any Gymnasium
+task, each a family of :mod:`plasticity_lab.envs.registry` behind one factory."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from plasticity_lab.envs.registry import EnvSpec, env_spec, make_env
 from plasticity_lab.envs.shifts import ShiftState
 
-if TYPE_CHECKING:
-    from plasticity_lab.config import EnvironmentConfig
-
-
-def make_env(cfg: EnvironmentConfig, num_envs: int, seed: int, train: bool = True, shift: ShiftState | None = None) -> Any:
-    """A vectorised env of the config's family (ProcgenVecEnv or GridGatherVecEnv)."""
-    if cfg.name == "gridworld":
-        from plasticity_lab.envs.gridworld import GridGatherVecEnv
-
-        return GridGatherVecEnv(
-            cfg.task, num_envs, seed, train, shift, size=cfg.grid_size, episode_steps=cfg.episode_steps,
-            time_limit=cfg.time_limit,
-        )
-    from plasticity_lab.envs.procgen import ProcgenVecEnv
-
-    return ProcgenVecEnv(cfg.task, num_envs, seed, train, shift, time_limit=cfg.time_limit)
-
-
-def env_spec(cfg: EnvironmentConfig) -> tuple[tuple[int, int, int], int]:
-    """(observation shape HWC, number of actions) without building an environment."""
-    if cfg.name == "gridworld":
-        from plasticity_lab.envs.gridworld import GRID_ACTIONS
-
-        return (cfg.grid_size, cfg.grid_size, 3), GRID_ACTIONS
-    from plasticity_lab.envs.shifts import FRAME_SHAPE, NUM_ACTIONS
-
-    return FRAME_SHAPE, NUM_ACTIONS
-
-
-def num_levels(cfg: EnvironmentConfig) -> int:
-    """K of the task name (ProcGen levels or gridworld layouts in the training range)."""
-    if cfg.name == "gridworld":
-        from plasticity_lab.envs.gridworld import parse_gather_task
-
-        return parse_gather_task(cfg.task)
-    from plasticity_lab.envs.procgen import parse_task
-
-    return parse_task(cfg.task)[1]
+__all__ = ["EnvSpec", "env_spec", "make_env", "first_episodes", "first_episode_steps", "evaluate"]
 
 
 class EpisodeStep(NamedTuple):
     """One step of :func:`first_episode_steps`; rows where ``active`` is False are not part of
-    any first episode (those envs had finished and took action 0)."""
+    any first episode (those envs had finished and repeated their last action)."""
 
-    active: Any  # bool (n,): env still in its first episode when this step was taken
-    obs: Any  # (n, H, W, 3) observations the step was taken from
-    actions: Any  # int64 (n,)
+    active: np.ndarray  # bool (n,): env still in its first episode when this step was taken
+    obs: np.ndarray  # (n, *obs_shape) observations the step was taken from
+    actions: np.ndarray  # (n,) discrete or (n, d) continuous
     result: Any  # the env's StepResult
 
 
@@ -63,24 +28,27 @@ def first_episode_steps(policy: Any, env: Any) -> Iterator[EpisodeStep]:
     """Step every env of ``env`` until each has finished its first episode (counted from its
     current state), yielding every step.
 
-    ``policy(frames)`` gets only the frames of envs still in their first episode and returns their
-    actions; finished envs wait (they take action 0 and are not run through the network). The
-    episode cap bounds the loop.
+    ``policy(obs)`` gets only the observations of envs still in their first episode and returns
+    their actions; finished envs repeat their last action (discrete or continuous alike) and are
+    not run through the network. The episode cap bounds the loop.
     """
     n = env.num_envs
     finished = np.zeros(n, dtype=bool)
+    actions: np.ndarray | None = None
     obs = env.observe_current()
     while not finished.all():
         active = ~finished
-        actions = np.zeros(n, dtype=np.int64)
-        actions[active] = np.asarray(policy(obs[active]))
+        chosen = np.asarray(policy(obs[active]))
+        if actions is None:
+            actions = np.zeros((n, *chosen.shape[1:]), dtype=chosen.dtype)
+        actions[active] = chosen
         result = env.step(actions)
-        yield EpisodeStep(active, obs, actions, result)
-        finished |= result.terminated | result.truncated
+        yield EpisodeStep(active, obs, actions.copy(), result)
+        finished |= (result.terminated | result.truncated) & active
         obs = result.obs
 
 
-def first_episodes(policy: Any, env: Any) -> tuple[Any, Any]:
+def first_episodes(policy: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
     """Return and length of exactly the first episode of every env of ``env``.
 
     Taking one episode per env avoids the bias towards short episodes that collecting "the first
@@ -95,8 +63,9 @@ def first_episodes(policy: Any, env: Any) -> tuple[Any, Any]:
     return returns, lengths
 
 
-def evaluate(policy: Any, cfg: EnvironmentConfig, num_episodes: int, seed: int, shift: ShiftState | None) -> tuple[Any, Any]:
-    """Mean-able returns/lengths of ``num_episodes`` complete episodes on the TEST levels/layouts."""
+def evaluate(policy: Any, cfg: Any, num_episodes: int, seed: int, shift: ShiftState | None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns/lengths of ``num_episodes`` complete episodes on the TEST levels/layouts (ProcGen,
+    gridworld) or fresh seeds (ALE, Gymnasium), under ``shift``; returns are raw scores."""
     env = make_env(cfg, num_episodes, seed, train=False, shift=shift)
     try:
         return first_episodes(policy, env)

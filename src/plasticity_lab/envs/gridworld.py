@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_lab.envs.procgen import TIME_LIMITS, StepResult
+from plasticity_lab.envs.base import TIME_LIMITS, StepResult
+from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import ShiftState, level_range
 
 GRID_ACTIONS = 4  # up, down, left, right
@@ -34,6 +35,22 @@ def parse_gather_task(task: str) -> int:
     if not match:
         raise ValueError(f"gridworld task {task!r} must look like gather_K with K >= 1 (e.g. gather_20)")
     return int(match.group(1))
+
+
+def spec(cfg: Any) -> EnvSpec:
+    size = cfg.grid_size
+    return EnvSpec(
+        obs_shape=(size, size, 3), obs_dtype="uint8", num_actions=GRID_ACTIONS, continuous=False,
+        shift_types=("permute", "shuffle", "window", "expand", "difficulty", "none"),
+        encoders=("conv11", "mlp"), num_tiles=size * size, num_levels=parse_gather_task(cfg.task),
+    )  # fmt: skip
+
+
+def make(cfg: Any, num_envs: int, seed: int, train: bool, shift: ShiftState | None) -> GridGatherVecEnv:
+    return GridGatherVecEnv(
+        cfg.task, num_envs, seed, train, shift, size=cfg.grid_size, episode_steps=cfg.episode_steps,
+        time_limit=cfg.time_limit,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from plasticity_lab.envs.base import TIME_LIMITS, StepResult
+from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import (
     FRAME_SHAPE,
     NUM_ACTIONS,
@@ -40,10 +41,6 @@ GAMES = (
 NOOP_ACTION = 4
 STEP_PENALTY = 0.01
 MAX_EPISODE_STEPS = 200
-TIME_LIMITS = ("truncate", "terminal")
-"""truncate: an episode is cut after MAX_EPISODE_STEPS agent steps and the cut-off state's value
-is bootstrapped; terminal (the reference's ``steps > 200``): it ends after MAX_EPISODE_STEPS + 1
-agent steps as a terminal state (no bootstrap)."""
 
 
 def parse_task(task: str) -> tuple[str, int]:
@@ -56,26 +53,23 @@ def parse_task(task: str) -> tuple[str, int]:
     return game, int(count)
 
 
+def spec(cfg: Any) -> EnvSpec:
+    """ProcGen's fixed 64x64 frames and 9 actions; K training levels from the task name."""
+    _, k = parse_task(cfg.task)
+    return EnvSpec(
+        obs_shape=FRAME_SHAPE, obs_dtype="uint8", num_actions=NUM_ACTIONS, continuous=False,
+        shift_types=("permute", "shuffle", "window", "expand", "difficulty", "none"),
+        encoders=("conv64", "nature"), num_tiles=NUM_TILES, num_levels=k,
+    )  # fmt: skip
+
+
+def make(cfg: Any, num_envs: int, seed: int, train: bool, shift: ShiftState | None) -> ProcgenVecEnv:
+    return ProcgenVecEnv(cfg.task, num_envs, seed, train, shift, time_limit=cfg.time_limit)
+
+
 def draw_rand_seed(rng: np.random.Generator) -> int:
     """ProcGen seed drawn from the wrapper's Generator, so every rebuild/reset is reproducible."""
     return int(rng.integers(0, 2**31 - 1))
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One agent step; episode_* are only meaningful where terminated | truncated.
-
-    final_obs is None unless some env was truncated; then it is the whole batch of obs *before*
-    the truncation resets (rows of non-truncated envs equal `obs`), for bootstrapping V.
-    """
-
-    obs: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_obs: np.ndarray | None
-    episode_return: np.ndarray
-    episode_length: np.ndarray
 
 
 class ProcgenVecEnv:

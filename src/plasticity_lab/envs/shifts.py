@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-SHIFT_TYPES = ("permute", "shuffle", "window", "expand", "difficulty", "none")
+SHIFT_TYPES = (
+    "permute", "shuffle", "window", "expand", "difficulty", "none",
+    "game", "flavour", "friction", "mass", "gravity",
+)  # fmt: skip
+PHYSICS_SHIFTS = ("friction", "mass", "gravity")
+DEFAULT_SCALE_RANGE = (0.02, 2.0)  # loss-of-plasticity's slippery-ant friction range
 
 FRAME_SIZE = 64
 FRAME_SHAPE = (FRAME_SIZE, FRAME_SIZE, 3)
@@ -52,12 +57,24 @@ class ShiftState:
     level_offset: int = 0
     level_extra: int = 0
     hard: bool = False
+    game: int = 0
+    """Index into the environment's game sequence (ALE ``game`` shift)."""
+    flavour: int = 0
+    """Index into the environment's (mode, difficulty) list (ALE ``flavour`` shift)."""
+    friction: float = 1.0
+    """Multiplier on every geom's sliding friction (MuJoCo ``friction`` shift)."""
+    mass: float = 1.0
+    """Multiplier on every body's mass (MuJoCo ``mass`` shift)."""
+    gravity: float = 1.0
+    """Multiplier on the gravity vector (MuJoCo ``gravity`` shift)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile_perm", _as_perm(self.tile_perm, "tile_perm"))
         object.__setattr__(self, "action_perm", _as_perm(self.action_perm, "action_perm"))
-        if self.round < 0 or self.level_offset < 0 or self.level_extra < 0:
-            raise ValueError("round, level_offset and level_extra must be non-negative")
+        if min(self.round, self.level_offset, self.level_extra, self.game, self.flavour) < 0:
+            raise ValueError("round, level_offset, level_extra, game and flavour must be non-negative")
+        if not min(self.friction, self.mass, self.gravity) > 0:
+            raise ValueError("friction, mass and gravity multipliers must be positive")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python types only, so checkpoints need no numpy pickling."""
@@ -68,6 +85,11 @@ class ShiftState:
             "level_offset": int(self.level_offset),
             "level_extra": int(self.level_extra),
             "hard": bool(self.hard),
+            "game": int(self.game),
+            "flavour": int(self.flavour),
+            "friction": float(self.friction),
+            "mass": float(self.mass),
+            "gravity": float(self.gravity),
         }
 
     @classmethod
@@ -79,6 +101,12 @@ class ShiftState:
             level_offset=int(data["level_offset"]),
             level_extra=int(data["level_extra"]),
             hard=bool(data["hard"]),
+            # absent from checkpoints written before these shift types existed
+            game=int(data.get("game", 0)),
+            flavour=int(data.get("flavour", 0)),
+            friction=float(data.get("friction", 1.0)),
+            mass=float(data.get("mass", 1.0)),
+            gravity=float(data.get("gravity", 1.0)),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -124,15 +152,26 @@ def next_shift(
     k: int,
     num_tiles: int = NUM_TILES,
     num_actions: int = NUM_ACTIONS,
+    num_games: int = 1,
+    num_flavours: int = 1,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
 ) -> ShiftState:
     """The next round's state; `k` is the level step for `window` and `expand`.
 
     `num_tiles` / `num_actions` size the permutations (defaults: ProcGen's 256 tiles, 9 actions).
+    `game` / `flavour` step cyclically through `num_games` / `num_flavours` entries; `friction`,
+    `mass` and `gravity` draw a new multiplier log-uniformly from `scale_range` (as
+    loss-of-plasticity draws the slippery ant's frictions).
     """
     if shift_type not in SHIFT_TYPES:
         raise ValueError(f"unknown shift type {shift_type!r}; allowed: {', '.join(SHIFT_TYPES)}")
     if shift_type in ("window", "expand") and k <= 0:
         raise ValueError(f"shift {shift_type!r} needs k > 0, got {k}")
+    if (shift_type == "game" and num_games < 2) or (shift_type == "flavour" and num_flavours < 2):
+        raise ValueError(f"shift {shift_type!r} needs at least 2 entries to move between")
+    low, high = scale_range
+    if shift_type in PHYSICS_SHIFTS and not 0 < low < high:
+        raise ValueError(f"shift {shift_type!r} needs 0 < low < high, got {scale_range}")
     fields = state.to_dict()
     fields["round"] += 1
     if shift_type == "permute":
@@ -145,6 +184,12 @@ def next_shift(
         fields["level_extra"] += k
     elif shift_type == "difficulty":
         fields["hard"] = not state.hard
+    elif shift_type == "game":
+        fields["game"] = (state.game + 1) % num_games
+    elif shift_type == "flavour":
+        fields["flavour"] = (state.flavour + 1) % num_flavours
+    elif shift_type in PHYSICS_SHIFTS:
+        fields[shift_type] = float(np.exp(rng.uniform(np.log(low), np.log(high))))
     return ShiftState.from_dict(fields)
 
 
@@ -194,3 +239,37 @@ def permute_tiles(obs_batch: np.ndarray, tile_perm: np.ndarray | None) -> np.nda
     if tile_perm is None:
         return obs_batch
     return gather_pixels(obs_batch, tile_index_map(tile_perm))
+
+
+
+def image_tile_source(height: int, width: int, tile_perm: np.ndarray, tile: int = TILE_SIZE) -> np.ndarray:
+    """Pixel gather map of a ``tile_perm`` over (height, width) frames of any channel count:
+    output pixel p shows input pixel source[p], so that output tile j (row-major tile grid) is
+    input tile ``tile_perm[j]``. Computed once per shift; applied by :func:`gather_image`."""
+    if height % tile or width % tile:
+        raise ValueError(f"a {height}x{width} frame does not split into {tile}x{tile} tiles")
+    rows, cols = height // tile, width // tile
+    grid = np.arange(height * width).reshape(rows, tile, cols, tile).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    if len(tile_perm) != len(grid):
+        raise ValueError(f"tile_perm has {len(tile_perm)} entries, a {height}x{width} frame has {len(grid)} tiles")
+    source = np.empty(height * width, dtype=np.int64)
+    source[grid.reshape(-1)] = grid[np.asarray(tile_perm)].reshape(-1)
+    return source
+
+
+def gather_image(obs_batch: np.ndarray, source: np.ndarray | None) -> np.ndarray:
+    """Apply an :func:`image_tile_source` map to (n, H, W, C) frames (a copy; None: the input).
+
+    The generic counterpart of :func:`gather_pixels` (specialised to ProcGen's 64x64x3) for
+    Atari's 84x84x4 stacks and Gymnasium image observations.
+    """
+    if source is None:
+        return obs_batch
+    n, height, width, channels = obs_batch.shape
+    flat = obs_batch.reshape(n, height * width, channels)
+    return np.take(flat, source, axis=1, mode="clip").reshape(obs_batch.shape)
+
+
+def permute_vector(obs_batch: np.ndarray, perm: np.ndarray | None) -> np.ndarray:
+    """Entry j of every observation vector shows entry ``perm[j]`` (identity when None)."""
+    return obs_batch if perm is None else obs_batch[:, perm]

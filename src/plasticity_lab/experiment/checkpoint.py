@@ -34,7 +34,9 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_mismatch(saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]) -> str | None:
+def config_mismatch(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any], where: str = "the checkpoint"
+) -> str | None:
     """First setting that differs between a checkpoint's config and the current one, or None.
 
     Settings added to the schema after the checkpoint was written count as their default value,
@@ -47,7 +49,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any], defaults: di
         before = old.get(key, base.get(key))
         after = new.get(key, base.get(key))
         if before != after:
-            return f"{key} is {after!r} now but {before!r} in the checkpoint"
+            return f"{key} is {after!r} now but {before!r} in {where}"
     return None
 
 

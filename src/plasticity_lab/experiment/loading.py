@@ -30,8 +30,9 @@ def load_agent(run_dir: str | Path, checkpoint: str = "latest", device: str = "c
     cfg = load_run_config(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     state = load_checkpoint(path, map_location=device)
-    obs_shape, num_actions = env_spec(cfg.environment)
-    model = build_model(cfg.model, num_actions, obs_shape)
+    spec = env_spec(cfg.environment)
+    opts = cfg.environment.options()
+    model = build_model(cfg.model, spec.num_actions, spec.obs_shape, spec.continuous, opts.obs_clip if opts else 10.0)
     if "interventions" in state:
         for iv, iv_state in zip(build_interventions(cfg.interventions, model, TrainingPlan.from_config(cfg)), state["interventions"]):
             iv.load_state_dict(iv_state)

@@ -18,7 +18,7 @@ from typing import Any
 BASE_COLUMNS = [
     "epoch", "env_steps", "wall_time", "task", "train_r", "train_l", "v_estimate", "entropy",
     "test_r", "p_loss", "v_loss", "v_error", "weight_m", "weight_diff", "grad_norm", "dead_units",
-    "approx_kl", "clipfrac", "explained_variance", "steps_per_s",
+    "dormant_units", "approx_kl", "clipfrac", "explained_variance", "steps_per_s",
 ]
 
 

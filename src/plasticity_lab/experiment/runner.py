@@ -21,14 +21,26 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
+from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_env, num_levels
+from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_env
 from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
+from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
+from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
-from plasticity_lab.metrics.diagnostics import DiagnosticsLogger, PlasticityProbe, layer_names
+from plasticity_lab.metrics.diagnostics import layer_names
+from plasticity_lab.metrics.plasticity import (
+    REDO_TAU,
+    dormant_fraction_from_scores,
+    dormant_scores_from_mean_abs,
+    reference_dead_units,
+    weight_change_rms,
+    weight_rms,
+)
 from plasticity_lab.nets import build_model
+from plasticity_lab.nets.surgery import applied_weights
 
 
 def pick_device(name: str) -> torch.device:
@@ -37,10 +49,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
     return torch.device(name)
-
-
-def flat_params(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 class StopRequested:
@@ -73,13 +81,19 @@ class Run:
         self.device = pick_device(device)
         self.ppo = cfg.ppo_trainer
         self.env_cfg = cfg.environment
-        self.shift_k = self.env_cfg.shift_k or num_levels(self.env_cfg)
-        self.obs_shape, self.num_actions = env_spec(self.env_cfg)
+        self.spec = env_spec(self.env_cfg)
+        self.shift_k = self.env_cfg.shift_k or self.spec.num_levels
+        self.obs_shape, self.num_actions = self.spec.obs_shape, self.spec.num_actions
         self.config_dict = cfg.to_yaml_dict()
+        opts = self.env_cfg.options()
+        self.normalize_obs = bool(opts and opts.normalize_obs)
+        self.reward_scaler = RewardScaler(self.env_cfg.env_copies, self.ppo.gamma, opts.reward_clip) if opts and opts.normalize_reward else None
 
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
-        self.model = build_model(cfg.model, self.num_actions, self.obs_shape).to(self.device)
+        self.model = build_model(
+            cfg.model, self.num_actions, self.obs_shape, self.spec.continuous, opts.obs_clip if opts else 10.0
+        ).to(self.device)
         self.interventions = build_interventions(cfg.interventions, self.model, TrainingPlan.from_config(cfg))
         self.optimizer = self.make_optimizer()
         self.gen = torch.Generator(device=self.device)
@@ -98,12 +112,7 @@ class Run:
         self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in iv.stat_keys]
         self.autocast = self.ppo.precision == "bf16"
         self.stop_signal: int | None = None
-        d = cfg.diagnostics
-        self.probe = PlasticityProbe(
-            self.env_cfg, seed=seed, num_epochs=self.ppo.num_epochs, shift_points=self.ppo.shift_points,
-            interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
-            trainability_steps=d.trainability_steps,
-        ) if d.enabled else None
+        self.probe = PlasticityProbe.from_config(cfg, seed) if cfg.diagnostics.enabled else None
         self.current_epoch = 0
 
     # ------------------------------------------------------------------ optimiser and hooks
@@ -135,6 +144,7 @@ class Run:
             "shift_rng": self.shift_rng.bit_generator.state,
             "shift_state": self.shift_state.to_dict(),
             "env": self.env.get_state(),
+            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
             "diagnostics": self.probe.state_dict() if self.probe else None,
             "config": self.config_dict,
         }
@@ -155,6 +165,9 @@ class Run:
         self.shift_rng.bit_generator.state = state["shift_rng"]
         self.shift_state = ShiftState.from_dict(state["shift_state"])
         self.env.set_state(state["env"])
+        if self.reward_scaler is not None and state.get("reward_scaler") is not None:
+            self.reward_scaler.load_state_dict(state["reward_scaler"])
+            self.reward_scaler.restart_episodes()  # environments that cannot resume restarted theirs
         if self.probe:
             self.probe.load_state_dict(state.get("diagnostics"))
         self.task_index = state["task_index"]
@@ -178,11 +191,12 @@ class Run:
 
     # ------------------------------------------------------------------ experience
     def policy_sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad(), self.amp():
-            logits, values, _ = self.model(obs)
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        actions = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(1)
-        return actions, log_probs.gather(1, actions.unsqueeze(1)).squeeze(1), values.float()
+        with torch.no_grad():
+            with self.amp():
+                head, values, _ = self.model(obs)
+            dist = self.model.distribution(head)
+            actions = dist.sample(generator)
+            return actions, dist.log_prob(actions), values.float()
 
     def collect(self) -> tuple[Batch, list[float], list[int]]:
         """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
@@ -191,6 +205,12 @@ class Run:
             return self.collect_episodes()
         ro, returns, lengths = self.collect_fixed()
         return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+
+    def scaled_reward(self, res: Any, active: np.ndarray | None = None) -> np.ndarray:
+        """The step's training reward, through the reward scaler where the environment has one."""
+        if self.reward_scaler is None:
+            return res.reward
+        return self.reward_scaler(res.reward, res.terminated | res.truncated, active)
 
     def bootstrap_truncated(self, ro: Rollout, finals: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
         """``ro.next_values`` = V(cut-off state) of every (step, envs, frames) in ``finals``."""
@@ -207,7 +227,11 @@ class Run:
     def collect_fixed(self) -> tuple[Rollout, list[float], list[int]]:
         """buffer_size / env_copies steps of every env, carrying episodes across epochs."""
         steps, envs = self.steps_per_env, self.env_cfg.env_copies
-        ro = Rollout.allocate(steps, envs, self.env.obs_shape, self.device)
+        ro = Rollout.allocate(
+            steps, envs, self.env.obs_shape, self.device,
+            obs_dtype=torch.float32 if self.spec.obs_dtype == "float32" else torch.uint8,
+            action_dim=self.num_actions if self.spec.continuous else None,
+        )  # fmt: skip
         returns: list[float] = []
         lengths: list[int] = []
         finals: list[tuple[int, np.ndarray, np.ndarray]] = []
@@ -217,10 +241,10 @@ class Run:
             actions, log_probs, values = self.policy_sample(obs, self.gen)
             res = self.env.step(actions.cpu().numpy())
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
-            ro.rewards[t] = torch.from_numpy(res.reward).to(self.device)
+            done = res.terminated | res.truncated
+            ro.rewards[t] = torch.from_numpy(self.scaled_reward(res)).to(self.device)
             ro.terminated[t] = torch.from_numpy(res.terminated).to(self.device)
             ro.truncated[t] = torch.from_numpy(res.truncated).to(self.device)
-            done = res.terminated | res.truncated
             if done.any():
                 returns.extend(res.episode_return[done].tolist())
                 lengths.extend(res.episode_length[done].tolist())
@@ -255,6 +279,8 @@ class Run:
         env that finished waits for the others. Column i of the rollout is env i's episode,
         ``active`` marks its steps."""
         self.env.restart()
+        if self.reward_scaler is not None:
+            self.reward_scaler.restart_episodes()
         sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def policy(frames: np.ndarray) -> np.ndarray:
@@ -277,7 +303,7 @@ class Run:
             row = {
                 "obs": torch.from_numpy(step.obs), "actions": torch.from_numpy(step.actions),
                 "log_probs": full_log_probs, "values": full_values,
-                "rewards": torch.from_numpy(np.where(active, res.reward, 0.0).astype(np.float32)),
+                "rewards": torch.from_numpy(np.where(active, self.scaled_reward(res, active), 0.0).astype(np.float32)),
                 "terminated": torch.from_numpy(res.terminated & active),
                 "truncated": torch.from_numpy(res.truncated & active), "active": mask,
             }
@@ -307,13 +333,14 @@ class Run:
         n = obs.shape[0]
         sums: dict[str, float] = {}
         count = 0
+        unit_abs_sum, rows = torch.zeros((), dtype=torch.float64, device=self.device), 0  # for dormant_units
         for _ in range(p.num_passes):
             perm = torch.randperm(n, generator=self.gen, device=self.device)
             for start in range(0, n - p.batch_size + 1, p.batch_size):
                 mb = perm[start : start + p.batch_size]
                 with self.amp():
-                    logits, values, features = self.model(obs[mb])
-                parts = ppo_loss(logits, values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
+                    head, values, features = self.model(obs[mb])
+                parts = ppo_loss(self.model.distribution(head), values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
                 loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
                 ctx = LossContext(obs[mb], parts.policy.detach(), obs, self.gen)
                 for iv in self.interventions:
@@ -329,18 +356,26 @@ class Run:
                 stats = {
                     "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
                     "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
-                    "grad_norm": grad_norm, "dead_units": (features.detach() == 0).float().mean(),
+                    "grad_norm": grad_norm,
                 }
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
+                sums["dead_units"] = sums.get("dead_units", 0.0) + reference_dead_units(features, self.cfg.model.activation)
                 count += 1
+                unit_abs_sum = unit_abs_sum + features.detach().abs().sum(dim=0, dtype=torch.float64)
+                rows += features.shape[0]
         out = {k: v / count for k, v in sums.items()}
+        # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
+        out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum / rows), REDO_TAU)
         var = torch.var(rets)
         out["explained_variance"] = float(1 - torch.var(rets - batch.values) / var) if var > 0 else float("nan")
         out["v_estimate"] = float(batch.values.mean())
         periodic_obs = obs[perm[: min(n, 256)]]
         for iv in self.interventions:
             out.update(iv.periodic(self.model, self.optimizer, periodic_obs, self.current_epoch))
+        if self.normalize_obs:
+            # after the update, so the epoch's actions and its PPO ratios saw the same statistics
+            self.model.obs_norm.update(obs)
         return out
 
     def shift(self) -> None:
@@ -348,12 +383,17 @@ class Run:
             self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k,
             num_tiles=self.env.num_tiles,
             num_actions=self.num_actions,
+            num_games=self.spec.num_games,
+            num_flavours=self.spec.num_flavours,
+            scale_range=self.env_cfg.mujoco.scale_range,
         )
         self.env.apply_shift(self.shift_state)
+        if self.reward_scaler is not None:
+            self.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
         self.task_index += 1
         for iv in self.interventions:
             iv.at_shift(self.model, self.optimizer)
-        if self.ppo.reset_optimizer_at_shift:
+        if self.ppo.reset_optimizer_at_shift and not any(iv.keeps_optimizer for iv in self.interventions):
             self.optimizer = self.make_optimizer()
 
     def evaluate(self, epoch: int) -> float:
@@ -376,20 +416,21 @@ class Run:
         """Collect, update, evaluate if due; returns the epoch's metrics row (minus wall_time)."""
         p = self.ppo
         self.current_epoch = epoch
-        t_epoch = time.monotonic()
+        t_train, steps_before = time.monotonic(), self.env_steps
         ro, ep_returns, ep_lengths = self.collect()
-        before = flat_params(self.model)
+        before = applied_weights(self.model)
         stats = self.update(ro)
-        after = flat_params(self.model)
-        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 else None
+        steps_per_s = (self.env_steps - steps_before) / (time.monotonic() - t_train)  # training only: collect + update
+        after = applied_weights(self.model)
+        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points else None
         return {
             "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
             "train_r": float(np.mean(ep_returns)) if ep_returns else None,
             "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
             "test_r": test_r,
-            "weight_m": float(after.pow(2).mean().sqrt()),
-            "weight_diff": float((after - before).pow(2).mean().sqrt()),
-            "steps_per_s": p.buffer_size / (time.monotonic() - t_epoch),
+            "weight_m": weight_rms(after),
+            "weight_diff": weight_change_rms(before, after),
+            "steps_per_s": steps_per_s,
             **stats,
         }
 
@@ -420,8 +461,11 @@ class Run:
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch)
         progress = Progress(self.label, p.num_epochs, self.start_epoch)
         diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
+        if self.probe:
+            print(f"[{self.label}] {self.probe.plan.describe()}", flush=True)
+        tracker = WandbTracker(self.cfg, self.run_dir, self.seed) if self.cfg.logging.wandb.enabled else None
         t0 = time.monotonic() - self.wall_offset
-        status = "done"
+        status = "failed"
         try:
             with StopRequested() as stop:
                 for epoch in range(self.start_epoch, p.num_epochs):
@@ -430,16 +474,21 @@ class Run:
                     row = self.run_epoch(epoch)
                     row["wall_time"] = time.monotonic() - t0
                     metrics.write(row)
-                    for key in self.columns[1:]:
-                        value = row.get(key)
-                        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-                            writer.add_scalar(key, value, epoch)
+                    scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
+                               and not (isinstance(row[key], float) and math.isnan(row[key]))}
+                    for key, value in scalars.items():
+                        writer.add_scalar(key, value, epoch)
+                    if tracker is not None:
+                        tracker.log(scalars, epoch)
                     progress.update(epoch, row)
                     if diagnostics is not None and self.probe.due(epoch):
                         # before the checkpoint, so it holds this probe's churn reference
                         result = self.probe.measure(self.model, self.task_index, self.shift_state, epoch)
-                        for key, value in diagnostics.log(epoch, self.task_index, result.stats, result.spectrum).items():
+                        probed = diagnostics.log(epoch, self.task_index, result.stats, result.spectrum)
+                        for key, value in probed.items():
                             writer.add_scalar(key, value, epoch)
+                        if tracker is not None:
+                            tracker.log(probed, epoch)
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
                     if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
@@ -448,8 +497,13 @@ class Run:
                         status = "interrupted"
                         self.stop_signal = stop_signal
                         break
+                else:
+                    status = "done"
         finally:
+            if tracker is not None:
+                tracker.close(ok=status == "done")
             if diagnostics is not None:
+                print(f"[{self.label}] {diagnostics.cost_line(time.monotonic() - t0)}", flush=True)
                 diagnostics.close()
             progress.close()
             writer.close()

@@ -1,7 +1,8 @@
 """Study directories: results/NAME/<condition>/seed_<s>/, created only after all input checks.
 
-``plan_runs`` does every check that can fail on bad input (config, condition names, existing runs
-without resume) before anything is written, so a refused command leaves no directory behind.
+``plan_runs`` does every check that can fail on bad input (config, condition names, a committed
+reference study, existing runs without resume) before anything is written, so a refused command
+leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
+from plasticity_lab.experiment.provenance import code_version
 
 LOCK_NAME = ".lock"
 REFERENCE_MARKER = "REFERENCE.md"
@@ -54,6 +56,17 @@ def run_dir_for(out_dir: str | Path, name: str, condition: str, seed: int) -> Pa
     return study_dir(out_dir, name) / condition / f"seed_{seed}"
 
 
+def new_study_name(out_dir: str | Path, prefix: str) -> str:
+    """``PREFIX-YYYYmmdd-HHMMSS`` (plus ``-2``, ``-3``, ... if taken): a study directory that does
+    not exist yet, for commands with a default output (under results/, which git ignores)."""
+    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 1
+    while study_dir(out_dir, name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
 def plan_runs(
     study: StudyConfig,
     name: str,
@@ -65,6 +78,11 @@ def plan_runs(
     """Resolve and check every run; raises ConfigError (nothing written) on any problem."""
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"-n {name!r}: the experiment name must be a plain directory name")
+    if is_reference_study(study_dir(out_dir, name)):
+        raise ConfigError(
+            f"{study_dir(out_dir, name)}: a committed reference study ({REFERENCE_MARKER}) is read-only; "
+            "choose another study name (nothing was written)"
+        )
     chosen = conditions or study.conditions
     specs = []
     for condition in chosen:
@@ -99,26 +117,53 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
-    """Create the run directory and write its resolved config.yaml and run.json (once)."""
+    """Create the run directory and write its resolved config.yaml and run.json (once); every
+    invocation appends its command, device, start time and code version to run.json."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_doc = spec.cfg.to_yaml_dict()
     cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
+    cfg_doc["experiment"]["grid"] = {k: v for k, v in cfg_doc["experiment"]["grid"].items() if k == spec.condition}
     cfg_doc["run"] = {"name": spec.name, "condition": spec.condition, "seed": spec.seed, "hooks": hooks}
     write_atomic(spec.run_dir / "config.yaml", yaml.safe_dump(cfg_doc, sort_keys=False))
     info_path = spec.run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"invocations": []}
     info["invocations"].append(
-        {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+         "overrides": spec.cfg.experiment.overrides,
+         "code": code_version()}
     )
     write_atomic(info_path, json.dumps(info, indent=2))
 
 
-def _try_flock(handle) -> bool:
+def _try_flock(handle, patience: float = 0.5) -> bool:
+    """Take the exclusive lock; False if a live writer holds it. Retries for ``patience`` seconds,
+    because ``plab status`` holds a shared lock for an instant to ask whether a run is live."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def lock_is_held(run_dir: Path) -> bool:
+    """True while a live process holds the run's lock (asked with an instant shared lock, which
+    a starting run's :func:`_try_flock` waits out)."""
+    path = run_dir / LOCK_NAME
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        handle = open(path)
+    except OSError:
         return False
-    return True
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def check_unlocked(run_dir: Path) -> None:

@@ -7,24 +7,33 @@ from their checkpoints, and the run directories look exactly like those of ``tra
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from plasticity_lab.config import ConfigError, load_study
-from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, write_atomic, write_study_config
+import yaml
+
+from plasticity_lab.config import ConfigError, RunConfig, load_study
+from plasticity_lab.experiment.checkpoint import config_mismatch
+from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
 
 LOG_NAME = "train.log"
 EXIT_BAD_INPUT = 2
 FROZEN_CONFIG = "sweep_config.yaml"
+PLAN_NAME = "sweep.json"
+"""The runs of the study's latest sweep (condition, seed), so ``plab status`` lists runs not started yet."""
+FAILED_NAME = "FAILED"
+"""Written into a run directory when the sweep gives a run up (why, attempts, last log lines)."""
 
 
 @dataclass
@@ -34,6 +43,22 @@ class RunState:
     status: str = "pending"  # pending | running | done | failed | skipped
     error: str = ""
     started: float = field(default=0.0)
+    deaths: list[str] = field(default_factory=list)
+    """How each attempt that was retried ended (e.g. "exit code -9 (killed by SIGKILL)")."""
+
+
+def describe_exit(code: int | None) -> str:
+    """An attempt's end in words: exit code, and the signal that killed the process if any."""
+    if code is None:
+        return "lost (Ray worker or node died)"
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    try:
+        name = signal.Signals(signum).name if signum else ""
+    except ValueError:
+        name = ""
+    if code < 0:
+        return f"exit code {code} (killed by {name or f'signal {signum}'})"
+    return f"exit code {code} ({name})" if name else f"exit code {code}"
 
 
 def train_command(spec: RunSpec, config_path: Path, out_dir: Path, device: str, threads: int) -> list[str]:
@@ -84,6 +109,7 @@ class LocalBackend:
                         continue
                     del running[slot]
                     if finish(state, code, retries):
+                        view.retrying(state, retries)
                         queue.appendleft(state)
                 view.refresh(states)
                 time.sleep(0.5)
@@ -97,9 +123,7 @@ class LocalBackend:
 
     @staticmethod
     def _launch(state: RunState, cmd: list[str], cores: list[int]) -> subprocess.Popen:
-        state.attempts += 1
-        state.status, state.started = "running", time.monotonic()
-        state.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        start_attempt(state)
         with open(state.spec.run_dir / LOG_NAME, "a") as log:  # the child keeps its own copy
             return subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -107,18 +131,28 @@ class LocalBackend:
             )
 
 
-def finish(state: RunState, code: int, retries: int) -> bool:
-    """Record a finished attempt; returns True when the run should be tried again."""
+def start_attempt(state: RunState) -> None:
+    state.attempts += 1
+    state.status, state.started = "running", time.monotonic()
+    state.spec.run_dir.mkdir(parents=True, exist_ok=True)
+    (state.spec.run_dir / FAILED_NAME).unlink(missing_ok=True)
+
+
+def finish(state: RunState, code: int | None, retries: int) -> bool:
+    """Record a finished attempt (``code`` None: Ray lost it); returns True when the run should
+    be tried again. A run given up gets a FAILED file saying why."""
     if code == 0 and (state.spec.run_dir / "DONE").exists():
         state.status, state.error = "done", ""
         return False
     detail = tail(state.spec.run_dir / LOG_NAME)
     state.error = f"{state.error}; " if state.error.startswith("ray:") else ""
-    state.error += f"exit code {code}: {detail}"
+    state.error += f"{describe_exit(code)}: {detail}"
     if state.attempts <= retries and code != EXIT_BAD_INPUT:  # bad input cannot succeed on retry
         state.status = "pending"
+        state.deaths.append(describe_exit(code))
         return True
     state.status = "failed"
+    write_atomic(state.spec.run_dir / FAILED_NAME, f"{state.error}\nattempts: {state.attempts}\n")
     return False
 
 
@@ -148,8 +182,7 @@ class RayBackend:
         pending: dict = {}
 
         def submit(state: RunState) -> None:
-            state.attempts += 1
-            state.status, state.started = "running", time.monotonic()
+            start_attempt(state)
             pending[task.remote(command(state.spec), str(state.spec.run_dir / LOG_NAME))] = state
 
         for state in states:
@@ -171,9 +204,10 @@ class RayBackend:
                 try:
                     code = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a lost node or worker is a failed attempt
-                    code = -1
+                    code = None
                     state.error = f"ray: {type(exc).__name__}: {exc}"
                 if finish(state, code, retries):
+                    view.retrying(state, retries)
                     submit(state)
             view.refresh(states)
 
@@ -199,6 +233,20 @@ def execute_run(cmd: list[str], log_path: str) -> int:
         return proc.wait()
 
 
+def check_same_settings(spec: RunSpec) -> None:
+    """Refuse a run directory made with other result-deciding settings (a changed --set or
+    config): a resumed run would fail on its checkpoint, a finished one would be skipped and mix
+    two settings in one study."""
+    path = spec.run_dir / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    mismatch = config_mismatch(saved, spec.cfg.to_yaml_dict(), RunConfig().to_yaml_dict(), where="its config.yaml")
+    if mismatch:
+        raise ConfigError(f"{spec.run_dir} was run with other settings: {mismatch} "
+                          "(use the same config and --set/--grid values, or another --name; nothing was changed)")
+
+
 def sweep(
     config: str | Path,
     *,
@@ -213,10 +261,19 @@ def sweep(
     device: str = "cpu",
     cpus_per_run: int | None = None,
     gpus_per_run: float = 0.0,
+    overrides: Sequence[str] = (),
+    grid: Sequence[str] = (),
 ) -> list[RunState]:
-    """Run every (condition, seed) not finished yet; returns the final state of each run."""
-    study = load_study(config)
+    """Run every (condition, seed) not finished yet; returns the final state of each run.
+
+    ``overrides`` (``--set``) change the base settings of every condition; ``grid``
+    (``--grid KEY=V1,V2``) crosses the chosen conditions with the values (see
+    :meth:`StudyConfig.with_grid`). Both are baked into the frozen config every run reads.
+    """
+    study = load_study(config, overrides)
     name = name or Path(study.source).stem
+    if grid:
+        study, conditions = study.with_grid(grid, conditions)
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be >= 1")
     if retries < 0:
@@ -224,9 +281,11 @@ def sweep(
     specs = plan_runs(study, name, conditions, seeds, out_dir, resume=True)
     for spec in specs:
         check_unlocked(spec.run_dir)
+        check_same_settings(spec)
     out_dir = Path(out_dir).resolve()
-    # Children read a frozen copy, so editing the source YAML during a sweep changes nothing.
-    config_path = out_dir / "results" / name / FROZEN_CONFIG
+    # Children read a frozen copy, so editing the source YAML during a sweep changes nothing;
+    # it holds the --set values and the grid conditions, so every run and the report see them.
+    config_path = study_dir(out_dir, name) / FROZEN_CONFIG
     states = [RunState(spec) for spec in specs]
     for state in states:
         if (state.spec.run_dir / "DONE").exists():
@@ -240,11 +299,17 @@ def sweep(
     else:
         raise ConfigError(f"--backend {backend}: allowed: local, ray")
     write_study_config(study, out_dir, name)
-    write_atomic(config_path, Path(study.source).read_text())
+    write_atomic(config_path, yaml.safe_dump(study.raw, sort_keys=False))
+    plan = {"command": shlex.join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "runs": [[s.spec.condition, s.spec.seed] for s in states]}
+    write_atomic(study_dir(out_dir, name) / PLAN_NAME, json.dumps(plan, indent=1))
     threads = runner.threads()
-    view = SweepView(states, total_epochs={s.spec.label: s.spec.cfg.ppo_trainer.num_epochs for s in states})
-    print(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
-          f"backend {backend}, {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}", flush=True)
+    view = SweepView(states, total_epochs={s.spec.label: s.spec.cfg.ppo_trainer.num_epochs for s in states},
+                     log_path=study_dir(out_dir, name) / "sweep.log")
+    for note in study.shadowed(conditions):
+        view.event(note)
+    view.event(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
+               f"backend {backend}, {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
         runner.run(todo, lambda spec: train_command(spec, config_path, out_dir, device, threads), retries, view)

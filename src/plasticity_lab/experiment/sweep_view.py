@@ -10,6 +10,7 @@ import csv
 import io
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -18,20 +19,23 @@ if TYPE_CHECKING:
 PLAIN_EVERY_S = 30.0
 
 
-def last_rows(path, n: int = 20) -> list[dict[str, str]]:
-    """The last rows of a CSV that another process appends to (reads only the file's tail)."""
+def last_rows(path, n: int = 20, tail_bytes: int = 8192) -> list[dict[str, str]]:
+    """The last complete rows of a CSV that another process appends to (reads only the file's
+    tail; a last line still being written, without its newline, is left out)."""
     try:
         with open(path, "rb") as handle:
             header = handle.readline().decode()
             handle.seek(0, 2)
             size = handle.tell()
-            handle.seek(max(len(header), size - 8192))
+            handle.seek(max(len(header), size - tail_bytes))
             chunk = handle.read().decode(errors="replace")
     except OSError:
         return []
     lines = chunk.splitlines()
-    if size > 8192 + len(header):
+    if size > tail_bytes + len(header):
         lines = lines[1:]  # first line may be cut
+    if lines and not chunk.endswith("\n"):
+        lines = lines[:-1]
     return list(csv.DictReader(io.StringIO(header + "\n".join(lines[-n:]))))
 
 
@@ -44,8 +48,12 @@ def run_progress(state: RunState) -> dict[str, Any]:
 
 
 class SweepView:
-    def __init__(self, states: list[RunState], total_epochs: dict[str, int]) -> None:
+    """The live table (or plain lines), plus the sweep's events (start, retries, failures,
+    summary) printed and appended to ``log_path`` for other terminals."""
+
+    def __init__(self, states: list[RunState], total_epochs: dict[str, int], log_path: Path | None = None) -> None:
         self.total = total_epochs
+        self.log_path = log_path
         self.t0 = time.monotonic()
         self.start_epochs = {s.spec.label: run_progress(s)["epoch"] for s in states}
         self.last_plain = 0.0
@@ -97,12 +105,30 @@ class SweepView:
             finished = sum(r[2] in ("done", "skipped") for r in rows)
             print(f"[sweep] {finished}/{len(rows)} finished, ETA {eta}; running: {'; '.join(running) or '-'}", flush=True)
 
+    def event(self, message: str) -> None:
+        """A line for the sweep's log: printed (above the live table) and appended to log_path."""
+        if self.live is not None:
+            self.live.console.print(message, markup=False, highlight=False)
+        else:
+            print(message, flush=True)
+        if self.log_path is not None:
+            with open(self.log_path, "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    def retrying(self, state: RunState, retries: int) -> None:
+        self.event(f"[sweep] {state.spec.label} died: {state.deaths[-1]}; retrying from its checkpoint, "
+                   f"attempt {state.attempts + 1} of {retries + 1}")
+
     def close(self, states: list[RunState]) -> None:
         if self.live is not None:
             self.live.update(self._table(states))
             self.live.stop()
+            self.live = None
         for s in states:
             if s.status == "failed":
-                print(f"FAILED {s.spec.label} after {s.attempts} attempt(s): {s.error}", flush=True)
+                self.event(f"FAILED {s.spec.label} after {s.attempts} attempt(s): {s.error}")
         summary = {k: sum(s.status == k for s in states) for k in ("done", "skipped", "failed", "pending")}
-        print(f"[sweep] done {summary['done']}, already finished {summary['skipped']}, failed {summary['failed']}", flush=True)
+        retried = [s for s in states if s.deaths]
+        detail = f" ({', '.join(f'{s.spec.label} x{len(s.deaths)}' for s in retried)})" if retried else ""
+        self.event(f"[sweep] done {summary['done']}, already finished {summary['skipped']}, failed {summary['failed']}, "
+                   f"retried {sum(len(s.deaths) for s in retried)}{detail}")

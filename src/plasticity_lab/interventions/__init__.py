@@ -34,15 +34,24 @@ __all__ = [
 
 
 def check_compatible(names: list[str]) -> None:
-    """Refuse combinations that cannot both take effect: the runner uses the first optimiser a
-    method returns, so a second optimiser-providing method would be silently ignored."""
+    """Refuse combinations that cannot all take effect: two methods that each provide the
+    optimiser, or a settings change (betas, weight decay) the provided optimiser does not apply."""
     swaps = [name for name in names if "optimizer" in REGISTRY[name].hooks()]
     if len(swaps) > 1:
         raise ValueError(f"interventions: {' and '.join(swaps)} each replace the optimiser; use at most one of them")
+    for swap in swaps:
+        for name in names:
+            ignored = REGISTRY[name].settings_changed - REGISTRY[swap].settings_used
+            if ignored:
+                raise ValueError(f"interventions: {swap}'s optimiser has no {', '.join(sorted(ignored))}, which {name} sets")
 
 
 def validate_interventions(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     """Validate every method's parameters and their combination; returns them with defaults filled in."""
-    params = {name: validate_params(name, raw).model_dump() for name, raw in cfg.interventions.items()}
+    params = {}
+    for name, raw in cfg.interventions.items():
+        validated = validate_params(name, raw)
+        REGISTRY[name].check_config(validated, cfg)
+        params[name] = validated.model_dump()
     check_compatible(list(params))
     return params

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict
 if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
-HOOKS = ("optimizer", "loss", "after_step", "periodic", "at_shift")
+HOOKS = ("optimizer_settings", "optimizer", "loss", "after_step", "periodic", "at_shift")
+SETTINGS = frozenset({"lr", "betas", "weight_decay"})
+"""The optimiser settings the runner passes (``ppo_trainer`` lr, adam_betas, weight_decay)."""
 
 
 @dataclass(frozen=True)
@@ -74,17 +76,34 @@ class Intervention:
     Params: ClassVar[type[BaseModel]] = Params
     stat_keys: ClassVar[tuple[str, ...]] = ()
     """Statistics ``periodic`` returns; each becomes a metrics.csv column."""
+    keeps_optimizer: ClassVar[bool] = False
+    """The optimiser's state is part of the method (TRAC's anchor and scale), so the runner keeps
+    the optimiser at shifts even when ``ppo_trainer.reset_optimizer_at_shift`` asks for a new one."""
+    settings_changed: ClassVar[frozenset[str]] = frozenset()
+    """The optimiser settings ``optimizer_settings`` changes."""
+    settings_used: ClassVar[frozenset[str]] = SETTINGS
+    """The settings the optimiser that ``optimizer`` builds applies (a method changing another
+    one cannot be combined with it: the change would be silently ignored)."""
 
     def __init__(self, params: BaseModel, model: torch.nn.Module, plan: TrainingPlan) -> None:
         self.params = params
         self.plan = plan
 
     @classmethod
+    def check_config(cls, params: BaseModel, cfg: RunConfig) -> None:
+        """Refuse a run configuration the method cannot act on (a one-line ValueError)."""
+
+    @classmethod
     def hooks(cls) -> list[str]:
         return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h)]
 
-    def optimizer(self, params: list[torch.nn.Parameter], defaults: dict[str, Any]) -> torch.optim.Optimizer | None:
-        """Return an optimiser to use instead of AdamW, or None."""
+    def optimizer_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The optimiser settings with this method's changes. Applied before any optimiser is
+        built, so a method that only changes settings combines with one that provides the optimiser."""
+        return settings
+
+    def optimizer(self, params: list[torch.nn.Parameter], settings: dict[str, Any]) -> torch.optim.Optimizer | None:
+        """Return an optimiser to use instead of AdamW, built with ``settings``, or None."""
         return None
 
     def loss(self, model: torch.nn.Module, ctx: LossContext) -> torch.Tensor | None:
@@ -131,9 +150,14 @@ def validate_params(name: str, raw: Any) -> BaseModel:
         return REGISTRY[name].Params.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ValueError(f"interventions.{name}.{key}: {msg}") from None
+        where = ".".join(["interventions", name, *(str(p) for p in first["loc"])])
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif first["type"] == "value_error":  # a cross-field check: its own sentence
+            msg = str(first["ctx"]["error"])
+        else:
+            msg = first["msg"]
+        raise ValueError(f"{where}: {msg}") from None
 
 
 def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module, plan: TrainingPlan) -> list[Intervention]:
@@ -141,11 +165,16 @@ def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module,
 
 
 def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
-    """The run's optimiser: the one a method provides, else AdamW with ``defaults`` (lr, betas,
-    weight_decay)."""
+    """The run's optimiser: the one a method provides, else AdamW, built with ``defaults`` (lr,
+    betas, weight_decay) as every method's ``optimizer_settings`` changes them. The provider's own
+    changes come first (e.g. Kron's learning rate), so the others see the settings it will use."""
+    providers = [iv for iv in interventions if "optimizer" in iv.hooks()]
+    if len(providers) > 1:
+        raise ValueError(f"interventions: {' and '.join(iv.name for iv in providers)} each provide the optimiser")
+    settings = dict(defaults)
+    for iv in providers + [iv for iv in interventions if iv not in providers]:
+        settings = iv.optimizer_settings(settings)
     params = list(model.parameters())
-    for iv in interventions:
-        custom = iv.optimizer(params, defaults)
-        if custom is not None:
-            return custom
-    return torch.optim.AdamW(params, **defaults)
+    if providers:
+        return providers[0].optimizer(params, settings)
+    return torch.optim.AdamW(params, **settings)

@@ -1,55 +1,80 @@
-"""Optimiser swaps: methods that replace the runner's AdamW (at most one per condition).
+"""Optimiser methods: settings changes (``l2``, ``adam_beta``) and optimiser swaps (``trac``, ``kron``).
 
-Each keeps the runner's settings (``ppo_trainer`` lr, betas, weight decay) except the ones it
-changes. Optimisers from packages are subclassed where their checkpoint state would not survive
-``state_dict``/``load_state_dict`` (runs must resume bit-exactly) and, for Kron, to run eagerly.
-The packages are imported when the optimiser is built, so they are needed only by runs using them.
+Settings changes only edit the settings (``ppo_trainer`` lr, betas, weight decay) before the
+optimiser is built, so they combine with a swap (or with CBP's optimiser); a condition has at most
+one swap. Each swap keeps the settings except the ones it changes. Optimisers from packages are
+subclassed where their checkpoint state would not survive ``state_dict``/``load_state_dict`` (runs
+must resume bit-exactly) and, for Kron, to run eagerly. The packages are imported when the
+optimiser is built, so they are needed only by runs using them.
 """
 
 from __future__ import annotations
 
 import os
+import math
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from plasticity_lab.interventions.base import Intervention, Params, register
 
 
+L2_DEFAULT_COEF = 1e-3
+
+
 class L2Params(Params):
-    coef: float = Field(1e-3, ge=0)
-    """AdamW (decoupled) weight decay."""
+    coef: float | None = Field(None, ge=0)
+    """AdamW (decoupled) weight decay; 1e-3 when neither this nor decay_per_task is given."""
+    decay_per_task: float | None = Field(None, gt=0, lt=1)
+    """Instead of coef: the fraction the weights lose over one round (task) from weight decay
+    alone, 1 - (1 - lr*wd)^steps with steps the round's optimiser steps, so a strength means the
+    same at any protocol length."""
+
+    @model_validator(mode="after")
+    def _one_strength(self) -> L2Params:
+        if self.coef is not None and self.decay_per_task is not None:
+            raise ValueError("give coef or decay_per_task, not both")
+        return self
 
 
 @register
 class L2(Intervention):
-    """Weight decay towards zero: AdamW with weight_decay = coef."""
+    """Weight decay towards zero: the optimiser's (decoupled) weight_decay set to coef, or to
+    the value that removes decay_per_task of the weights over a round, (1 - (1 - d)^(1/steps)) / lr
+    with steps = TrainingPlan.updates_per_round and lr the optimiser's learning rate."""
 
     name = "l2"
     Params = L2Params
+    settings_changed = frozenset({"weight_decay"})
 
-    def optimizer(self, params, defaults):
-        return torch.optim.AdamW(params, **{**defaults, "weight_decay": self.params.coef})
+    def optimizer_settings(self, settings):
+        p = self.params
+        if p.decay_per_task is None:
+            coef = L2_DEFAULT_COEF if p.coef is None else p.coef
+        else:  # log1p/expm1: steps are ~1e5, so (1 - d)^(1/steps) is within 1e-5 of 1
+            coef = -math.expm1(math.log1p(-p.decay_per_task) / self.plan.updates_per_round) / settings["lr"]
+        return {**settings, "weight_decay": coef}
 
 
 class AdamBetaParams(Params):
-    beta: float = Field(0.9, ge=0, lt=1)
-    """Used as both beta1 and beta2."""
+    beta: float = Field(0.99, ge=0, lt=1)
+    """Used as both beta1 and beta2 (Dohare et al.'s RL setting: 0.99)."""
 
 
 @register
 class AdamBeta(Intervention):
-    """Non-stationary Adam (Dohare et al. 2023): beta2 = beta1, so the second-moment estimate
+    """Non-stationary Adam (Dohare et al. 2024): beta2 = beta1, so the second-moment estimate
     forgets as fast as the first and a sudden rise of gradient size after a shift cannot meet a
     long-remembered small v (which makes huge updates)."""
 
     name = "adam_beta"
     Params = AdamBetaParams
+    settings_changed = frozenset({"betas"})
 
-    def optimizer(self, params, defaults):
+    def optimizer_settings(self, settings):
         beta = self.params.beta
-        return torch.optim.AdamW(params, **{**defaults, "betas": (beta, beta)})
+        return {**settings, "betas": (beta, beta)}
 
 
 class TracCheckpointing:
@@ -101,19 +126,23 @@ class TracParams(Params):
 @register
 class Trac(Intervention):
     """TRAC (Muppidi et al. 2024): a parameter-free scale on AdamW's displacement from the
-    reference weights, tuned online, wrapped around the runner's AdamW. Its per-step log goes to
-    os.devnull (the package appends a line to a file at every step)."""
+    reference weights (the weights at its first step: the initial ones), tuned online, wrapped
+    around the runner's AdamW. TRAC is made for a stream of tasks without restarts, so its
+    optimiser (anchor, scale and AdamW moments) is kept across shifts whatever
+    ``reset_optimizer_at_shift`` says. Its per-step log goes to os.devnull (the package appends a
+    line to a file at every step)."""
 
     name = "trac"
     Params = TracParams
+    keeps_optimizer = True
 
-    def optimizer(self, params, defaults):
+    def optimizer(self, params, settings):
         from trac_optimizer import start_trac
 
         p = self.params
         wrapped = start_trac(os.devnull, torch.optim.AdamW, betas=tuple(p.betas), s_prev=p.s_prev, eps=p.eps)
         cls = type(f"Checkpointable{wrapped.__name__}", (TracCheckpointing, wrapped), {})
-        return cls(params, **defaults)
+        return cls(params, **settings)
 
 
 class KronCheckpointing:
@@ -162,17 +191,24 @@ class KronParams(Params):
 @register
 class KronMethod(Intervention):
     """PSGD Kron (kron-torch): Kronecker-factored preconditioner instead of Adam's diagonal one.
-    Weight decay is the runner's. The package prints the buffer sizes at its first step."""
+    Its learning rate is ``lr`` (set as the optimiser setting, so ``l2``'s per-round decay uses
+    it); weight decay is the runner's or ``l2``'s (the package applies it to matrices only); it
+    has no Adam betas. The package prints the buffer sizes at its first step."""
 
     name = "kron"
     Params = KronParams
+    settings_changed = frozenset({"lr"})
+    settings_used = frozenset({"lr", "weight_decay"})
 
-    def optimizer(self, params, defaults):
+    def optimizer_settings(self, settings):
+        return {**settings, "lr": self.params.lr}
+
+    def optimizer(self, params, settings):
         from kron_torch import Kron
 
         mode = self.params.memory_save_mode
         cls = type("CheckpointableKron", (KronCheckpointing, Kron), {})
         return cls(
-            params, lr=self.params.lr, b1=self.params.b1, weight_decay=defaults["weight_decay"],
+            params, lr=settings["lr"], b1=self.params.b1, weight_decay=settings["weight_decay"],
             memory_save_mode=None if mode == "none" else mode,
         )

@@ -47,13 +47,16 @@ class Redo(Intervention):
 
 
 @torch.no_grad()
-def recycle_units(block: nn.Module, link, units: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-    """Re-initialise the incoming weights of ``units`` and zero what reads them downstream."""
+def recycle_units(
+    block: nn.Module, link, units: torch.Tensor, optimizer: torch.optim.Optimizer | None, zero_bias: bool = False,
+) -> None:
+    """Re-initialise the incoming weights of ``units`` (and their bias: freshly drawn, or 0 with
+    ``zero_bias``) and zero what reads them downstream."""
     layer = block.layer
     weight, bias = fresh_init(layer)
     assign(weight_param(layer), (units,), weight[units], optimizer)
     if layer.bias is not None:
-        assign(layer.bias, (units,), bias[units], optimizer)
+        assign(layer.bias, (units,), 0.0 if zero_bias else bias[units], optimizer)
     norm = block.norm
     if getattr(norm, "weight", None) is not None:
         assign(norm.weight, (units,), 1.0, optimizer)

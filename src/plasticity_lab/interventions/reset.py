@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from plasticity_lab.interventions.anchors import ParamAnchors
@@ -72,13 +72,37 @@ class ShrinkPerturb(Intervention):
                     param.mul_(p.shrink).add_(fresh, alpha=p.perturb)
 
 
+REFERENCE_SHRINK, REFERENCE_PERTURB = 0.999999, 1e-6
+"""The reference's per-step values, sized for its 5000-epoch rounds of at least 48 steps each
+(x0.79 or less per round)."""
+
+
 class SoftShrinkPerturbParams(Params):
-    shrink: float = Field(0.999999, ge=0)
-    """Factor on the current parameters, applied after every optimiser step."""
-    perturb: float = Field(1e-6, ge=0)
-    """Factor on the target (fresh noise or the initial weights)."""
+    shrink: float | None = Field(None, ge=0, le=1)
+    """Per-step factor on the current parameters (default 0.999999, the reference's)."""
+    perturb: float | None = Field(None, ge=0)
+    """Per-step factor on the target (default 1e-6, the reference's)."""
+    shrink_per_task: float | None = Field(None, gt=0, le=1)
+    """Instead of shrink: the total factor over one round; per step shrink_per_task**(1/updates per round)."""
+    perturb_ratio: float | None = Field(None, ge=0)
+    """With shrink_per_task: per-step perturb = perturb_ratio * (1 - per-step shrink) (default 1, the
+    reference's pairing perturb = 1 - shrink)."""
     target: Literal["fresh", "init"] = "fresh"
     """fresh: a new default-init draw every step (reference paper); init: the run's initial weights."""
+
+    @model_validator(mode="after")
+    def _one_parametrisation(self) -> SoftShrinkPerturbParams:
+        per_round = self.shrink_per_task is not None or self.perturb_ratio is not None
+        if per_round and (self.shrink is not None or self.perturb is not None):
+            raise ValueError("give either shrink/perturb (per step) or shrink_per_task/perturb_ratio (per round), not both")
+        if self.perturb_ratio is not None and self.shrink_per_task is None:
+            raise ValueError("perturb_ratio needs shrink_per_task")
+        if not per_round:
+            self.shrink = REFERENCE_SHRINK if self.shrink is None else self.shrink
+            self.perturb = REFERENCE_PERTURB if self.perturb is None else self.perturb
+        elif self.perturb_ratio is None:
+            self.perturb_ratio = 1.0
+        return self
 
 
 @register
@@ -89,8 +113,13 @@ class SoftShrinkPerturb(Intervention):
     (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for affine weights and biases, 1/0 for norm scales/offsets),
     drawn straight into tensors because this runs at every step. target=init (Plasticine style):
     theta <- shrink*theta + perturb*theta_0, theta_0 the parameters when the intervention was built
-    (a parameter created later, by injection, uses its value then); perturb = 1 - shrink
-    interpolates towards theta_0.
+    (a parameter created later, by injection, its value before its first update); perturb =
+    1 - shrink interpolates towards theta_0.
+
+    The strength is per step (the reference's 0.999999 / 1e-6) or per round: ``shrink_per_task``
+    is the factor the parameters shrink by over one round of ``TrainingPlan.updates_per_round``
+    steps (without gradients), so a condition means the same at any protocol length; per-step
+    1e-6 shrinks 21% over a reference round (>= 240000 steps) but 0.04% over a 400-step round.
     """
 
     name = "soft_shrink_perturb"
@@ -99,17 +128,28 @@ class SoftShrinkPerturb(Intervention):
     def __init__(self, params, model, plan):
         super().__init__(params, model, plan)
         self.anchors = ParamAnchors(model, torch.clone) if params.target == "init" else None
+        if params.shrink_per_task is None:
+            self.shrink, self.perturb = params.shrink, params.perturb
+        else:
+            self.shrink = params.shrink_per_task ** (1.0 / plan.updates_per_round)
+            self.perturb = params.perturb_ratio * (1.0 - self.shrink)
+
+    def loss(self, model, ctx):
+        """No loss term: with target=init, sees a parameter created during the run (an injected
+        head) before its first update, so its theta_0 is its initial value."""
+        if self.anchors is not None:
+            self.anchors.pairs()
+        return None
 
     @torch.no_grad()
     def after_step(self, model, optimizer):
-        p = self.params
         if self.anchors is not None:
             targets = self.anchors.pairs()
         else:
             targets = [pair for layer in param_layers(model) for pair in fresh_params(layer, cheap=True)]
         for param, target in targets:
             if param.requires_grad:
-                param.mul_(p.shrink).add_(target, alpha=p.perturb)
+                param.mul_(self.shrink).add_(target, alpha=self.perturb)
 
     def state_dict(self):
         return {"theta0": self.anchors.state_dict()} if self.anchors is not None else {}

@@ -1,4 +1,5 @@
-"""Diagnostics of plasticity: feature-rank measures, dormant / dead units, weight stable rank."""
+"""Diagnostics of plasticity: feature-rank measures, dormant / dead units, weight magnitude and
+stable rank."""
 
 from plasticity_lab.metrics.plasticity import (
     activation_rate,
@@ -7,9 +8,12 @@ from plasticity_lab.metrics.plasticity import (
     dormant_scores,
     effective_rank,
     feature_rank,
+    reference_dead_units,
     srank,
     stable_rank,
     unit_activity,
+    weight_change_rms,
+    weight_rms,
 )
 
 __all__ = [
@@ -19,7 +23,10 @@ __all__ = [
     "dormant_scores",
     "effective_rank",
     "feature_rank",
+    "reference_dead_units",
     "srank",
     "stable_rank",
     "unit_activity",
+    "weight_change_rms",
+    "weight_rms",
 ]

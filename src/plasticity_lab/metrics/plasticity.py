@@ -1,4 +1,5 @@
-"""Plasticity diagnostics: rank measures of features, dormant / dead units and weight stable rank.
+"""Plasticity diagnostics: rank measures of features, dormant / dead units, weight magnitude and
+weight stable rank.
 
 Every function here is pure: it never modifies its input, keeps no state and returns a
 Python ``float`` (except :func:`dormant_scores` and :func:`unit_activity`, which return
@@ -24,6 +25,7 @@ each docstring; inputs with no rows or containing NaN/inf raise ``ValueError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,11 @@ __all__ = [
     "activation_rate",
     "dead_fraction_from_counts",
     "activation_rate_from_counts",
+    "REDO_TAU",
+    "REFERENCE_DEAD_RULES",
+    "reference_dead_units",
+    "weight_rms",
+    "weight_change_rms",
     "stable_rank",
 ]
 
@@ -156,7 +163,8 @@ def srank(features: Any, delta: float = 0.01) -> float:
     """
     if not 0.0 <= float(delta) < 1.0:
         raise ValueError(f"srank: delta must be in [0, 1), got {delta}")
-    s = _singular_values(features, "srank")
+    # on the CPU: CUDA's floating-point cumsum has no deterministic kernel (experiment.deterministic)
+    s = _singular_values(features, "srank").cpu()
     cumulative = torch.cumsum(s, dim=0)
     total = cumulative[-1]  # the same sum the cumulative sums reach, so k <= len(s) always
     if not bool(total > 0):
@@ -330,7 +338,77 @@ def activation_rate_from_counts(active_counts: Any, n: int) -> float:
     return float((c / int(n)).mean().item())
 
 
+REDO_TAU = 0.025
+"""The dormancy threshold of ReDo's main experiments (Sokar et al. 2023): a unit whose score
+is at most 2.5% of its layer's mean activity counts as dormant."""
+
+
+# --------------------------------------------------------------------------- reference dead units
+
+REFERENCE_DEAD_RULES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": lambda h: h == 0,
+    "tanh": lambda h: h.abs() > 0.99,
+}
+"""Per-entry "dead" test of the reference code (Juliani & Ash 2024, ``calc_dead_units``) for the
+activations it defines and this package has. The reference also has sigmoid (outside
+[0.01, 0.99]), which plasticity-lab does not offer; for every other activation it raises."""
+
+
+def reference_dead_units(activations: Any, activation: str) -> float:
+    """The reference paper's per-epoch ``dead_units``: the fraction of *entries* (sample x unit)
+    of a layer's output that are dead by the activation's own rule, or NaN where no rule is
+    meaningful.
+
+    * ``relu``: exactly zero (``h == 0``), also with a norm before the ReLU (the reference's
+      ln-relu / gn-relu).
+    * ``tanh``: saturated (``|h| > 0.99``).
+    * ``crelu``: NaN, although the reference counts its exact zeros: ``[relu(x), relu(-x)]`` is
+      zero in at least one half for every pre-activation, so that fraction is
+      ``0.5 + 0.5 * P(x == 0) >= 0.5`` by construction and says nothing about unit health.
+    * ``leaky-relu``, ``mish``, ``gelu``, ``dff``: NaN (the reference has no rule; an exact-zero
+      count would be 0 by construction, not a finding).
+
+    Compare conditions with different activations with :func:`dormant_fraction` instead.
+    """
+    rule = REFERENCE_DEAD_RULES.get(activation)
+    if rule is None:
+        return float("nan")
+    h = _as_activations(activations, "reference_dead_units", float64=False)
+    return float(rule(h).to(torch.float64).mean().item())
+
+
 # --------------------------------------------------------------------------- weights
+
+
+def _weight_list(weights: Sequence[Any], name: str) -> list[torch.Tensor]:
+    tensors = [_to_float64(w, name) for w in weights]
+    if not tensors or sum(t.numel() for t in tensors) == 0:
+        raise ValueError(f"{name}: expected at least one non-empty weight tensor")
+    return tensors
+
+
+def weight_rms(weights: Sequence[Any]) -> float:
+    r"""Root mean square of all entries of a list of weight tensors, pooled::
+
+        weight_rms = sqrt( sum_t sum_ij W_t[ij]^2 / sum_t numel(W_t) )
+
+    Pooled (not a mean of per-tensor RMS), so every weight counts once whatever layer it is in.
+    """
+    tensors = _weight_list(weights, "weight_rms")
+    total = sum(t.pow(2).sum().item() for t in tensors)
+    return math.sqrt(total / sum(t.numel() for t in tensors))
+
+
+def weight_change_rms(before: Sequence[Any], after: Sequence[Any]) -> float:
+    """:func:`weight_rms` of ``after - before``, tensor by tensor (same shapes, same order)."""
+    if len(before) != len(after):
+        raise ValueError(f"weight_change_rms: {len(before)} tensors before, {len(after)} after")
+    old = _weight_list(before, "weight_change_rms")
+    new = _weight_list(after, "weight_change_rms")
+    for a, b in zip(old, new):
+        if a.shape != b.shape:
+            raise ValueError(f"weight_change_rms: shape {tuple(a.shape)} before, {tuple(b.shape)} after")
+    return weight_rms([b - a.to(b.device) for a, b in zip(old, new)])
 
 
 def stable_rank(weight: Any) -> float:

@@ -55,10 +55,15 @@ class TrainabilityProbe:
 
     def fresh_network(self, like: ActorCritic) -> ActorCritic:
         """The freshly initialised reference network of ``like``'s architecture (seeded: the
-        same every call), on the CPU."""
+        same every call), on the CPU; vector observations are standardised by ``like``'s
+        running statistics (as of the frame set's first probe)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.fresh_seed)
-            return build_model(like.cfg, like.num_actions, like.obs_shape)
+            net = build_model(like.cfg, like.num_actions, like.obs_shape, like.continuous)
+        if like.obs_norm is not None:  # the same input standardisation as the probed network
+            net.obs_norm.load_state_dict(like.obs_norm.state_dict())
+            net.obs_norm.clip = like.obs_norm.clip
+        return net
 
     def measure(self, model: ActorCritic, frames: np.ndarray, key: object = None) -> dict[str, float]:
         """``trainability_loss``, ``trainability_fresh_loss`` and ``trainability_ratio`` of

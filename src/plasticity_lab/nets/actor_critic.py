@@ -8,12 +8,18 @@ architecture.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from plasticity_lab.config import ModelConfig
+from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
 from plasticity_lab.nets.layers import make_activation, make_norm, spectral_norm, width_factor
+from plasticity_lab.nets.normalization import ObsNormalizer
+
+if TYPE_CHECKING:  # the config imports the networks' users, never the reverse at run time
+    from plasticity_lab.config import ModelConfig
 
 OBS_SHAPE = (64, 64, 3)
 
@@ -46,28 +52,48 @@ class UnitLink:
 
 
 class ActorCritic(nn.Module):
-    """Shared encoder trunk with a policy head (logits) and a value head.
+    """Shared encoder trunk with a policy head and a value head.
 
     Encoders: ``conv64`` (the reference's ProcGen network: 4 convs 32-64-128-128, kernel 4,
-    stride 2, then dense h), ``conv11`` (small grids: 3x3 convs 32 (stride 1) and 64 (stride 2),
-    then dense h) and ``mlp`` (flattened image -> dense h -> dense h).
+    stride 2, then dense h), ``nature`` (Mnih et al. 2015's Atari network: convs 32 8x8/4,
+    64 4x4/2, 64 3x3/1, then dense h; h = 512 in the paper), ``conv11`` (small grids: 3x3 convs
+    32 (stride 1) and 64 (stride 2), then dense h) and ``mlp`` (flattened image or observation
+    vector -> dense h -> dense h).
+
+    Image observations are uint8 (N, H, W, C) scaled to [0, 1]; vector observations (N, D) go
+    through running standardisation (:class:`ObsNormalizer`, ``obs_norm``). The policy head
+    gives logits (discrete actions) or means (``continuous``; ``log_std`` is then a
+    state-independent parameter); :meth:`distribution` turns its output into the action
+    distribution.
     """
 
     CONV_SPECS = {  # (out channels, kernel, stride, padding)
         "conv64": [(32, 4, 2, 1), (64, 4, 2, 1), (128, 4, 2, 1), (128, 4, 2, 1)],
+        "nature": [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)],
         "conv11": [(32, 3, 1, 1), (64, 3, 2, 1)],
         "mlp": [],
     }
 
-    def __init__(self, cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        num_actions: int,
+        obs_shape: tuple[int, ...] = OBS_SHAPE,
+        continuous: bool = False,
+        obs_clip: float = 10.0,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_actions = num_actions
         self.obs_shape = tuple(obs_shape)
+        self.continuous = continuous
+        image = len(self.obs_shape) == 3
+        if not image and self.CONV_SPECS[cfg.enc_type]:
+            raise ValueError(f"model.enc_type {cfg.enc_type!r} needs image observations, got shape {self.obs_shape}")
         factor = width_factor(cfg.activation)
         hidden = cfg.h_size // factor
         blocks: list[Block] = []
-        in_ch, size = obs_shape[2], obs_shape[0]
+        in_ch, size = (obs_shape[2], obs_shape[0]) if image else (0, 0)
         for out_ch, kernel, stride, pad in self.CONV_SPECS[cfg.enc_type]:
             ch = out_ch // factor
             size = (size + 2 * pad - kernel) // stride + 1
@@ -81,7 +107,9 @@ class ActorCritic(nn.Module):
             in_ch = ch * factor
         self.num_conv = len(blocks)
         self.spatial = size * size
-        flat = in_ch * self.spatial if blocks else obs_shape[0] * obs_shape[1] * obs_shape[2]
+        if blocks and size <= 0:
+            raise ValueError(f"model.enc_type {cfg.enc_type!r} does not fit {self.obs_shape[0]}x{self.obs_shape[1]} frames")
+        flat = in_ch * self.spatial if blocks else math.prod(self.obs_shape)
         dense_in = [flat] + ([hidden * factor] if cfg.enc_type == "mlp" else [])
         for width_in in dense_in:
             blocks.append(
@@ -96,7 +124,12 @@ class ActorCritic(nn.Module):
         self.feature_dim = hidden * factor
         self.policy = nn.Linear(self.feature_dim, num_actions)
         self.value = nn.Linear(self.feature_dim, 1)
+        self.log_std = nn.Parameter(torch.zeros(num_actions)) if continuous else None
+        self.obs_norm = None if image else ObsNormalizer(self.obs_shape, obs_clip)
         self._apply_spectral_norm(cfg.spectral_norm)
+        self.injected: nn.Module | None = None
+        """Earlier head networks frozen by plasticity injection (interventions/inject.py), called as
+        ``injected(trunk_input, logits, value)`` to add their outputs to the heads'; None until then."""
 
     def _apply_spectral_norm(self, scope: str) -> None:
         targets = {
@@ -120,15 +153,23 @@ class ActorCritic(nn.Module):
             if i + 1 < len(self.blocks):
                 nxt = self.blocks[i + 1].layer
                 span = self.spatial if isinstance(nxt, nn.Linear) and isinstance(block.layer, nn.Conv2d) else 1
-                links.append(UnitLink(i, (nxt,), span, copies))
+                readers = (nxt,)
+                if i + 2 == len(self.blocks) and self.injected is not None:  # frozen trunk layers read it too
+                    readers += tuple(self.injected.input_layers())
+                links.append(UnitLink(i, readers, span, copies))
             else:
                 links.append(UnitLink(i, tuple(self.heads), 1, copies))
         return links
 
-    @staticmethod
-    def preprocess(obs: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, 3) frames -> float (N, 3, H, W) in [0, 1]."""
+    def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, C) frames -> float (N, C, H, W) in [0, 1]; vectors -> standardised."""
+        if self.obs_norm is not None:
+            return self.obs_norm(obs)
         return obs.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
+        """The action distribution of the policy head's output (logits or means)."""
+        return make_distribution(head_out, self.log_std)
 
     def trunk(self, obs: torch.Tensor) -> torch.Tensor:
         return self.activations(obs)[-1]
@@ -145,17 +186,30 @@ class ActorCritic(nn.Module):
             outs.append(x)
         return outs
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (logits, value, trunk features) for uint8 frames.
+    def outputs(self, acts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, value) from the blocks' activations (for probes that already computed them).
 
-        The heads always run in fp32: under bf16 autocast only the encoder is bf16, because a bf16
-        value has a spacing of 0.0625 for |V| in [8, 16), coarser than the -0.01 step reward.
+        The heads (and injected heads) always run in fp32: under bf16 autocast only the encoder is
+        bf16, because a bf16 value has a spacing of 0.0625 for |V| in [8, 16), coarser than
+        ProcGen's -0.01 step reward.
         """
-        features = self.trunk(obs)
-        with torch.autocast(features.device.type, enabled=False):
-            head_in = features.float()
-            return self.policy(head_in), self.value(head_in).squeeze(-1), features
+        def full(x: torch.Tensor) -> torch.Tensor:  # bf16 encoder output -> fp32; fp32/fp64 kept
+            return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+        with torch.autocast(acts[-1].device.type, enabled=False):
+            features = full(acts[-1])
+            logits, value = self.policy(features), self.value(features)
+            if self.injected is not None:
+                logits, value = self.injected(full(acts[-2].flatten(1)), logits, value)
+            return logits, value.squeeze(-1)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (policy head output, value, trunk features); see :meth:`distribution`."""
+        acts = self.activations(obs)
+        return *self.outputs(acts), acts[-1]
 
 
-def build_model(cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, int, int] = OBS_SHAPE) -> ActorCritic:
-    return ActorCritic(cfg, num_actions, obs_shape)
+def build_model(
+    cfg: ModelConfig, num_actions: int, obs_shape: tuple[int, ...] = OBS_SHAPE, continuous: bool = False, obs_clip: float = 10.0
+) -> ActorCritic:
+    return ActorCritic(cfg, num_actions, obs_shape, continuous, obs_clip)

@@ -1,7 +1,9 @@
 """Activation, normalisation and spectral-norm factories.
 
 CReLU and deep Fourier features are not in torch: each is a two-line concatenation, written here
-because no maintained library provides them as modules.
+because no maintained library provides them as modules. The RMS norm module is written here too:
+torch's ``nn.RMSNorm`` carries one gain per normalised element (per channel *and* position on conv
+maps), and the layernorm it is compared with has per-channel gains only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ class FourierFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.sin(x), torch.cos(x)], dim=1)
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMS normalisation (Zhang & Sennrich 2019) over every non-batch dimension with one gain per
+    channel (dim 1): the rmsnorm twin of GroupNorm(1, C) / LayerNorm(F), so that layernorm and
+    rmsnorm differ only in the mean subtraction and the offset.
+
+    y = x / sqrt(mean(x^2) + eps) * g[c]; the RMS comes from ``torch.nn.functional.rms_norm``.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gain = self.weight.view(1, -1, *([1] * (x.dim() - 2)))
+        return nn.functional.rms_norm(x, x.shape[1:], eps=self.eps) * gain
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
 
 
 def width_factor(activation: str) -> int:
@@ -49,14 +72,15 @@ def make_norm(kind: str, shape: tuple[int, ...]) -> nn.Module:
     """Norm placed before the activation. ``shape`` is (C, H, W) for conv layers, (F,) for dense.
 
     layernorm: GroupNorm(1, C) on conv maps (normalises over C,H,W with per-channel affine) and
-    LayerNorm on dense features; rmsnorm: torch.nn.RMSNorm over the same dimensions.
+    LayerNorm on dense features; rmsnorm: :class:`ChannelRMSNorm` over the same dimensions with the
+    same per-channel gain (eps 1e-5 as both), no offset.
     """
     if kind == "none":
         return nn.Identity()
     if kind == "layernorm":
         return nn.GroupNorm(1, shape[0]) if len(shape) == 3 else nn.LayerNorm(shape)
     if kind == "rmsnorm":
-        return nn.RMSNorm(list(shape))
+        return ChannelRMSNorm(shape[0])
     raise ValueError(f"unknown norm {kind!r} (allowed: none, layernorm, rmsnorm)")
 
 

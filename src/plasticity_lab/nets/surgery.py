@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from plasticity_lab.nets.layers import ChannelRMSNorm
+
 
 def weight_param(layer: nn.Module) -> nn.Parameter:
     """The trainable tensor behind ``layer.weight`` (the parametrization's original if any)."""
@@ -54,7 +56,7 @@ def assign(
 
 
 AFFINE = (nn.Linear, nn.Conv2d)
-NORMS = (nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+NORMS = (nn.GroupNorm, nn.LayerNorm, ChannelRMSNorm)
 
 
 def param_layers(module: nn.Module) -> list[nn.Module]:
@@ -66,6 +68,34 @@ def affine_weights(module: nn.Module) -> list[nn.Parameter]:
     """The trainable tensors behind every Linear/Conv2d weight in ``module`` (frozen ones included),
     so code that edits "the weights of a reader" also reaches the parts of a wrapped head."""
     return [weight_param(m) for m in module.modules() if isinstance(m, AFFINE)]
+
+
+@torch.no_grad()
+def applied_weights(module: nn.Module) -> list[torch.Tensor]:
+    """Copies of the weights the forward pass applies, for every trainable Linear/Conv2d in
+    ``module`` (biases, norm gains and frozen layers left out), in module order.
+
+    A parametrized weight is read with its parametrization in eval mode, so spectral norm gives
+    ``W / sigma`` from its current power-iteration vectors without advancing them; the module is
+    left exactly as it was.
+    """
+    out = []
+    for layer in module.modules():
+        if not isinstance(layer, AFFINE) or not weight_param(layer).requires_grad:
+            continue
+        if not parametrize.is_parametrized(layer, "weight"):
+            out.append(layer.weight.detach().clone())
+            continue
+        parts = list(layer.parametrizations.weight.modules())
+        modes = [part.training for part in parts]
+        for part in parts:
+            part.training = False
+        try:
+            out.append(layer.weight.detach().clone())
+        finally:
+            for part, mode in zip(parts, modes):
+                part.training = mode
+    return out
 
 
 def init_bound(layer: nn.Module) -> float:

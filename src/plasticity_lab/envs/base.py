@@ -1,0 +1,67 @@
+"""What every vectorised environment of the toolkit returns and offers to the training loop.
+
+The loop, evaluation and probe collection only use this interface, so a new environment family
+is a new module implementing it plus a registry entry (:mod:`plasticity_lab.envs.registry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from plasticity_lab.envs.shifts import ShiftState
+
+TIME_LIMITS = ("truncate", "terminal")
+"""Episode caps of ProcGen and the gridworld. truncate: the episode is cut at the cap (200 agent
+steps on ProcGen, ``episode_steps`` on the gridworld) and the cut-off state's value bootstrapped;
+terminal: the reference's caps, ending the episode as a terminal state (no bootstrap): ProcGen's
+``steps > 200`` (201 agent steps), the gridworld's ``steps >= step_limit``."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One agent step; episode_* are only meaningful where terminated | truncated.
+
+    final_obs is None unless some env was truncated; then it is the whole batch of obs *before*
+    the truncation resets (rows of non-truncated envs equal `obs`), for bootstrapping V.
+    ``reward`` is the training reward (e.g. clipped on Atari); ``episode_return`` is the raw score.
+    """
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_obs: np.ndarray | None
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+
+
+class VecEnv(Protocol):
+    """The interface the loop uses (ProcgenVecEnv, GridGatherVecEnv, AleVecEnv, GymVecEnv ...).
+
+    ``num_tiles`` is the length of the observation permutation of the ``permute`` shift;
+    ``num_actions`` the length of the action permutation of ``shuffle`` (discrete actions, or
+    action dimensions of continuous ones).
+    """
+
+    num_envs: int
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    num_tiles: int
+
+    def observe_current(self) -> np.ndarray: ...
+
+    def step(self, actions: np.ndarray) -> StepResult: ...
+
+    def restart(self) -> None:
+        """A fresh episode in every env (episode-based collection starts every batch this way)."""
+
+    def apply_shift(self, state: ShiftState) -> None: ...
+
+    def get_state(self) -> dict[str, Any]: ...
+
+    def set_state(self, state: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,434 @@
+"""A run's plasticity probes: when they happen, on which frames, at what cost, and their files.
+
+The statistics themselves are pure functions in :mod:`plasticity_lab.metrics.diagnostics` (per
+layer) and :mod:`plasticity_lab.metrics.trainability`; this module collects the probe frames from
+the environment, schedules the probes within a compute budget, keeps the churn state across
+checkpoints and writes the results.
+
+**Schedule.** Probes follow epoch ``0``, every ``interval``-th epoch and the last epoch of every
+task; trainability fits run at some of them (:meth:`DiagnosticsPlan.full`). With a ``budget``
+(``diagnostics.budget``, default 10%), :func:`plan_diagnostics` keeps only what fits into that
+fraction of the run's training compute under a fixed cost model (:class:`CostModel`), dropping the
+least important probes and fits first; the run prints the plan and, at the end, the measured cost.
+The plan is a pure function of the config, never of wall-clock time, so a resumed run probes at
+exactly the epochs the uninterrupted run would and ``diagnostics.csv`` stays reproducible.
+
+Run-directory files:
+
+* ``diagnostics.csv``: one row per probe (columns :func:`diagnostic_columns`).
+* ``spectra.npz``: the trunk features' singular values of every probe, one array per probe named
+  ``epoch_<EEEEEE>`` (zero-padded epoch); rewritten atomically, so a resume that drops the
+  probes at or after its start epoch leaves no duplicates.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from plasticity_lab.config import EnvironmentConfig, RunConfig
+from plasticity_lab.envs import make_env
+from plasticity_lab.envs.shifts import ShiftState
+from plasticity_lab.experiment.logger import MetricsCSV
+from plasticity_lab.metrics.diagnostics import ProbeResult, churn, policy_outputs, probe_columns, probe_network
+from plasticity_lab.metrics.trainability import TrainabilityProbe
+
+RUN_COLUMNS = [
+    "epoch", "task", "probe_seconds", "policy_churn", "value_churn",
+    "trainability_loss", "trainability_fresh_loss", "trainability_ratio",
+]  # fmt: skip
+MIN_PROBES = 30
+
+
+def diagnostic_columns(layers: list[str]) -> list[str]:
+    """The columns of ``diagnostics.csv`` for a network with these layer names."""
+    return [*RUN_COLUMNS, *probe_columns(layers)]
+
+
+def default_probe_interval(num_epochs: int) -> int:
+    """Epochs between probes so that a run has at least :data:`MIN_PROBES` of them."""
+    return max(1, num_epochs // MIN_PROBES)
+
+
+# --------------------------------------------------------------------------- probe frames
+
+
+def collect_probe_frames(
+    env_cfg: EnvironmentConfig,
+    shift_state: ShiftState,
+    n: int = 2560,
+    seed: int = 0,
+    policy: Callable[[np.ndarray], np.ndarray] | None = None,
+    num_envs: int = 64,
+    warmup: int = 8,
+    stride: int = 4,
+) -> np.ndarray:
+    """``n`` real observations (uint8 frames ``(n, H, W, C)`` or float vectors ``(n, D)``) from
+    the training levels of ``env_cfg``'s task under ``shift_state``.
+
+    ``min(num_envs, n)`` environments take random actions (uniform discrete actions, or the
+    untrained Gaussian policy's N(0, I) draws for continuous ones) or ``policy(obs)``'s and, after
+    ``warmup`` steps, every ``stride``-th step's frames are kept, so the set spreads over many
+    levels and over the course of episodes rather than over their first moments. The same seed
+    gives the same frames; only the shift differs between tasks, so a tile-permuted task sees
+    exactly the permuted frames of the unshifted one.
+    """
+    if n <= 0 or warmup < 0 or stride <= 0:
+        raise ValueError(f"collect_probe_frames: need n > 0, warmup >= 0, stride > 0 (got {n}, {warmup}, {stride})")
+    envs = min(num_envs, n)
+    env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    rng = np.random.default_rng(action_seed)
+    env = make_env(env_cfg, envs, seed=env_seed, train=True, shift=shift_state)
+    continuous = bool(getattr(env, "continuous", False))
+    try:
+        obs = env.observe_current()
+        frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=obs.dtype)
+        stored, t = 0, 0
+        while stored < len(frames):
+            if t >= warmup and (t - warmup) % stride == 0:
+                frames[stored : stored + envs] = obs
+                stored += envs
+            if policy is not None:
+                actions = np.asarray(policy(obs))
+            elif continuous:
+                actions = rng.standard_normal((envs, env.num_actions))
+            else:
+                actions = rng.integers(0, env.num_actions, envs)
+            obs = env.step(actions).obs
+            t += 1
+    finally:
+        env.close()
+    return frames[:n]
+
+
+# --------------------------------------------------------------------------- schedule and budget
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Compute of training and diagnostics in one unit: a forward pass of one frame.
+
+    The factors are those measured with ``plab bench --diagnostics`` (conv64 h256 on CPU, see
+    BENCHMARKS.md: a probe 2.2 and a frame collection 0.8 forward passes per frame, a
+    trainability fit 0.8 of the modelled fit). Training counts only its network work (rollout
+    forwards, then forward, backward and optimiser step per minibatch frame), not environment
+    steps or test evaluations, so it is a lower bound of the real training time and the
+    estimated diagnostics fraction an upper bound of the real one.
+    """
+
+    train_step: float = 3.0
+    """Forward + backward + optimiser step of one frame, in forward passes."""
+    probe: float = 2.2
+    """One probe frame: forward with per-layer accumulators, ranks, weight statistics."""
+    collect: float = 0.8
+    """One probe frame's collection (environment steps with random actions), once per task."""
+
+    def epoch(self, buffer_size: int, num_passes: int) -> float:
+        return buffer_size * (1.0 + self.train_step * num_passes)
+
+    def fit(self, steps: int, batch_size: int, probe_size: int) -> float:
+        """One trainability fit: ``steps`` minibatch steps, then the loss on the whole set."""
+        return steps * batch_size * self.train_step + probe_size
+
+
+COSTS = CostModel()
+
+
+@dataclass(frozen=True)
+class DiagnosticsPlan:
+    """The epochs a run probes at and runs trainability fits at, and what the budget left out."""
+
+    probes: tuple[int, ...]
+    fits: tuple[int, ...]
+    skipped_probes: tuple[int, ...]
+    skipped_fits: tuple[int, ...]
+    cost: float
+    """Estimated diagnostics compute as a fraction of the training compute (:class:`CostModel`)."""
+    budget: float | None
+
+    def describe(self) -> str:
+        """One log line: what runs, what the budget skipped, the estimated cost."""
+        probes, fits = len(self.probes), len(self.fits)
+        if self.budget is None:
+            return (f"diagnostics: {probes} probes, {fits} trainability fits "
+                    f"(no budget; estimated {100 * self.cost:.1f}% of the training compute)")
+        text = (f"diagnostics: {probes} of {probes + len(self.skipped_probes)} probes and {fits} of "
+                f"{fits + len(self.skipped_fits)} trainability fits fit the budget of {100 * self.budget:g}% "
+                f"of the training compute (estimated {100 * self.cost:.1f}%)")
+        for what, epochs in (("probes", self.skipped_probes), ("fits", self.skipped_fits)):
+            if epochs:
+                text += f"; skipped {what} after epochs {_epoch_list(epochs)}"
+        return text
+
+
+def _epoch_list(epochs: tuple[int, ...], show: int = 8) -> str:
+    head = ", ".join(str(e) for e in epochs[:show])
+    return head if len(epochs) <= show else f"{head}, ... ({len(epochs)} in all)"
+
+
+def _evenly_spaced(items: list[int], k: int) -> list[int]:
+    if k <= 0:
+        return []
+    if k >= len(items):
+        return list(items)
+    return [items[i] for i in sorted({round(x) for x in np.linspace(0, len(items) - 1, k)})]
+
+
+def plan_diagnostics(
+    num_epochs: int,
+    shift_points: list[int] | tuple[int, ...],
+    interval: int,
+    trainability_every: int,
+    probe_size: int,
+    fit_steps: int,
+    fit_batch: int,
+    budget: float | None = None,
+    epoch_cost: float = 1.0,
+    costs: CostModel = COSTS,
+) -> DiagnosticsPlan:
+    """The probe and fit epochs of a run (see the module docstring).
+
+    Without a budget: a probe after epoch 0, every ``interval``-th epoch (``(e + 1) % interval
+    == 0``) and the last epoch of every task; a fit at epoch 0, at the last epoch of every task
+    and at the probes with ``(e + 1) // interval % trainability_every == 0`` (none if
+    ``trainability_every`` is 0). With a ``budget`` (a fraction; ``epoch_cost`` is one training
+    epoch in :class:`CostModel` units) the kept items are chosen greedily in this order, each
+    only if it still fits: probes at task ends (in order), the epoch-0 probe, as many of the
+    periodic probes as fit, evenly spaced; then fits at task ends, the epoch-0 fit and evenly
+    spaced periodic fits. A task's first probe also pays for collecting its frames (and, after a
+    shift, the churn forward on the previous task's frames); its first fit also pays for the
+    fresh reference network's fit and the targets.
+    """
+    task_ends = sorted({point - 1 for point in shift_points} | {num_epochs - 1})
+    ends = set(task_ends)
+    probes = [e for e in range(num_epochs) if e == 0 or (e + 1) % interval == 0 or e in ends]
+    fits = [
+        e for e in probes
+        if trainability_every and (e == 0 or e in ends or ((e + 1) // interval) % trainability_every == 0)
+    ]  # fmt: skip
+    task_of = [bisect.bisect_right(sorted(shift_points), e) for e in range(num_epochs)]
+    n = probe_size
+    fit_cost = costs.fit(fit_steps, fit_batch, n)
+
+    def probe_cost(chosen: set[int]) -> float:
+        tasks = {task_of[e] for e in chosen}
+        return len(chosen) * costs.probe * n + len(tasks) * costs.collect * n + sum(1 for t in tasks if t > 0) * n
+
+    def fits_cost(chosen: set[int]) -> float:
+        return len(chosen) * fit_cost + len({task_of[e] for e in chosen}) * (fit_cost + n)
+
+    training = num_epochs * epoch_cost
+    if budget is None:
+        cost = (probe_cost(set(probes)) + fits_cost(set(fits))) / training
+        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), cost, None)
+
+    limit = budget * training
+
+    def choose(candidates: list[int], periodic: list[int], cost_of: Callable[[set[int]], float], spent: float) -> set[int]:
+        chosen: set[int] = set()
+        for e in candidates:
+            if spent + cost_of(chosen | {e}) <= limit:
+                chosen.add(e)
+        # the most evenly spaced periodic ones that fit (the cost grows with their number)
+        low, high = 0, len(periodic)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if spent + cost_of(chosen | set(_evenly_spaced(periodic, mid))) <= limit:
+                low = mid
+            else:
+                high = mid - 1
+        return chosen | set(_evenly_spaced(periodic, low))
+
+    first = task_ends + [0]
+    kept_probes = choose(first, [e for e in probes if e not in first], probe_cost, 0.0)
+    spent = probe_cost(kept_probes)
+    fit_first = [e for e in first if e in fits and e in kept_probes]
+    fit_periodic = [e for e in fits if e not in fit_first and e in kept_probes]
+    kept_fits = choose(fit_first, fit_periodic, fits_cost, spent)
+    cost = (spent + fits_cost(kept_fits)) / training
+    return DiagnosticsPlan(
+        tuple(sorted(kept_probes)), tuple(sorted(kept_fits)),
+        tuple(e for e in probes if e not in kept_probes), tuple(e for e in fits if e not in kept_fits),
+        cost, budget,
+    )
+
+
+# --------------------------------------------------------------------------- a run's probes
+
+
+@dataclass
+class _Previous:
+    """The last probe's outputs and which task's frames they were computed on."""
+
+    task_index: int
+    shift: ShiftState
+    logits: torch.Tensor
+    values: torch.Tensor
+    log_std: torch.Tensor | None = None
+
+
+class PlasticityProbe:
+    """A run's probes: when they are due, their frame sets, churn state and trainability.
+
+    The epochs come from :func:`plan_diagnostics` (``plan``; with ``budget`` None the full
+    schedule), so every task's final network is measured unless the budget cannot afford it.
+
+    Each task's frame set is collected once (random actions, seed derived from the run seed and
+    the task index), so within a task metrics change only because the network does, and the set
+    can be rebuilt exactly after a resume. Churn compares the current network with the previous
+    probe's outputs on the previous probe's frames (across a shift: the old task's frames).
+    """
+
+    def __init__(
+        self,
+        env_cfg: EnvironmentConfig,
+        seed: int,
+        num_epochs: int,
+        shift_points: list[int] | tuple[int, ...] = (),
+        interval: int | None = None,
+        probe_size: int = 2560,
+        trainability_every: int = 5,
+        trainability_steps: int = 200,
+        chunk: int = 256,
+        budget: float | None = None,
+        epoch_cost: float = 1.0,
+    ) -> None:
+        if probe_size <= 0 or trainability_every < 0 or chunk <= 0:
+            raise ValueError("probe_size and chunk must be positive, trainability_every >= 0")
+        self.env_cfg, self.seed, self.chunk, self.probe_size = env_cfg, seed, chunk, probe_size
+        self.interval = interval or default_probe_interval(num_epochs)
+        self.trainability = TrainabilityProbe(trainability_steps, seed=seed) if trainability_every else None
+        self.plan = plan_diagnostics(
+            num_epochs, shift_points, self.interval, trainability_every, probe_size,
+            trainability_steps, self.trainability.batch_size if self.trainability else 0, budget, epoch_cost,
+        )
+        self._probe_epochs, self._fit_epochs = set(self.plan.probes), set(self.plan.fits)
+        self._frames: dict[int, np.ndarray] = {}
+        self._previous: _Previous | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, seed: int) -> PlasticityProbe:
+        """The probe of a run of ``cfg`` (section ``diagnostics``), budgeted against its training."""
+        d, p = cfg.diagnostics, cfg.ppo_trainer
+        return cls(
+            cfg.environment, seed=seed, num_epochs=p.num_epochs, shift_points=p.shift_points,
+            interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
+            trainability_steps=d.trainability_steps, budget=d.budget,
+            epoch_cost=COSTS.epoch(p.buffer_size, p.num_passes),
+        )
+
+    def due(self, epoch: int) -> bool:
+        """Probe after this epoch's update?"""
+        return epoch in self._probe_epochs
+
+    def trainability_due(self, epoch: int) -> bool:
+        return epoch in self._fit_epochs
+
+    def frames(self, task_index: int, shift_state: ShiftState) -> np.ndarray:
+        """The probe set of task ``task_index`` (cached; :meth:`measure` keeps only the current one)."""
+        if task_index not in self._frames:
+            frame_seed = int(np.random.SeedSequence([self.seed, task_index]).generate_state(1)[0])
+            self._frames[task_index] = collect_probe_frames(self.env_cfg, shift_state, self.probe_size, frame_seed)
+        return self._frames[task_index]
+
+    def measure(self, model: nn.Module, task_index: int, shift_state: ShiftState, epoch: int) -> ProbeResult:
+        """Probe ``model`` now; ``stats`` gains churn (from the second probe on), trainability
+        (when due) and ``probe_seconds``."""
+        t0 = time.monotonic()
+        frames = self.frames(task_index, shift_state)
+        result = probe_network(model, frames, self.chunk)
+        prev = self._previous
+        if prev is not None:
+            if prev.task_index == task_index:
+                now = result.logits, result.values
+            else:
+                now = policy_outputs(model, self.frames(prev.task_index, prev.shift), self.chunk)
+            result.stats.update(churn(prev.logits, prev.values, *now, prev.log_std, result.log_std))
+        self._previous = _Previous(task_index, shift_state, result.logits, result.values, result.log_std)
+        self._frames = {task_index: frames}
+        if self.trainability_due(epoch):
+            result.stats.update(self.trainability.measure(model, frames, key=task_index))
+        result.stats["probe_seconds"] = time.monotonic() - t0
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Churn state for the checkpoint (outputs only, ~0.1 MB: frames are rebuilt from seeds)."""
+        prev = self._previous
+        if prev is None:
+            return {"previous": None}
+        return {
+            "previous": {
+                "task_index": prev.task_index, "shift": prev.shift.to_dict(),
+                "logits": prev.logits.cpu(), "values": prev.values.cpu(),
+                "log_std": None if prev.log_std is None else prev.log_std.cpu(),
+            }
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`state_dict` (``None``, e.g. from an older checkpoint: no churn until
+        the next probe has a predecessor)."""
+        prev = None if state is None else state["previous"]
+        self._previous = None if prev is None else _Previous(
+            prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"], prev.get("log_std")
+        )
+
+
+# --------------------------------------------------------------------------- run-directory files
+
+
+class DiagnosticsLogger:
+    """``diagnostics.csv`` and ``spectra.npz`` of a run, with the resume semantics of metrics.csv:
+    probes at or after ``start_epoch`` (recomputed after a resume) are dropped from both.
+    ``layers`` are the network's :func:`layer_names`."""
+
+    def __init__(self, run_dir: Path, start_epoch: int, layers: list[str]) -> None:
+        run_dir = Path(run_dir)
+        self.columns = diagnostic_columns(layers)
+        self.csv = MetricsCSV(run_dir / "diagnostics.csv", self.columns, start_epoch)
+        with open(run_dir / "diagnostics.csv", newline="") as handle:  # the rows kept from before a resume
+            kept = [float(r["probe_seconds"]) for r in csv.DictReader(handle) if r.get("probe_seconds")]
+        self.probes, self.seconds = len(kept), sum(kept)
+        """Probes logged and their total ``probe_seconds``, over the whole run (resumes included)."""
+        self.spectra_path = run_dir / "spectra.npz"
+        self.spectra: dict[str, np.ndarray] = {}
+        if self.spectra_path.exists():
+            with np.load(self.spectra_path) as saved:
+                self.spectra = {k: saved[k] for k in saved.files if int(k.split("_")[1]) < start_epoch}
+            self._save_spectra()
+
+    def log(self, epoch: int, task: int, stats: dict[str, float], spectrum: np.ndarray) -> dict[str, float]:
+        """Append one probe; returns its finite scalars (``layer/stat`` names) for TensorBoard."""
+        unknown = set(stats) - set(self.columns)
+        if unknown:
+            raise KeyError(f"diagnostics: no column for {sorted(unknown)}")
+        self.csv.write({"epoch": epoch, "task": task, **stats})
+        self.probes += 1
+        self.seconds += stats.get("probe_seconds") or 0.0
+        self.spectra[f"epoch_{epoch:06d}"] = np.asarray(spectrum)
+        self._save_spectra()
+        return {k: float(v) for k, v in stats.items() if v is not None and math.isfinite(v)}
+
+    def _save_spectra(self) -> None:
+        tmp = self.spectra_path.with_name(f".{self.spectra_path.name}.tmp")
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **self.spectra)
+        os.replace(tmp, self.spectra_path)
+
+    def cost_line(self, wall_time: float) -> str:
+        """The measured cost for the run's log: probe time against the rest of the run's time."""
+        training = wall_time - self.seconds
+        share = f" = {100 * self.seconds / training:.1f}% on top of {training:.0f} s of training" if training > 0 else ""
+        return f"diagnostics: {self.probes} probes took {self.seconds:.1f} s{share}"
+
+    def close(self) -> None:
+        self.csv.close()

@@ -1,0 +1,62 @@
+"""Running observation statistics as part of the network.
+
+Vector observations (MuJoCo, Gymnasium control tasks) are standardised by running mean and
+variance before the encoder, as PPO's MuJoCo setting does. Keeping the statistics as buffers of
+the network puts them into every checkpoint, ``task_<k>.pt`` and loaded agent, and makes
+evaluation, probe sets and interventions see observations exactly as training does. The
+statistics change only through :meth:`ObsNormalizer.update`, called by the training loop on the
+observations it collects; they are not parameters, so no optimiser or intervention touches them.
+
+Written here rather than taken from gymnasium's ``RunningMeanStd`` because the statistics must
+be torch buffers of the module (state_dict, device moves) and gymnasium is an optional extra.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+EPS = 1e-8
+
+
+class RunningMoments(nn.Module):
+    """Mean and (population) variance of everything passed to :meth:`update`, in float64,
+    merged batch by batch with Chan et al.'s parallel formula."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        """Merge a batch of samples (leading dimension) into the statistics."""
+        batch = batch.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
+        n = batch.shape[0]
+        if n == 0:
+            return
+        b_mean, b_var = batch.mean(0), batch.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.fill_(total)
+
+
+class ObsNormalizer(RunningMoments):
+    """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` once statistics exist; the identity
+    before the first update (and for runs that never update it)."""
+
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0) -> None:
+        super().__init__(shape)
+        self.clip = clip
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        obs = obs.float()
+        if self.count.item() == 0:
+            return obs
+        mean = self.mean.to(obs.dtype)
+        std = (self.var + EPS).sqrt().to(obs.dtype)
+        return ((obs - mean) / std).clamp(-self.clip, self.clip)

@@ -1,0 +1,135 @@
+"""Optimiser methods: settings changes (l2, adam_beta) that combine with an optimiser provider,
+l2's per-round strength, the compatibility rules, and TRAC keeping its state across shifts in the
+runner."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from plasticity_lab.config import ConfigError, RunConfig, load_study
+from plasticity_lab.experiment.runner import Run
+from plasticity_lab.interventions import TrainingPlan, check_compatible, validate_interventions
+from plasticity_lab.interventions.base import validate_params
+from plasticity_lab.interventions.cbp import EntrywiseAdamW
+from tests.test_interventions import build, make_model, make_optimizer, snapshot
+
+# importing kron_torch imports torch's inductor, which warns about its own deprecated internals
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+# 30 epochs of 3 passes x 16 minibatches, shifts at 10 and 20: 480 optimiser steps per round
+PLAN = TrainingPlan.from_config(RunConfig.model_validate(
+    {"ppo_trainer": {"num_epochs": 30, "shift_points": [10, 20], "buffer_size": 1024, "batch_size": 64, "num_passes": 3}}
+))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def settings(opt: torch.optim.Optimizer) -> tuple:
+    group = opt.param_groups[0]
+    return group["lr"], tuple(group["betas"]), group["weight_decay"]
+
+
+def test_adam_beta_defaults_to_dohare_et_al_and_l2_to_1e_3_on_adamw():
+    model = make_model()
+    assert validate_params("adam_beta", {}).beta == 0.99
+    opt = make_optimizer(model, [build("adam_beta", model), build("l2", model)], lr=2e-4)
+    assert type(opt) is torch.optim.AdamW and settings(opt) == (2e-4, (0.99, 0.99), 1e-3)
+
+
+@pytest.mark.parametrize("provider", ["cbp", "trac"])
+def test_settings_methods_combine_with_an_optimiser_provider(provider):
+    from trac_optimizer.trac import is_trac
+
+    model = make_model()
+    ivs = [build("l2", model, coef=0.05), build(provider, model), build("adam_beta", model, beta=0.95)]
+    check_compatible([iv.name for iv in ivs])
+    opt = make_optimizer(model, ivs, lr=2e-4)
+    assert (type(opt) is EntrywiseAdamW) if provider == "cbp" else is_trac(opt)
+    assert settings(opt) == (2e-4, (0.95, 0.95), 0.05)
+
+
+def test_l2_decay_per_task_is_the_weight_decay_that_halves_weights_over_a_round():
+    """decay_per_task d over steps s at learning rate lr: (1 - lr*wd)^s = 1 - d, so
+    wd = (1 - (1 - d)^(1/s)) / lr; with zero gradients AdamW's only change is that decay."""
+    lr, steps, d = 5e-4, 480, 0.5
+    assert PLAN.updates_per_round == steps
+    model = make_model()
+    opt = make_optimizer(model, [build("l2", model, plan=PLAN, decay_per_task=d)], lr=lr)
+    wd = opt.param_groups[0]["weight_decay"]
+    assert wd == pytest.approx((1 - 0.5 ** (1 / 480)) / 5e-4, rel=1e-12)
+    assert wd == pytest.approx(2.88603, rel=1e-5)  # by hand: (ln 2/480 - (ln 2/480)^2/2) / 5e-4
+    start = snapshot(model)
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), start[name] * (1 - d), rtol=1e-4, atol=1e-9)
+
+
+def test_l2_decay_per_task_uses_the_learning_rate_kron_sets():
+    model = make_model()
+    opt = make_optimizer(model, [build("l2", model, plan=PLAN, decay_per_task=0.5), build("kron", model, lr=1e-3)])
+    assert opt.param_groups[0]["lr"] == 1e-3
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx((1 - 0.5 ** (1 / 480)) / 1e-3, rel=1e-12)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"coef": 0.1, "decay_per_task": 0.5}, "interventions.l2: give coef or decay_per_task, not both"),
+    ({"decay_per_task": 1.0}, "interventions.l2.decay_per_task: Input should be less than 1"),
+])
+def test_l2_strength_errors_are_one_line(raw, message):
+    with pytest.raises(ValueError) as err:
+        validate_params("l2", raw)
+    assert str(err.value) == message
+
+
+def test_two_optimiser_providers_or_an_ignored_setting_are_config_errors(write_config):
+    check_compatible(["l2", "redo", "nap", "cchain", "trac", "adam_beta"])
+    check_compatible(["l2", "kron"])
+    check_compatible(["cbp", "adam_beta", "l2"])
+    with pytest.raises(ValueError, match="cbp and trac each replace the optimiser") as err:
+        check_compatible(["l2", "cbp", "trac"])
+    assert "\n" not in str(err.value)
+    path = write_config({"experiment": {"conditions": {"bad": {"interventions.kron": {}, "interventions.adam_beta": {}}}}})
+    with pytest.raises(ConfigError, match="kron's optimiser has no betas, which adam_beta sets"):
+        load_study(path).condition("bad")
+    path = write_config({"experiment": {"conditions": {"bad": {"interventions.l2": {"coef": 0.1, "decay_per_task": 0.5}}}}},
+                        name="both.yaml")
+    with pytest.raises(ConfigError, match="interventions.l2: give coef or decay_per_task, not both") as err:
+        load_study(path).condition("bad")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- TRAC in the runner
+
+
+def test_trac_keeps_its_anchor_and_scale_across_a_shift_in_the_runner(tmp_path):
+    """The runner re-creates the optimiser at shifts (reset_optimizer_at_shift: true, the default);
+    TRAC's must survive: its reference stays the initial weights and its step count runs on."""
+    cfg = RunConfig.model_validate({
+        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
+        "model": {"enc_type": "conv11", "h_size": 16},
+        "ppo_trainer": {"num_epochs": 3, "shift_points": [1], "buffer_size": 32, "batch_size": 16,
+                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
+        "diagnostics": {"enabled": False},
+        "interventions": {"trac": {}},
+    })
+    assert cfg.ppo_trainer.reset_optimizer_at_shift
+    cfg.interventions = validate_interventions(cfg)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_yaml_dict()))
+    run = Run(cfg, tmp_path, seed=0, device="cpu")
+    initial = [p.detach().clone() for p in run.model.parameters()]
+    assert run.train() == "done"
+    trac = run.optimizer.state["_trac"]
+    assert trac["iter_count"] == 3 * 2  # every step of the run, not only those since the shift
+    for p, p0 in zip(run.model.parameters(), initial, strict=True):
+        assert torch.equal(trac[p]["ref"], p0)
