@@ -230,7 +230,8 @@ def test_steps_per_s_counts_collection_and_update_but_not_evaluation(tmp_path, m
     run.collect = advancing(run.collect, 2.0)
     run.update = advancing(run.update, 1.0)
     run.evaluate = advancing(run.evaluate, 500.0)
+    run.ppo = run.ppo.model_copy(update={"test_interval": 3})
     evaluated = run.run_epoch(0)  # epoch 0 is evaluated
-    plain = run.run_epoch(1)  # epoch 1 is not
+    plain = run.run_epoch(2)  # epoch 2 is not (1 ends round 1, 3 is the last)
     assert evaluated["test_r"] is not None and plain["test_r"] is None
     assert evaluated["steps_per_s"] == plain["steps_per_s"] == 128 / 3.0
