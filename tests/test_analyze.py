@@ -13,7 +13,7 @@ from plasticity_lab.cli import train_main
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def test_analyze_finished_and_partial_runs(tmp_path, write_config):
+def test_analyze_finished_and_partial_runs(tmp_path, write_config, monkeypatch):
     cfg = write_config()
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 0
     study = tmp_path / "results" / "t"
@@ -44,6 +44,15 @@ def test_analyze_finished_and_partial_runs(tmp_path, write_config):
     # the partial run's latest checkpoint is the finished run's final network, on the same frames
     for column in SUMMARY_COLUMNS[4:]:
         assert rows[1][column] == rows[3][column]
+
+    # a committed reference study is read-only: its analysis goes to reports/<name>/ instead
+    (study / "REFERENCE.md").write_text("committed\n")
+    shutil.rmtree(out)
+    monkeypatch.chdir(tmp_path)
+    assert analyze(study, frames=64).resolve() == tmp_path / "reports" / "t" / "feature_analysis"
+    assert not (study / "feature_analysis").exists()
+    with pytest.raises(ValueError, match="read-only"):
+        analyze(study, frames=64, out=study / "mine")
 
 
 def test_analyze_without_runs_is_an_error(tmp_path):

@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("results_dir", help="study directory (results/NAME)")
     an.add_argument("--frames", type=int, default=2560, help="real frames collected per task")
     an.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    an.add_argument("--out", default=None, metavar="DIR",
+                    help="output folder (default: RESULTS_DIR/feature_analysis; reports/NAME/feature_analysis for a committed reference study)")
     an.set_defaults(func=cmd_analyze)
     rep = sub.add_parser("report", help="figures, paired comparisons with CIs, summary.md, comparisons.csv, report.html")
     rep.add_argument("results_dir", help="study directory (results/NAME)")
@@ -233,7 +235,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from plasticity_lab.analysis.feature_analysis import analyze
 
     try:
-        out = analyze(args.results_dir, frames=args.frames, device=args.device)
+        out = analyze(args.results_dir, frames=args.frames, device=args.device, out=args.out)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     print(f"wrote {out}")

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from plasticity_lab.analysis.report import output_dir
 from plasticity_lab.config import EnvironmentConfig
 from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.checkpoint import load_checkpoint
 from plasticity_lab.experiment.loading import load_agent, load_run_config
 from plasticity_lab.experiment.probes import collect_probe_frames
+from plasticity_lab.experiment.study import is_reference_study
 from plasticity_lab.metrics.diagnostics import ProbeResult, probe_network
 
 FRAME_SEED = 0
@@ -91,14 +93,18 @@ def snapshots(condition: str, seed: int, run_dir: Path) -> list[Snapshot]:
     return out
 
 
-def analyze(results_dir: str | Path, frames: int = 2560, device: str = "cpu") -> Path:
-    """Probe every saved network of the study in ``results_dir``; returns the output folder."""
+def analyze(results_dir: str | Path, frames: int = 2560, device: str = "cpu", out: str | Path | None = None) -> Path:
+    """Probe every saved network of the study in ``results_dir``; returns the output folder:
+    ``out``, else ``<study>/feature_analysis`` (``reports/<name>/feature_analysis`` for a committed
+    reference study, which no command writes into)."""
     results_dir = Path(results_dir)
     runs = find_runs(results_dir)
     if not runs:
         raise ValueError(f"{results_dir}: no run directories <condition>/seed_<s>/ with checkpoints")
-    out_dir = results_dir / "feature_analysis"
-    out_dir.mkdir(exist_ok=True)
+    if out is not None and (is_reference_study(out) or is_reference_study(Path(out).parent)):
+        raise ValueError(f"--out {out}: inside a committed reference study (REFERENCE.md), which is read-only")
+    out_dir = Path(out) if out is not None else output_dir(results_dir, None, in_place=False) / "feature_analysis"
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # A few frame sets stay cached (keyed by JSON, as configs and shift states are unhashable):
     # every run revisits the unshifted first task.
