@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -487,3 +488,30 @@ def test_dead_units_undefined_for_an_activation_shows_na_and_dormant_units_are_c
     assert "| Condition | Test return: mean [95% CI] | IQM [95% CI] | Dead units | Dormant units |" in summary
     row = next(line for line in summary.splitlines() if line.startswith("| leaky |"))
     assert "| n/a | 10.5% [" in row
+
+
+def test_plasticity_loss_per_round_is_the_paired_baseline_minus_reference_on_train_and_test(tmp_path):
+    """The baseline loses 1 test-return point per round against reset-all (and nothing on training
+    return); every seed shifts both conditions equally, so the paired differences are exact."""
+    root = write_study(tmp_path / "s", ["baseline", "reset-all"])
+    for seed in range(4):
+        task = lambda e: sum(e >= s for s in SHIFTS)  # noqa: E731
+        write_run(root, "baseline", seed, lambda e, seed=seed: 5.0 + 0.3 * seed - task(e))
+        write_run(root, "reset-all", seed, lambda e, seed=seed: 5.0 + 0.3 * seed)
+    comparison = study_of(root, reference="reset-all")
+    loss = comparison.round_loss
+    assert [c.diff.value for c in loss["test_r"]] == pytest.approx([0.0, -1.0, -2.0])
+    assert all(len(c.seeds) == 4 for c in loss["test_r"])
+    assert loss["test_r"][2].p == pytest.approx(2 / 16)  # all 4 differences negative: 2 of 16 sign patterns as extreme
+    assert loss["test_r"][2].p_holm == pytest.approx(3 * 2 / 16)  # Holm over 3 rounds: two tied smallest p, x3
+    assert [c.diff.value for c in loss["train_r"]] == pytest.approx([0.0, 0.0, 0.0])  # train_r is 0.1 in every run
+    with contextlib.redirect_stdout(io.StringIO()):
+        html = report(root, reps=REPS, reference="reset-all")
+    summary = (html.parent / "summary.md").read_text()
+    assert "Plasticity loss per round: baseline minus reset-all" in summary
+    frame = pd.read_csv(html.parent / "comparisons.csv")
+    row = frame[frame.metric == "test_r_round_3"].iloc[0]
+    assert row.condition == "baseline" and row.baseline == "reset-all" and row.n_pairs == 4
+    assert row["diff"] == pytest.approx(-2.0)
+    # without a reference condition there is no such view
+    assert study_of(root).round_loss == {}

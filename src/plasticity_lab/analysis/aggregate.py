@@ -198,6 +198,10 @@ class Comparison:
     round_windows: list[tuple[int, int]]
     """Epochs each round's end value averages."""
     round_ends: dict[str, RoundEnd]
+    round_loss: dict[str, list[PairedComparison]]
+    """Plasticity loss itself: metric (train_r, test_r) -> per round, the baseline minus the reference
+    condition at the round's end, paired by seed, Holm-adjusted over the rounds; empty without a
+    reference condition."""
     correlations: list[CorrelationRow]
     sensitivity: Sensitivity | None
     notes: list[str]
@@ -461,7 +465,8 @@ def compare(study: Study, final_window: int | None = None, reps: int = 99_999, s
     rounds, windows, round_ends = _round_view(study, results, horizon, count, notes)
     return Comparison(
         horizon, (start, horizon), count, results, paired, rounds, windows, round_ends,
-        _correlations(study, results), _sensitivity(study, results, reps, seed), notes,
+        _round_loss(study, results, windows, reps, seed), _correlations(study, results),
+        _sensitivity(study, results, reps, seed), notes,
     )
 
 
@@ -600,6 +605,37 @@ def _round_view(
         relative = [stats.ratio_estimate(per_run[:, k], per_run[:, 0]) for k in range(len(windows))]
         round_ends[condition] = RoundEnd(values, relative)
     return rounds, windows, round_ends
+
+
+ROUND_LOSS_METRICS = ("train_r", "test_r")
+"""Training return (trainability: can it still fit the new task) and test return (generalisation)."""
+
+
+def _round_loss(
+    study: Study, results: dict[str, ConditionResult], windows: list[tuple[int, int]], reps: int, seed: int,
+) -> dict[str, list[PairedComparison]]:
+    """The baseline minus the reference condition (e.g. reset-all: a fresh network every round,
+    which carries nothing across shifts) at the end of every round, seed by seed, on the
+    round-end windows of the per-round view. A baseline that falls further behind round after
+    round is losing plasticity; round 1, before any shift, is the check of the pairing (0 when
+    both conditions run the same first task from the same initialisation)."""
+    ref = study.reference
+    if ref is None or ref == study.baseline or not windows or study.baseline not in results or ref not in results:
+        return {}
+    out: dict[str, list[PairedComparison]] = {}
+    for metric in ROUND_LOSS_METRICS:
+        def ends(condition: str) -> list[dict[int, float]]:
+            runs = [r for r in study.runs_of(condition) if r.seed in results[condition].finals and metric in r.series]
+            return [{r.seed: window_mean(r.series[metric], a, b) for r in runs} for a, b in windows]
+
+        base, reference = ends(study.baseline), ends(ref)
+        table = [paired_comparison(study.baseline, metric, base[k], reference[k], reps, seed) for k in range(len(windows))]
+        if not any(c.seeds for c in table):
+            continue
+        for c, adjusted in zip(table, stats.holm([c.p for c in table])):
+            c.p_holm = float(adjusted)
+        out[metric] = table
+    return out
 
 
 def _correlated_names(study: Study) -> list[str]:

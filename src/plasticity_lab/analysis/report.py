@@ -211,7 +211,8 @@ def _sections(
     sections += [
         ("Results", results),
         ("Return at the end of each round",
-         [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]),
+         [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]
+         + ([_round_loss_table(study, comparison)] if comparison.round_loss else [])),
         ("Plasticity metrics vs. final test return", [_correlation_table(comparison), Images(pick("correlations.png"))]),
         ("Seeds needed", [_power_table(power) if power else "Needs paired final values of the baseline and another condition."]),
         ("Provenance", _provenance_blocks(study)),
@@ -323,6 +324,22 @@ def _rounds_table(comparison: Comparison) -> Table:
     )
 
 
+def _round_loss_table(study: Study, comparison: Comparison) -> Table:
+    names = {"train_r": "training return", "test_r": "test return"}
+    rows = []
+    for metric, table in comparison.round_loss.items():
+        n = max(len(c.seeds) for c in table)
+        rows.append([names.get(metric, metric), str(n)] + [f"{_ci(c.diff, '+.3g')}; p {_p(c.p_holm)}" for c in table])
+    return Table(
+        ["Return", "n"] + [f"round {k + 1}" for k in range(len(comparison.round_windows))], rows,
+        f"Plasticity loss per round: {study.baseline} minus {study.reference} at each round's end (the windows of the "
+        f"table above; training return averaged over the same epochs), paired by seed: mean difference with its 95% t "
+        f"interval, and the exact sign-flip p Holm-adjusted over the rounds of the row. {study.reference} carries "
+        f"nothing across a shift, so a difference that grows negative round after round is plasticity lost; round 1 "
+        "precedes every shift. Per-seed numbers are in comparisons.csv (metric train_r_round_K / test_r_round_K).",
+    )
+
+
 def _correlation_table(comparison: Comparison) -> Table:
     rows = []
     for row in comparison.correlations:
@@ -422,11 +439,16 @@ def _commands_table(study: Study) -> Table:
 
 # ------------------------------------------------------------------------------------- data
 def comparisons_frame(study: Study, comparison: Comparison) -> pd.DataFrame:
-    """comparisons.csv: one row per condition and compared metric, every number of the paired table."""
+    """comparisons.csv: one row per condition and compared metric, every number of the paired table;
+    with a reference condition also the per-round plasticity-loss rows (baseline vs reference,
+    metric ``train_r_round_K`` / ``test_r_round_K``)."""
     rows = []
     for metric, table in comparison.paired.items():
         for c in table.values():
-            rows.append(_comparison_row(study, c))
+            rows.append(_comparison_row(c, study.baseline))
+    for metric, table in comparison.round_loss.items():
+        for k, c in enumerate(table):
+            rows.append({**_comparison_row(c, study.reference), "metric": f"{metric}_round_{k + 1}"})
     columns = [
         "condition", "baseline", "metric", "n_pairs", "seeds", "diff", "ci_low", "ci_high", "p", "p_holm",
         "rel_diff_pct", "rel_ci_low", "rel_ci_high", "iqm_diff", "iqm_ci_low", "iqm_ci_high",
@@ -435,9 +457,9 @@ def comparisons_frame(study: Study, comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _comparison_row(study: Study, c: PairedComparison) -> dict[str, object]:
+def _comparison_row(c: PairedComparison, against: str) -> dict[str, object]:
     return {
-        "condition": c.condition, "baseline": study.baseline, "metric": c.metric, "n_pairs": len(c.seeds),
+        "condition": c.condition, "baseline": against, "metric": c.metric, "n_pairs": len(c.seeds),
         "seeds": " ".join(map(str, c.seeds)), "diff": c.diff.value, "ci_low": c.diff.lo, "ci_high": c.diff.hi,
         "p": c.p, "p_holm": c.p_holm, "rel_diff_pct": c.relative.value, "rel_ci_low": c.relative.lo,
         "rel_ci_high": c.relative.hi, "iqm_diff": c.iqm_diff.value, "iqm_ci_low": c.iqm_diff.lo,
