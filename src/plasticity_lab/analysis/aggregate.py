@@ -25,8 +25,14 @@ DIAGNOSTICS_PREFIX = "diagnostics/"
 """Series from diagnostics.csv are stored under this prefix, so they never collide with metrics.csv."""
 PERCENT = ("dead_units", "dormant_units")
 """metrics.csv fractions the report shows in percent, as the study report does."""
-COMPARED = ("test_r", "dead_units", "dormant_units")
-"""Final values compared with the baseline, seed by seed (comparisons.csv)."""
+COMPARED = (
+    "test_r", "train_r", "dead_units", "dormant_units",
+    DIAGNOSTICS_PREFIX + "overall/dead_frac", DIAGNOSTICS_PREFIX + "overall/activation_rate",
+    DIAGNOSTICS_PREFIX + "dense/effective_rank",
+)
+"""Final values compared with the baseline, seed by seed (comparisons.csv): returns, the training
+loop's unit statistics, and the probe's never-active fraction, activation rate and trunk-output
+effective rank where diagnostics ran (the study report's feature-analysis quantities)."""
 CORRELATED = ("weight_m", "weight_diff", "grad_norm", "dead_units", "dormant_units", "entropy")
 """metrics.csv columns set against final test return."""
 CORRELATED_PROBES = ("overall/", "dense/", "trainability_ratio", "policy_churn", "value_churn")
