@@ -20,8 +20,8 @@ ADV_EPS = 1e-8
 class Batch:
     """Experience flattened for the update: one row per transition, in any order."""
 
-    obs: torch.Tensor  # uint8 (M, H, W, 3)
-    actions: torch.Tensor  # int64 (M,)
+    obs: torch.Tensor  # uint8 (M, H, W, C) frames or float32 (M, D) vectors
+    actions: torch.Tensor  # int64 (M,) discrete or float32 (M, A) continuous
     log_probs: torch.Tensor  # (M,)
     values: torch.Tensor  # (M,)
     advantages: torch.Tensor  # (M,)
