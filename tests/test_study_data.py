@@ -62,6 +62,19 @@ def test_load_study_returns_tidy_frames(tmp_path):
     assert isinstance(runs.loc[("method", 2), "config"], dict)
 
 
+def test_a_committed_study_may_store_its_per_epoch_csvs_gzipped(tmp_path):
+    import gzip
+
+    plain = plasticity_lab.load_study(small_study(tmp_path / "plain"))
+    packed_root = small_study(tmp_path / "packed")
+    for csv_path in list(packed_root.glob("*/seed_*/*.csv")):
+        csv_path.with_name(csv_path.name + ".gz").write_bytes(gzip.compress(csv_path.read_bytes()))
+        csv_path.unlink()
+    packed = plasticity_lab.load_study(packed_root)
+    pd.testing.assert_frame_equal(packed.metrics, plain.metrics)
+    pd.testing.assert_frame_equal(packed.diagnostics, plain.diagnostics)
+
+
 def test_report_and_notebook_share_one_loader(tmp_path):
     root = small_study(tmp_path / "s")
     data = plasticity_lab.load_study(root)

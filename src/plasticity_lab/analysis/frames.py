@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import fcntl
+import gzip
 import io
 import json
 from dataclasses import dataclass
@@ -74,15 +75,24 @@ class StudyData:
         return configured + [c for c in found if c not in configured]
 
 
+def _read_text(path: Path) -> str:
+    """The file's text; a committed study may store it gzip-compressed as ``<name>.gz`` (its
+    per-epoch CSVs, so hundreds of runs stay a few MB); "" when neither exists."""
+    if path.exists():
+        return path.read_text()
+    packed = path.with_name(path.name + ".gz")
+    return gzip.decompress(packed.read_bytes()).decode() if packed.exists() else ""
+
+
 def read_epoch_csv(path: Path) -> pd.DataFrame:
     """A per-epoch CSV as a frame sorted by epoch, numbers as floats (NaN for empty cells).
 
     The training loop appends and flushes one row per epoch, so a file read mid-run may end in a
     half-written line: a last line without its newline, or any row with a wrong field count or no
     integer epoch, is skipped rather than parsed into a wrong number. A repeated epoch keeps its
-    last row.
+    last row. A committed study's ``<name>.gz`` is read where ``path`` itself is absent.
     """
-    text = path.read_text() if path.exists() else ""
+    text = _read_text(path)
     lines = text.splitlines()
     if lines and not text.endswith("\n"):
         lines = lines[:-1]
