@@ -201,3 +201,11 @@ def test_continuous_actions_and_reward_scaling_collect_whole_episodes(tmp_path):
     assert float(run.reward_scaler.moments.count) == pytest.approx(120, abs=1e-3)  # only experience steps
     stats = run.update(batch)
     assert np.isfinite(stats["p_loss"]) and np.isfinite(stats["v_loss"])
+
+
+def test_episode_rollout_is_a_config_error_on_ale():
+    pytest.importorskip("ale_py")
+    raw = {"environment": {"name": "ale", "task": "pong"}, "model": {"enc_type": "nature"},
+           "ppo_trainer": {"rollout": "episodes"}}
+    with pytest.raises(ValueError, match="rollout: 'episodes' does not apply to ale"):
+        RunConfig.model_validate(raw)

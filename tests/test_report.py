@@ -515,3 +515,15 @@ def test_plasticity_loss_per_round_is_the_paired_baseline_minus_reference_on_tra
     assert row["diff"] == pytest.approx(-2.0)
     # without a reference condition there is no such view
     assert study_of(root).round_loss == {}
+
+
+def test_a_probe_from_an_earlier_task_is_not_a_final_value(tmp_path):
+    """Probes at epochs 0, 10, 20 (the last task starts at 20): the final window's probe value is
+    the one of epoch 20; with the epoch-20 probe removed, there is none (NaN), not epoch 10's."""
+    root = write_study(tmp_path / "s", ["baseline"])
+    run = write_run(root, "baseline", 0, constant(5.0), diagnostics=True)
+    name = "diagnostics/dense/effective_rank"
+    assert study_of(root).results["baseline"].finals[0][name] == pytest.approx(100 - 20)
+    lines = (run / "diagnostics.csv").read_text().splitlines()
+    (run / "diagnostics.csv").write_text("\n".join(line for line in lines if not line.startswith("20,")) + "\n")
+    assert math.isnan(study_of(root).results["baseline"].finals[0][name])

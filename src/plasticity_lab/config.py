@@ -352,6 +352,9 @@ class RunConfig(Strict):
                 f"ppo_trainer.buffer_size {self.ppo_trainer.buffer_size} must be a multiple of "
                 f"environment.env_copies {self.environment.env_copies} with rollout: fixed"
             )
+        if self.ppo_trainer.rollout == "episodes" and self.environment.name == "ale":
+            # a batch is as long as the longest of env_copies games (up to 27000 agent steps), all stored
+            raise ValueError("ppo_trainer.rollout: 'episodes' does not apply to ale (episodes of up to 27000 steps); use fixed")
         return self
 
     def to_yaml_dict(self) -> dict[str, Any]:

@@ -464,7 +464,9 @@ def compare(study: Study, final_window: int | None = None, reps: int = 99_999, s
         )
     if final_window and final_window > len(test_epochs) and len(test_epochs):
         notes.append(f"--final-window {final_window} is more than the {len(test_epochs)} test evaluations; all are used.")
-    results = {condition: _condition_result(study, condition, eligible, start, horizon, notes) for condition in study.conditions}
+    results = {
+        condition: _condition_result(study, condition, eligible, start, horizon, last_task, notes) for condition in study.conditions
+    }
     paired = {metric: _paired(study, results, metric, reps, seed) for metric in COMPARED}
     paired = {metric: table for metric, table in paired.items() if table}
     _normalised(study, results)
@@ -476,7 +478,9 @@ def compare(study: Study, final_window: int | None = None, reps: int = 99_999, s
     )
 
 
-def _condition_result(study: Study, condition: str, eligible: list[Run], start: int, horizon: int, notes: list[str]) -> ConditionResult:
+def _condition_result(
+    study: Study, condition: str, eligible: list[Run], start: int, horizon: int, last_task: int, notes: list[str],
+) -> ConditionResult:
     result = ConditionResult(condition, {})
     for run in study.runs:
         if run.condition != condition:
@@ -498,7 +502,7 @@ def _condition_result(study: Study, condition: str, eligible: list[Run], start: 
             result.failed[run.label] = "test_r never logged"
             notes.append(f"{run.label}: test_r is empty in every row (no evaluation logged); counted as failed.")
             continue
-        finals = _final_values(run, start, horizon)
+        finals = _final_values(run, start, horizon, last_task)
         if math.isnan(finals["test_r"]):
             result.failed[run.label] = f"no test_r in the final window ({epoch_range(start, horizon)})"
             notes.append(f"{run.label}: no test_r in the final window ({epoch_range(start, horizon)}); counted as failed.")
@@ -516,15 +520,16 @@ def _condition_result(study: Study, condition: str, eligible: list[Run], start: 
     return result
 
 
-def _final_values(run: Run, start: int, horizon: int) -> dict[str, float]:
+def _final_values(run: Run, start: int, horizon: int, last_task: int) -> dict[str, float]:
     """Each series averaged over the final window; a probe series with no probe inside the window
-    uses its last probe of the same task, since probes are rarer than evaluations."""
+    uses its last probe of the same (last) task, since probes are rarer than evaluations, and is
+    NaN when the last task has none."""
     finals = {}
     for name, values in run.series.items():
         begin = start
         if name.startswith(DIAGNOSTICS_PREFIX):
             logged = np.flatnonzero(np.isfinite(values[:horizon]))
-            begin = min(start, int(logged[-1])) if len(logged) else start
+            begin = min(start, max(last_task, int(logged[-1]))) if len(logged) else start
         finals[name] = window_mean(values, begin, horizon)
     finals.setdefault("test_r", math.nan)
     return finals

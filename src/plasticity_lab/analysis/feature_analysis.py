@@ -101,7 +101,7 @@ def analyze(results_dir: str | Path, frames: int = 2560, device: str = "cpu", ou
     runs = find_runs(results_dir)
     if not runs:
         raise ValueError(f"{results_dir}: no run directories <condition>/seed_<s>/ with checkpoints")
-    if out is not None and (is_reference_study(out) or is_reference_study(Path(out).parent)):
+    if out is not None and any(is_reference_study(p) for p in (Path(out).resolve(), *Path(out).resolve().parents)):
         raise ValueError(f"--out {out}: inside a committed reference study (REFERENCE.md), which is read-only")
     out_dir = Path(out) if out is not None else output_dir(results_dir, None, in_place=False) / "feature_analysis"
     out_dir.mkdir(parents=True, exist_ok=True)

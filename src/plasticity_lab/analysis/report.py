@@ -116,7 +116,7 @@ def report(
     smooth_epochs = smooth if smooth is not None else max(1, study.num_epochs // 100)
     target.mkdir(parents=True, exist_ok=True)
     figures = write_figures(study, comparison, target / "comparison_figures", smooth_epochs=smooth_epochs)
-    sections = _sections(study, comparison, power, figures)
+    sections = _sections(study, comparison, power, figures, target)
     title = f"Study report: {root.resolve().name}"
     write_atomic(target / "comparisons.csv", comparisons_frame(study, comparison).to_csv(index=False, float_format="%.6g"))
     write_atomic(target / "summary.md", _markdown(title, sections, target))
@@ -187,7 +187,7 @@ STATISTICS_TEXT = (
 
 
 def _sections(
-    study: Study, comparison: Comparison, power: PowerAnalysis | None, figures: dict[str, Path],
+    study: Study, comparison: Comparison, power: PowerAnalysis | None, figures: dict[str, Path], target: Path,
 ) -> list[tuple[str, list[Block]]]:
     intro = [
         f"Results directory: {study.root}. Baseline: {study.baseline}. "
@@ -219,8 +219,9 @@ def _sections(
         ("Every logged metric", [Images(pick(*(p.name for p in figures.values() if p.name.startswith("metric_"))), grid=True)]),
         ("Runs", [_runs_table(study, comparison)]),
     ]
-    feature_dir = study.root / "feature_analysis"
-    if feature_dir.is_dir():
+    # plab analyze writes beside the report (reports/<name>/ for a committed study), else into the study
+    feature_dir = next((d for d in (target / "feature_analysis", study.root / "feature_analysis") if d.is_dir()), None)
+    if feature_dir is not None:
         blocks: list[Block] = ["Probe-set analysis of the saved networks, as written by plab analyze."]
         if (feature_dir / "summary.csv").exists():
             blocks.append(_csv_table(feature_dir / "summary.csv"))
@@ -336,7 +337,8 @@ def _round_loss_table(study: Study, comparison: Comparison) -> Table:
         f"table above; training return averaged over the same epochs), paired by seed: mean difference with its 95% t "
         f"interval, and the exact sign-flip p Holm-adjusted over the rounds of the row. {study.reference} carries "
         f"nothing across a shift, so a difference that grows negative round after round is plasticity lost; round 1 "
-        "precedes every shift. Per-seed numbers are in comparisons.csv (metric train_r_round_K / test_r_round_K).",
+        "precedes every shift. Every number of this table, with the seeds paired, is in comparisons.csv (metric "
+        "train_r_round_K / test_r_round_K).",
     )
 
 

@@ -349,11 +349,11 @@ class AleVecEnv:
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("family") != "ale":
             raise ValueError("environment state is not an ALE state")
-        self.rng.bit_generator.state = state["rng"]
         self.shift = ShiftState.from_dict(state["shift"])
         self._tiles = None if self.shift.tile_perm is None else image_tile_source(FRAME, FRAME, self.shift.tile_perm)
         self._world = (self.shift.game, self.shift.flavour)
         self.restart()
+        self.rng.bit_generator.state = state["rng"]  # as checkpointed, after that restart's draws
 
     def close(self) -> None:
         if self._backend is not None:
