@@ -10,7 +10,7 @@ def test_demo_runs_every_condition_and_prints_the_tables(tmp_path, capsys):
     out = capsys.readouterr().out
     (study,) = (tmp_path / "results").iterdir()  # a new demo-<date>-<time>, never the committed results/demo
     assert re.fullmatch(r"demo-\d{8}-\d{6}", study.name), study.name
-    for cond in ("baseline", "reset-all", "ssp-ln", "l2-init", "redo"):
+    for cond in ("baseline", "reset-all", "specnorm", "l2-init"):
         assert (study / cond / "seed_0" / "DONE").exists()
         assert f"| {cond} |" in out
     assert "## Results" in out and "## Return at the end of each round" in out

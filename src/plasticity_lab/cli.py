@@ -204,6 +204,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 DEMO_CONFIG = "demo_gridworld.yaml"
+DEMO_FINAL_WINDOW = 3
+"""Test evaluations the demo's final and round-end values average: the last 10 epochs of a 25-epoch
+round, the window of docs/findings.md (the default, 10% of all evaluations, is the whole round)."""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -218,7 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.name or new_study_name(args.out_dir, "demo")
     states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
                    workers=args.workers, out_dir=args.out_dir)
-    html = report(study_dir(args.out_dir, name))
+    html = report(study_dir(args.out_dir, name), final_window=DEMO_FINAL_WINDOW)
     summary = (html.parent / "summary.md").read_text().splitlines()
     keep = False
     for line in summary:
