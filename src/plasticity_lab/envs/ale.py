@@ -349,11 +349,12 @@ class AleVecEnv:
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("family") != "ale":
             raise ValueError("environment state is not an ALE state")
+        self.rng.bit_generator.state = state["rng"]
         self.shift = ShiftState.from_dict(state["shift"])
         self._tiles = None if self.shift.tile_perm is None else image_tile_source(FRAME, FRAME, self.shift.tile_perm)
         self._world = (self.shift.game, self.shift.flavour)
-        self.restart()
-        self.rng.bit_generator.state = state["rng"]  # as checkpointed, after that restart's draws
+        self.restart()  # from the checkpointed generator, which is then rewound for the next restart
+        self.rng.bit_generator.state = state["rng"]
 
     def close(self) -> None:
         if self._backend is not None:

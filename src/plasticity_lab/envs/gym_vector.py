@@ -226,10 +226,11 @@ class GymVecEnv:
     def set_state(self, state: dict[str, Any]) -> None:
         if state.get("family") != type(self).__name__:
             raise ValueError(f"environment state is for {state.get('family')}, this is {type(self).__name__}")
+        # restart the episodes from the checkpointed generator, then rewind it: the next restart
+        # (an episode-based batch) draws the seeds the uninterrupted run draws
+        self.rng.bit_generator.state = state["rng"]
         self._world = None  # force the world to be configured and the episodes restarted
         self.apply_shift(ShiftState.from_dict(state["shift"]))
-        # the generator as checkpointed, after that restart: the next restart (an episode-based
-        # batch) draws the seeds the uninterrupted run draws
         self.rng.bit_generator.state = state["rng"]
 
     def close(self) -> None:
