@@ -22,17 +22,10 @@ from plasticity_lab.nets.surgery import fresh_init, fresh_params, init_bound, pa
 B = 8
 
 # importing kron_torch imports torch's inductor, which warns about its own deprecated internals
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: a second intra-op thread only adds synchronisation, which stalls badly
-    when the machine's cores are busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),  # conftest: one torch thread, restored after the module
+]
 
 
 def make_model(seed: int = 0, obs_shape: tuple[int, int, int] = (64, 64, 3), **cfg) -> nn.Module:
@@ -325,8 +318,6 @@ def test_parseval_value_and_gradient_match_numpy():
     grad = 0.01 * 4 * (w @ w.T - 2.0 * np.eye(64)) @ w  # d/dW ||W W^T - sI||_F^2 = 4 (W W^T - sI) W
     np.testing.assert_allclose(model.blocks[1].layer.weight.grad.numpy().reshape(64, -1), grad, rtol=1e-4, atol=1e-8)
     assert model.policy.weight.grad is None  # heads are exempt
-
-
 
 
 # ---------------------------------------------------------------------------- optimisers

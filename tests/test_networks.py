@@ -14,12 +14,7 @@ from plasticity_lab.nets.surgery import fresh_params, param_layers, weight_param
 from tests.test_interventions import build, frames, make_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after the module
 
 
 def count(module: nn.Module) -> int:

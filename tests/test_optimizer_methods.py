@@ -16,20 +16,15 @@ from plasticity_lab.interventions.cbp import EntrywiseAdamW
 from tests.test_interventions import build, make_model, make_optimizer, snapshot
 
 # importing kron_torch imports torch's inductor, which warns about its own deprecated internals
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),  # conftest: one torch thread, restored after the module
+]
 
 # 30 epochs of 3 passes x 16 minibatches, shifts at 10 and 20: 480 optimiser steps per round
 PLAN = TrainingPlan.from_config(RunConfig.model_validate(
     {"ppo_trainer": {"num_epochs": 30, "shift_points": [10, 20], "buffer_size": 1024, "batch_size": 64, "num_passes": 3}}
 ))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def settings(opt: torch.optim.Optimizer) -> tuple:

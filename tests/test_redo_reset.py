@@ -16,12 +16,7 @@ from tests.test_interventions import build, frames, make_model, snapshot, train_
 TAU = 0.025
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after the module
 
 
 def numpy_scores(act: torch.Tensor) -> np.ndarray:

@@ -19,12 +19,7 @@ from tests.test_interventions import build, make_model, snapshot
 PLAN = TrainingPlan(num_epochs=6, shift_points=(2, 4), updates_per_epoch=5, lr=1e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after the module
 
 
 def zero_gradient_round(model: nn.Module, iv) -> None:

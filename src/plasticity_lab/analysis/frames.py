@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import fcntl
 import gzip
 import io
 import json
@@ -24,7 +23,7 @@ import pandas as pd
 import yaml
 
 from plasticity_lab.config import ConfigError, StudyConfig, set_dotted
-from plasticity_lab.experiment.study import LOCK_NAME, is_reference_study
+from plasticity_lab.experiment.study import is_reference_study, lock_is_held
 
 ROW_KEYS = ("epoch", "env_steps", "wall_time", "task")
 """metrics.csv columns that describe the row rather than the agent."""
@@ -172,22 +171,6 @@ def config_differences(study_config: dict[str, Any], condition: str, run_config:
     return out
 
 
-def _live(run_dir: Path) -> bool:
-    """True when a live process holds the run's lock (see experiment.study.run_lock): a shared
-    flock cannot be taken while its exclusive one is held. Opened read-only, so reading a study
-    never writes into it."""
-    path = run_dir / LOCK_NAME
-    if not path.exists():
-        return False
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
-
-
 def code_version_text(code: dict[str, Any] | None) -> str:
     """One line for a run.json ``code`` entry: ``<commit 12>[+dirty] v<package>``."""
     if not code:
@@ -224,7 +207,7 @@ def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any
     num_epochs = trainer.get("num_epochs")
     if done:
         status = STATUS_DONE
-    elif _live(path):
+    elif lock_is_held(path):
         status = STATUS_RUNNING
     elif num_epochs is not None and logged >= num_epochs:
         status = STATUS_NO_MARKER
