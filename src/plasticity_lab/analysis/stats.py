@@ -129,20 +129,21 @@ def ratio_interval(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return ratio, lo, hi
 
 
-def mean_estimate(values: np.ndarray) -> Interval:
+def _estimate(values: np.ndarray, interval) -> Interval:
+    """``interval(finite values) -> (estimate, lo, hi)`` as an Interval with its n."""
     values = _finite(values)
     if not len(values):
         return Interval(math.nan)
-    mean, lo, hi = t_interval(values)
-    return Interval(float(mean), float(lo), float(hi), len(values))
+    value, lo, hi = interval(values)
+    return Interval(float(value), float(lo), float(hi), len(values))
+
+
+def mean_estimate(values: np.ndarray) -> Interval:
+    return _estimate(values, t_interval)
 
 
 def iqm_estimate(values: np.ndarray) -> Interval:
-    values = _finite(values)
-    if not len(values):
-        return Interval(math.nan)
-    mean, lo, hi = trimmed_interval(values)
-    return Interval(float(mean), float(lo), float(hi), len(values))
+    return _estimate(values, trimmed_interval)
 
 
 def ratio_estimate(x: np.ndarray, y: np.ndarray) -> Interval:
