@@ -34,7 +34,7 @@ import ale_py
 import numpy as np
 from ale_py import roms
 
-from plasticity_lab.envs.base import StepResult
+from plasticity_lab.envs.base import StepResult, finish_episodes
 from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import ShiftState, gather_image, image_tile_source, map_actions
 
@@ -328,10 +328,7 @@ class AleVecEnv:
         self._ep_len += 1
         self._ep_ret += raw_reward
         done = terminated | truncated
-        episode_return = np.where(done, self._ep_ret, 0.0).astype(np.float32)
-        episode_length = np.where(done, self._ep_len, 0)
-        self._ep_len[done] = 0
-        self._ep_ret[done] = 0.0
+        episode_return, episode_length = finish_episodes(self._ep_len, self._ep_ret, done)
         self._raw = obs
         reward = np.clip(raw_reward, -1.0, 1.0) if self.settings.clip_rewards and self.train else raw_reward
         return StepResult(

@@ -38,6 +38,16 @@ class StepResult:
     episode_length: np.ndarray
 
 
+def finish_episodes(length: np.ndarray, ret: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(episode_return, episode_length) of a step's ``done`` envs (0 elsewhere), read from the
+    running tallies ``length`` and ``ret``, which restart at 0 for those envs (in place)."""
+    episode_return = np.where(done, ret, 0.0).astype(np.float32)
+    episode_length = np.where(done, length, 0)
+    length[done] = 0
+    ret[done] = 0.0
+    return episode_return, episode_length
+
+
 class VecEnv(Protocol):
     """The interface the loop uses (ProcgenVecEnv, GridGatherVecEnv, AleVecEnv, GymVecEnv ...).
 

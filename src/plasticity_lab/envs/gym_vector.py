@@ -30,7 +30,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from plasticity_lab.envs.base import StepResult
+from plasticity_lab.envs.base import StepResult, finish_episodes
 from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import ShiftState, gather_image, image_tile_source, map_actions, permute_vector
 
@@ -202,10 +202,7 @@ class GymVecEnv:
         self._ep_len += 1
         self._ep_ret += reward
         done = terminated | truncated
-        episode_return = np.where(done, self._ep_ret, 0.0).astype(np.float32)
-        episode_length = np.where(done, self._ep_len, 0)
-        self._ep_len[done] = 0
-        self._ep_ret[done] = 0.0
+        episode_return, episode_length = finish_episodes(self._ep_len, self._ep_ret, done)
         final_obs = None
         if truncated.any():
             final = np.array(obs, copy=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_lab.envs.base import TIME_LIMITS, StepResult
+from plasticity_lab.envs.base import TIME_LIMITS, StepResult, finish_episodes
 from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import (
     FRAME_SHAPE,
@@ -203,10 +203,7 @@ class ProcgenVecEnv:
         else:
             capped = truncated = ~terminated & (self._ep_len >= MAX_EPISODE_STEPS)
         done = terminated | truncated
-        episode_return = np.where(done, self._ep_ret, 0.0).astype(np.float32)
-        episode_length = np.where(done, self._ep_len, 0)
-        self._ep_len[done] = 0
-        self._ep_ret[done] = 0.0
+        episode_return, episode_length = finish_episodes(self._ep_len, self._ep_ret, done)
 
         final_obs = self._present(raw) if truncated.any() else None
         if capped.any():  # ProcGen resets only the episodes it ended itself
