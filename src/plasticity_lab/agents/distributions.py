@@ -11,11 +11,28 @@ validation is off: it costs time on every minibatch and the inputs are network o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import distributions as D
 
 # Samples per probe frame for the Monte-Carlo total variation of Gaussian policies.
 TV_SAMPLES = 64
+
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator for all rows, or one per index of the leading (population member) dimension, so
+member k's draws come from member k's stream only, whatever the other members do."""
+
+
+def _noise(shape: torch.Size, generators: Generators, like: torch.Tensor, normal: bool) -> torch.Tensor:
+    """float64 U[0, 1) (or N(0, 1)) noise of ``shape``, member by member (see :data:`Generators`)."""
+    draw = torch.randn if normal else torch.rand
+    f = dict(device=like.device, dtype=torch.float64)
+    if isinstance(generators, torch.Generator):
+        return draw(shape, generator=generators, **f)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for {shape[0]} population members")
+    return torch.stack([draw(shape[1:], generator=g, **f) for g in generators])
 
 
 class Categorical:
@@ -28,8 +45,12 @@ class Categorical:
     def params(self) -> torch.Tensor:
         return self.dist.logits
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.multinomial(self.dist.logits.exp(), 1, generator=generator).squeeze(1)
+    def sample(self, generators: Generators) -> torch.Tensor:
+        """Inverse-CDF draws: the first action whose cumulative probability exceeds U[0, 1)."""
+        probs = self.dist.probs
+        u = _noise(probs.shape[:-1], generators, probs, normal=False)
+        cdf = probs.double().cumsum(-1)
+        return torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
     def mode(self) -> torch.Tensor:
         return self.dist.probs.argmax(-1)
@@ -65,10 +86,9 @@ class DiagGaussian:
     def params(self) -> torch.Tensor:
         return torch.cat([self.dist.mean, self.log_std], dim=-1)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, generators: Generators) -> torch.Tensor:
         mean, std = self.dist.mean, self.dist.stddev
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + std * noise
+        return mean + std * _noise(mean.shape, generators, mean, normal=True).to(mean.dtype)
 
     def mode(self) -> torch.Tensor:
         return self.dist.mean

@@ -3,7 +3,7 @@ task, each a family of :mod:`plasticity_lab.envs.registry` behind one factory.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,59 +15,74 @@ __all__ = ["EnvSpec", "env_spec", "make_env", "first_episodes", "first_episode_s
 
 
 class EpisodeStep(NamedTuple):
-    """One step of :func:`first_episode_steps`; rows where ``active`` is False are not part of
-    any first episode (those envs had finished and repeated their last action)."""
+    """One step of :func:`first_episode_steps` over a population's environments (leading member
+    dimension K); rows where ``active`` is False are not part of any first episode (those envs
+    had finished and repeated their last action, or their member had finished: ``results[k]`` is
+    then None and member k's environments were not stepped)."""
 
-    active: np.ndarray  # bool (n,): env still in its first episode when this step was taken
-    obs: np.ndarray  # (n, *obs_shape) observations the step was taken from
-    actions: np.ndarray  # (n,) discrete or (n, d) continuous
-    result: Any  # the env's StepResult
+    active: np.ndarray  # bool (K, n): env still in its first episode when this step was taken
+    obs: np.ndarray  # (K, n, *obs_shape) observations the step was taken from
+    actions: np.ndarray  # (K, n) discrete or (K, n, d) continuous
+    results: list[Any]  # each member's StepResult, or None where the member was not stepped
 
 
-def first_episode_steps(policy: Any, env: Any) -> Iterator[EpisodeStep]:
-    """Step every env of ``env`` until each has finished its first episode (counted from its
-    current state), yielding every step.
+def first_episode_steps(policy: Any, envs: Sequence[Any]) -> Iterator[EpisodeStep]:
+    """Step every env of every member's ``envs[k]`` until each has finished its first episode
+    (counted from its current state), yielding every step.
 
-    ``policy(obs)`` gets only the observations of envs still in their first episode and returns
-    their actions; finished envs repeat their last action (discrete or continuous alike) and are
-    not run through the network. The episode cap bounds the loop.
+    ``policy(obs)`` gets the observations of all members (K, n, ...) and returns actions for all
+    rows; rows of finished envs are ignored (those envs repeat their last action, discrete or
+    continuous alike, and are not part of the data). A member whose envs have all finished is not
+    stepped again. The episode cap bounds the loop.
     """
-    n = env.num_envs
-    finished = np.zeros(n, dtype=bool)
+    finished = np.zeros((len(envs), envs[0].num_envs), dtype=bool)
     actions: np.ndarray | None = None
-    obs = env.observe_current()
+    obs = np.stack([env.observe_current() for env in envs])
     while not finished.all():
         active = ~finished
-        chosen = np.asarray(policy(obs[active]))
+        chosen = np.asarray(policy(obs))
         if actions is None:
-            actions = np.zeros((n, *chosen.shape[1:]), dtype=chosen.dtype)
-        actions[active] = chosen
-        result = env.step(actions)
-        yield EpisodeStep(active, obs, actions.copy(), result)
-        finished |= (result.terminated | result.truncated) & active
-        obs = result.obs
+            actions = np.zeros_like(chosen)
+        actions[active] = chosen[active]
+        results = [env.step(actions[k]) if active[k].any() else None for k, env in enumerate(envs)]
+        yield EpisodeStep(active, obs, actions.copy(), results)
+        obs = obs.copy()
+        for k, res in enumerate(results):
+            if res is not None:
+                finished[k] |= (res.terminated | res.truncated) & active[k]
+                obs[k] = res.obs
 
 
-def first_episodes(policy: Any, env: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Return and length of exactly the first episode of every env of ``env``.
+def first_episodes(policy: Any, envs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Return and length (K, n) of exactly the first episode of every env of every member.
 
     Taking one episode per env avoids the bias towards short episodes that collecting "the first
     N finished" would have.
     """
-    returns = np.zeros(env.num_envs, dtype=np.float32)
-    lengths = np.zeros(env.num_envs, dtype=np.int64)
-    for step in first_episode_steps(policy, env):
-        ended = (step.result.terminated | step.result.truncated) & step.active
-        returns[ended] = step.result.episode_return[ended]
-        lengths[ended] = step.result.episode_length[ended]
+    returns = np.zeros((len(envs), envs[0].num_envs), dtype=np.float32)
+    lengths = np.zeros((len(envs), envs[0].num_envs), dtype=np.int64)
+    for step in first_episode_steps(policy, envs):
+        for k, res in enumerate(step.results):
+            if res is None:
+                continue
+            ended = (res.terminated | res.truncated) & step.active[k]
+            returns[k, ended] = res.episode_return[ended]
+            lengths[k, ended] = res.episode_length[ended]
     return returns, lengths
 
 
-def evaluate(policy: Any, cfg: Any, num_episodes: int, seed: int, shift: ShiftState | None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns/lengths of ``num_episodes`` complete episodes on the TEST levels/layouts (ProcGen,
-    gridworld) or fresh seeds (ALE, Gymnasium), under ``shift``; returns are raw scores."""
-    env = make_env(cfg, num_episodes, seed, train=False, shift=shift)
+def evaluate(
+    policy: Any, cfg: Any, num_episodes: int, seeds: Sequence[int], shifts: Sequence[ShiftState | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns/lengths (K, num_episodes) of ``num_episodes`` complete episodes per member on the
+    TEST levels/layouts (ProcGen, gridworld) or fresh seeds (ALE, Gymnasium), member k with its
+    own ``seeds[k]`` under ``shifts[k]``; returns are raw scores. ``policy`` as in
+    :func:`first_episode_steps`."""
+    envs = []
     try:
-        return first_episodes(policy, env)
+        for seed, shift in zip(seeds, shifts):
+            envs.append(make_env(cfg, num_episodes, seed, train=False, shift=shift))
+        return first_episodes(policy, envs)
     finally:
-        env.close()
+        for env in envs:
+            env.close()

@@ -1,10 +1,19 @@
-"""One training run: PPO on a shifting ProcGen task, with interventions, metrics and checkpoints.
+"""The training loop: PPO on a shifting task for a population of K members (K = 1: a single run).
 
 ``Run.train()`` reads top to bottom: shift if due -> collect experience (a fixed-length
 vectorised rollout, or the reference's batches of complete episodes) -> PPO update (intervention
-hooks at their points) -> periodic hooks -> test evaluation -> metrics row -> checkpoint if due.
-Every random draw comes from a generator stored in the checkpoint, so a resumed run continues
-exactly where the uninterrupted one would be.
+hooks at their points) -> periodic hooks -> test evaluation -> metrics rows -> checkpoints if due.
+
+A population trains the seeds of one condition together (DESIGN.md section 8). Every tensor of
+the loop carries a leading member dimension; the network compute of all members is one call
+(:class:`~plasticity_lab.nets.population.PopulationNetwork`), the optimiser steps every member at
+once (:mod:`plasticity_lab.agents.population_optim`). Everything else is a member's own
+(:class:`Member`): its network module, interventions, environments, random streams, shift
+sequence, minibatch order, gradient clip, advantage normalisation, evaluation, diagnostics,
+checkpoints and run directory. Interventions are called per member on the member's module, so a
+member computes what the single run of its seed computes. Every random draw comes from a
+member's generator stored in its checkpoint (the global torch RNG too: it is swapped per member
+around every hook), so a resumed run continues exactly where the uninterrupted one would be.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +30,12 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from plasticity_lab.agents.population_optim import (
+    MemberOptimizers,
+    PopulationAdamW,
+    PopulationOptimizer,
+    clip_member_grad_norms,
+)
 from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
@@ -29,17 +45,18 @@ from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
 from plasticity_lab.experiment.tracking import WandbTracker
-from plasticity_lab.interventions import LossContext, TrainingPlan, build_interventions, make_optimizer
+from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
 from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
     REDO_TAU,
     dormant_fraction_from_scores,
     dormant_scores_from_mean_abs,
-    reference_dead_units,
+    reference_dead_units_per_member,
     weight_change_rms,
     weight_rms,
 )
-from plasticity_lab.nets import build_model
+from plasticity_lab.nets import ActorCritic, build_model
+from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
 
@@ -72,139 +89,52 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-class Run:
-    """A single (condition, seed) run writing into ``run_dir``."""
+class Member:
+    """One seed of a population: everything a single run owns besides the shared compute."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, seed: int, device: str = "auto", label: str = "") -> None:
-        self.cfg, self.run_dir, self.seed = cfg, Path(run_dir), seed
-        self.label = label or run_dir.name
-        self.device = pick_device(device)
-        self.ppo = cfg.ppo_trainer
-        self.env_cfg = cfg.environment
-        self.spec = env_spec(self.env_cfg)
-        self.shift_k = self.env_cfg.shift_k or self.spec.num_levels
-        self.obs_shape, self.num_actions = self.spec.obs_shape, self.spec.num_actions
-        self.config_dict = cfg.to_yaml_dict()
-        opts = self.env_cfg.options()
-        self.normalize_obs = bool(opts and opts.normalize_obs)
-        self.reward_scaler = RewardScaler(self.env_cfg.env_copies, self.ppo.gamma, opts.reward_clip) if opts and opts.normalize_reward else None
-
+    def __init__(self, run: Run, index: int, seed: int, run_dir: Path, label: str) -> None:
+        cfg, device = run.cfg, run.device
+        self.index, self.seed, self.run_dir, self.label = index, seed, Path(run_dir), label
         seeds = np.random.SeedSequence(seed).generate_state(4)
         torch.manual_seed(int(seeds[0]))
-        self.model = build_model(
-            cfg.model, self.num_actions, self.obs_shape, self.spec.continuous, opts.obs_clip if opts else 10.0
-        ).to(self.device)
-        self.interventions = build_interventions(cfg.interventions, self.model, TrainingPlan.from_config(cfg))
-        self.optimizer = self.make_optimizer()
-        self.gen = torch.Generator(device=self.device)
+        self.model: ActorCritic = build_model(
+            cfg.model, run.num_actions, run.obs_shape, run.spec.continuous, run.opts.obs_clip if run.opts else 10.0
+        ).to(device)
+        self.interventions: list[Intervention] = build_interventions(cfg.interventions, self.model, run.plan)
+        self.gen = torch.Generator(device=device)
         self.gen.manual_seed(int(seeds[1]))
         self.shift_rng = np.random.default_rng(int(seeds[2]))
         self.eval_seed = int(seeds[3])
-        self.task_index = 0
-        self.env = make_env(self.env_cfg, self.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        self.env = make_env(run.env_cfg, run.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
         # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
-        self.shift_state = initial_shift(self.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
+        self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
         self.env.apply_shift(self.shift_state)
-        self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
-        self.start_epoch = 0
-        self.env_steps = 0
-        self.wall_offset = 0.0
-        self.columns = BASE_COLUMNS + [k for iv in self.interventions for k in iv.stat_keys]
-        self.autocast = self.ppo.precision == "bf16"
-        self.stop_signal: int | None = None
+        self.reward_scaler = (
+            RewardScaler(run.env_cfg.env_copies, run.ppo.gamma, run.opts.reward_clip)
+            if run.opts and run.opts.normalize_reward else None
+        )  # fmt: skip
         self.probe = PlasticityProbe.from_config(cfg, seed) if cfg.diagnostics.enabled else None
-        self.current_epoch = 0
+        self.task_index = 0
+        self.env_steps = 0
+        self.start_epoch = 0
+        self.wall_offset = 0.0
+        self.cuda = device.type == "cuda"
+        self.rng_state = torch.get_rng_state()
+        self.cuda_rng_state = torch.cuda.get_rng_state(device) if self.cuda else None
 
-    # ------------------------------------------------------------------ optimiser and hooks
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        defaults = dict(lr=self.ppo.lr, betas=self.ppo.adam_betas, weight_decay=self.ppo.weight_decay)
-        return make_optimizer(self.model, self.interventions, defaults)
-
-    def hook_list(self) -> list[str]:
-        return [f"{iv.name}:{hook}" for iv in self.interventions for hook in iv.hooks()]
-
-    def amp(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
-
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint_state(self, next_epoch: int, wall_time: float) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "next_epoch": next_epoch,
-            "env_steps": self.env_steps,
-            "wall_time": wall_time,
-            "task_index": self.task_index,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "interventions": [iv.state_dict() for iv in self.interventions],
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "device_type": self.device.type,
-            "gen": self.gen.get_state(),
-            "shift_rng": self.shift_rng.bit_generator.state,
-            "shift_state": self.shift_state.to_dict(),
-            "env": self.env.get_state(),
-            "reward_scaler": self.reward_scaler.state_dict() if self.reward_scaler else None,
-            "diagnostics": self.probe.state_dict() if self.probe else None,
-            "config": self.config_dict,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        # Interventions first: one may have changed the network's structure (e.g. injection)
-        # and must rebuild it before the weights are loaded.
-        for iv, iv_state in zip(self.interventions, state["interventions"]):
-            iv.load_state_dict(iv_state)
-        self.model.load_state_dict(state["model"])
-        self.optimizer = self.make_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        # RNG states are CPU byte tensors whatever map_location moved them to
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self.gen.set_state(state["gen"].cpu())
-        self.shift_rng.bit_generator.state = state["shift_rng"]
-        self.shift_state = ShiftState.from_dict(state["shift_state"])
-        self.env.set_state(state["env"])
-        if self.reward_scaler is not None and state.get("reward_scaler") is not None:
-            self.reward_scaler.load_state_dict(state["reward_scaler"])
-            self.reward_scaler.restart_episodes()  # environments that cannot resume restarted theirs
-        if self.probe:
-            self.probe.load_state_dict(state.get("diagnostics"))
-        self.task_index = state["task_index"]
-        self.start_epoch = state["next_epoch"]
-        self.env_steps = state["env_steps"]
-        self.wall_offset = state["wall_time"]
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def save(self, next_epoch: int, wall_time: float) -> None:
-        state = self.checkpoint_state(next_epoch, wall_time)
-        save_atomic(state, self.ckpt_dir / "latest.pt")
-        if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
-            # one model per task (its end), kept for analysis
-            save_atomic({"format": FORMAT_VERSION, "model": state["model"], "interventions": state["interventions"],
-                         "config": self.config_dict, "next_epoch": next_epoch, "task_index": self.task_index,
-                         "shift_state": state["shift_state"]},
-                        self.ckpt_dir / f"task_{self.task_index}.pt")
-
-    # ------------------------------------------------------------------ experience
-    def policy_sample(self, obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        with torch.no_grad():
-            with self.amp():
-                head, values, _ = self.model(obs)
-            dist = self.model.distribution(head)
-            actions = dist.sample(generator)
-            return actions, dist.log_prob(actions), values.float()
-
-    def collect(self) -> tuple[Batch, list[float], list[int]]:
-        """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
-        episode that ended in it."""
-        if self.ppo.rollout == "episodes":
-            return self.collect_episodes()
-        ro, returns, lengths = self.collect_fixed()
-        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+    @contextlib.contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """The global torch RNG (fresh initialisations, perturbations) is this member's stream
+        while inside; a single run's draws are the same with or without the swap."""
+        torch.set_rng_state(self.rng_state)
+        if self.cuda:
+            torch.cuda.set_rng_state(self.cuda_rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = torch.get_rng_state()
+            if self.cuda:
+                self.cuda_rng_state = torch.cuda.get_rng_state()
 
     def scaled_reward(self, res: Any, active: np.ndarray | None = None) -> np.ndarray:
         """The step's training reward, through the reward scaler where the environment has one."""
@@ -212,283 +142,572 @@ class Run:
             return res.reward
         return self.reward_scaler(res.reward, res.terminated | res.truncated, active)
 
-    def bootstrap_truncated(self, ro: Rollout, finals: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
-        """``ro.next_values`` = V(cut-off state) of every (step, envs, frames) in ``finals``."""
-        if not finals:
-            return
-        with torch.no_grad(), self.amp():
-            batch = torch.from_numpy(np.concatenate([f[2] for f in finals])).to(self.device)
-            boot = self.model(batch)[1].float()
-        offset = 0
-        for t, idx, _ in finals:
-            ro.next_values[t, torch.from_numpy(idx).to(self.device)] = boot[offset : offset + len(idx)]
-            offset += len(idx)
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
-    def collect_fixed(self) -> tuple[Rollout, list[float], list[int]]:
-        """buffer_size / env_copies steps of every env, carrying episodes across epochs."""
-        steps, envs = self.steps_per_env, self.env_cfg.env_copies
+
+class Run:
+    """A population of runs of one condition, one per seed, trained in lockstep; ``Run(cfg,
+    run_dir, seed)`` is a single run (a population of one).
+
+    ``run_dirs``, ``seeds`` and ``labels`` are per member (a single value: one member).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dirs: Path | Sequence[Path],
+        seeds: int | Sequence[int],
+        device: str = "auto",
+        label: str | Sequence[str] = "",
+    ) -> None:
+        single = isinstance(seeds, int)
+        seeds = [seeds] if single else list(seeds)
+        run_dirs = [Path(run_dirs)] if single else [Path(d) for d in run_dirs]
+        labels = [label] if isinstance(label, str) else list(label)
+        labels = [lab or d.name for lab, d in zip(labels if len(labels) == len(seeds) else [""] * len(seeds), run_dirs)]
+        if len(run_dirs) != len(seeds) or not seeds:
+            raise ValueError("a population needs one run directory per seed")
+        self.cfg = cfg
+        self.device = pick_device(device)
+        self.ppo = cfg.ppo_trainer
+        self.env_cfg = cfg.environment
+        self.spec = env_spec(self.env_cfg)
+        self.shift_k = self.env_cfg.shift_k or self.spec.num_levels
+        self.obs_shape, self.num_actions = self.spec.obs_shape, self.spec.num_actions
+        self.config_dict = cfg.to_yaml_dict()
+        self.opts = self.env_cfg.options()
+        self.normalize_obs = bool(self.opts and self.opts.normalize_obs)
+        self.plan = TrainingPlan.from_config(cfg)
+        self.members = [Member(self, k, seed, d, lab) for k, (seed, d, lab) in enumerate(zip(seeds, run_dirs, labels))]
+        self.net = PopulationNetwork([m.model for m in self.members])
+        self.optimizer = self.make_optimizer()
+        self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
+        self.start_epoch = 0
+        self.columns = BASE_COLUMNS + [k for iv in self.members[0].interventions for k in iv.stat_keys]
+        self.autocast = self.ppo.precision == "bf16"
+        self.stop_signal: int | None = None
+        self.current_epoch = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def member(self) -> Member:
+        """The only member of a single run."""
+        if self.size != 1:
+            raise AttributeError("a population of several members has no single member")
+        return self.members[0]
+
+    # ------------------------------------------------------------------ optimiser and hooks
+    def make_optimizer(self) -> PopulationOptimizer:
+        """AdamW over the stacked parameters, or one optimiser per member where a method brings
+        its own (built by that member's instance of the method)."""
+        defaults = dict(lr=self.ppo.lr, betas=self.ppo.adam_betas, weight_decay=self.ppo.weight_decay)
+        provider, settings = resolve_optimizer(self.members[0].interventions, defaults)
+        self._views: dict[int, Any] = {}
+        if provider is None:
+            return PopulationAdamW(self.net.trainable(), **settings)
+        slot = self.members[0].interventions.index(provider)
+        return MemberOptimizers(
+            [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings)
+        )
+
+    def optimizer_view(self, member: Member) -> Any:
+        """What a hook of ``member`` gets as its optimiser (its slice of the population's)."""
+        view = self._views.get(member.index)
+        if view is None:
+            view = self._views[member.index] = self.optimizer.member_view(member.index, member.model)
+        return view
+
+    def hook_list(self) -> list[str]:
+        return [f"{iv.name}:{hook}" for iv in self.members[0].interventions for hook in iv.hooks()]
+
+    def amp(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def follow_structure(self) -> None:
+        """After hooks that may change the networks' structure (injection): re-stack, carrying
+        the kept optimiser's state along with its parameters."""
+        if not self.net.structure_changed():
+            return
+        old_names = {(name, k): p for k, m in enumerate(self.members) for name, p in m.model.named_parameters()}
+        old_names = {key: p for key, p in old_names.items() if key[0] in self.net.params}
+        where = self.net.restack()
+        moved = {key: where[p] for key, p in old_names.items() if p in where}
+        old = self.optimizer
+        self.optimizer = self.make_optimizer()
+        self.optimizer.carry_over(old, moved)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, member: Member, next_epoch: int, wall_time: float) -> dict[str, Any]:
+        """Everything member ``member`` needs to continue bit-exactly, as a single run would."""
+        return {
+            "format": FORMAT_VERSION,
+            "next_epoch": next_epoch,
+            "env_steps": member.env_steps,
+            "wall_time": wall_time,
+            "task_index": member.task_index,
+            # clones: the module's tensors are views of the whole population's storage
+            "model": {k: v.clone() for k, v in member.model.state_dict().items()},
+            "optimizer": self.optimizer.member_state_dict(member.index),
+            "interventions": [iv.state_dict() for iv in member.interventions],
+            "torch_rng": member.rng_state.clone(),
+            "cuda_rng": member.cuda_rng_state.clone() if member.cuda_rng_state is not None else None,
+            "device_type": self.device.type,
+            "gen": member.gen.get_state(),
+            "shift_rng": member.shift_rng.bit_generator.state,
+            "shift_state": member.shift_state.to_dict(),
+            "env": member.env.get_state(),
+            "reward_scaler": member.reward_scaler.state_dict() if member.reward_scaler else None,
+            "diagnostics": member.probe.state_dict() if member.probe else None,
+            "config": self.config_dict,
+        }
+
+    def restore(self, states: Sequence[dict[str, Any] | None]) -> None:
+        """Continue every member from its checkpoint (all at the same epoch)."""
+        epochs = {s["next_epoch"] if s is not None else 0 for s in states}
+        if len(epochs) > 1:
+            raise CheckpointError(f"members of one population must resume at one epoch, got {sorted(epochs)}")
+        if not any(s is not None for s in states):
+            return
+        for member, state in zip(self.members, states):
+            # Interventions first: one may have changed the network's structure (e.g. injection)
+            # and must rebuild it before the weights are loaded.
+            for iv, iv_state in zip(member.interventions, state["interventions"]):
+                iv.load_state_dict(iv_state)
+        self.follow_structure()
+        self.optimizer = self.make_optimizer()
+        for member, state in zip(self.members, states):
+            member.model.load_state_dict(state["model"])  # in place: into the stacked tensors
+            self.optimizer.load_member_state_dict(member.index, state["optimizer"])
+            # RNG states are CPU byte tensors whatever map_location moved them to
+            member.rng_state = state["torch_rng"].cpu()
+            if state["cuda_rng"] is not None and member.cuda:
+                member.cuda_rng_state = state["cuda_rng"].cpu()
+            member.gen.set_state(state["gen"].cpu())
+            member.shift_rng.bit_generator.state = state["shift_rng"]
+            member.shift_state = ShiftState.from_dict(state["shift_state"])
+            member.env.set_state(state["env"])
+            if member.reward_scaler is not None and state.get("reward_scaler") is not None:
+                member.reward_scaler.load_state_dict(state["reward_scaler"])
+                member.reward_scaler.restart_episodes()  # environments that cannot resume restarted theirs
+            if member.probe:
+                member.probe.load_state_dict(state.get("diagnostics"))
+            member.task_index = state["task_index"]
+            member.env_steps = state["env_steps"]
+            member.wall_offset = state["wall_time"]
+        self.start_epoch = epochs.pop()
+
+    def save(self, next_epoch: int, wall_time: float) -> None:
+        for member in self.members:
+            state = self.checkpoint_state(member, next_epoch, wall_time)
+            save_atomic(state, member.ckpt_dir / "latest.pt")
+            if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
+                # one model per task (its end), kept for analysis
+                save_atomic({"format": FORMAT_VERSION, "model": state["model"], "interventions": state["interventions"],
+                             "config": self.config_dict, "next_epoch": next_epoch, "task_index": member.task_index,
+                             "shift_state": state["shift_state"]},
+                            member.ckpt_dir / f"task_{member.task_index}.pt")
+
+    # ------------------------------------------------------------------ experience
+    def policy_sample(self, obs: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+        """Actions, their log-probabilities and the values of ``obs`` (K, N, ...), member k's
+        actions drawn from ``generators[k]``."""
+        with torch.no_grad():
+            with self.amp():
+                head, values, _ = self.net(obs)
+            dist = self.net.distribution(head)
+            actions = dist.sample(generators)
+            return actions, dist.log_prob(actions), values.float()
+
+    def values_of(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.amp():
+            return self.net(obs)[1].float()
+
+    def collect(self) -> tuple[Batch, list[list[float]], list[list[int]]]:
+        """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
+        episode that ended in it, per member."""
+        if self.ppo.rollout == "episodes":
+            return self.collect_episodes()
+        ro, returns, lengths = self.collect_fixed()
+        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+
+    def bootstrap_truncated(
+        self, next_values: torch.Tensor, finals: list[list[tuple[int, np.ndarray, np.ndarray]]], members: Sequence[int] | None = None
+    ) -> None:
+        """``next_values[t, j, envs]`` = V(cut-off frames) for every (t, envs, frames) in
+        ``finals[j]``, where column j is member ``members[j]`` (default: column k is member k).
+        The cut-off frames of every member, zero-padded to the longest list, go through one
+        population forward."""
+        members = list(range(self.size)) if members is None else list(members)
+        counts = [sum(len(idx) for _, idx, _ in fin) for fin in finals]
+        if not any(counts):
+            return
+        frames = np.zeros((self.size, max(counts), *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
+        for j, k in enumerate(members):
+            if counts[j]:
+                frames[k, : counts[j]] = np.concatenate([f for _, _, f in finals[j]])
+        boot = self.values_of(torch.from_numpy(frames).to(self.device))
+        for j, k in enumerate(members):
+            offset = 0
+            for t, idx, _ in finals[j]:
+                next_values[t, j, torch.from_numpy(idx).to(self.device)] = boot[k, offset : offset + len(idx)]
+                offset += len(idx)
+
+    def _obs_numpy_dtype(self) -> type:
+        return np.float32 if self.spec.obs_dtype == "float32" else np.uint8
+
+    def _obs_dtype(self) -> torch.dtype:
+        return torch.float32 if self.spec.obs_dtype == "float32" else torch.uint8
+
+    def collect_fixed(self) -> tuple[Rollout, list[list[float]], list[list[int]]]:
+        """buffer_size / env_copies steps of every env of every member, carrying episodes across epochs."""
+        steps, envs, K = self.steps_per_env, self.env_cfg.env_copies, self.size
         ro = Rollout.allocate(
-            steps, envs, self.env.obs_shape, self.device,
-            obs_dtype=torch.float32 if self.spec.obs_dtype == "float32" else torch.uint8,
+            steps, K, envs, self.members[0].env.obs_shape, self.device, obs_dtype=self._obs_dtype(),
             action_dim=self.num_actions if self.spec.continuous else None,
         )  # fmt: skip
-        returns: list[float] = []
-        lengths: list[int] = []
-        finals: list[tuple[int, np.ndarray, np.ndarray]] = []
-        obs = torch.from_numpy(self.env.observe_current()).to(self.device)
+        returns: list[list[float]] = [[] for _ in range(K)]
+        lengths: list[list[int]] = [[] for _ in range(K)]
+        finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(K)]
+        generators = [m.gen for m in self.members]
+        obs = torch.from_numpy(np.stack([m.env.observe_current() for m in self.members])).to(self.device)
+        rewards = np.zeros((K, envs), dtype=np.float32)
+        terminated = np.zeros((K, envs), dtype=bool)
+        truncated = np.zeros((K, envs), dtype=bool)
+        next_obs = np.zeros(tuple(obs.shape), dtype=self._obs_numpy_dtype())
         for t in range(steps):
             ro.obs[t] = obs
-            actions, log_probs, values = self.policy_sample(obs, self.gen)
-            res = self.env.step(actions.cpu().numpy())
+            actions, log_probs, values = self.policy_sample(obs, generators)
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
-            done = res.terminated | res.truncated
-            ro.rewards[t] = torch.from_numpy(self.scaled_reward(res)).to(self.device)
-            ro.terminated[t] = torch.from_numpy(res.terminated).to(self.device)
-            ro.truncated[t] = torch.from_numpy(res.truncated).to(self.device)
-            if done.any():
-                returns.extend(res.episode_return[done].tolist())
-                lengths.extend(res.episode_length[done].tolist())
-            if res.truncated.any():
-                idx = np.flatnonzero(res.truncated)
-                finals.append((t, idx, res.final_obs[idx]))
-            obs = torch.from_numpy(res.obs).to(self.device)
-        with torch.no_grad(), self.amp():
-            ro.last_values = self.model(obs)[1].float()
-        self.bootstrap_truncated(ro, finals)
-        self.env_steps += steps * envs
+            actions_np = actions.cpu().numpy()
+            for k, member in enumerate(self.members):
+                res = member.env.step(actions_np[k])
+                rewards[k], terminated[k], truncated[k], next_obs[k] = member.scaled_reward(res), res.terminated, res.truncated, res.obs
+                done = res.terminated | res.truncated
+                if done.any():
+                    returns[k].extend(res.episode_return[done].tolist())
+                    lengths[k].extend(res.episode_length[done].tolist())
+                if res.truncated.any():
+                    idx = np.flatnonzero(res.truncated)
+                    finals[k].append((t, idx, res.final_obs[idx]))
+            ro.rewards[t] = torch.from_numpy(rewards).to(self.device)
+            ro.terminated[t] = torch.from_numpy(terminated).to(self.device)
+            ro.truncated[t] = torch.from_numpy(truncated).to(self.device)
+            obs = torch.from_numpy(next_obs.copy()).to(self.device)
+        ro.last_values = self.values_of(obs)
+        self.bootstrap_truncated(ro.next_values, finals)
+        for member in self.members:
+            member.env_steps += steps * envs
         return ro, returns, lengths
 
-    def collect_episodes(self) -> tuple[Batch, list[float], list[int]]:
+    def collect_episodes(self) -> tuple[Batch, list[list[float]], list[list[int]]]:
         """The reference's collection: batches of complete episodes until at least buffer_size
-        transitions are stored (so buffer_size to buffer_size + env_copies * cap - 1)."""
-        batches: list[Batch] = []
-        returns: list[float] = []
-        lengths: list[int] = []
-        stored = 0
-        while stored < self.ppo.buffer_size:
-            ro, batch_returns, batch_lengths = self.collect_episode_batch()
-            batches.append(ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda))
-            stored += len(batches[-1])
-            returns += batch_returns
-            lengths += batch_lengths
-        self.env_steps += stored
-        return Batch.concat(batches), returns, lengths
+        transitions are stored (so buffer_size to buffer_size + env_copies * cap - 1), per member;
+        a member that has enough waits (its environments are not stepped) for the others."""
+        K = self.size
+        rows: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(K)]
+        returns: list[list[float]] = [[] for _ in range(K)]
+        lengths: list[list[int]] = [[] for _ in range(K)]
+        stored = [0] * K
+        while True:
+            needing = [k for k in range(K) if stored[k] < self.ppo.buffer_size]
+            if not needing:
+                break
+            batch, batch_returns, batch_lengths = self.collect_episode_batch(needing)
+            for j, k in enumerate(needing):
+                rows[k].append(batch.member_rows(j))
+                stored[k] += batch.lengths[j]
+                returns[k] += batch_returns[j]
+                lengths[k] += batch_lengths[j]
+        for k, member in enumerate(self.members):
+            member.env_steps += stored[k]
+        per_member = [tuple(torch.cat(parts) for parts in zip(*member_rows)) for member_rows in rows]
+        return Batch.from_member_rows(per_member), returns, lengths
 
-    def collect_episode_batch(self) -> tuple[Rollout, list[float], list[int]]:
-        """One complete episode from every env copy, all started by a reset and run together; an
-        env that finished waits for the others. Column i of the rollout is env i's episode,
-        ``active`` marks its steps."""
-        self.env.restart()
-        if self.reward_scaler is not None:
-            self.reward_scaler.restart_episodes()
+    def collect_episode_batch(self, members: list[int]) -> tuple[Batch, list[list[float]], list[list[int]]]:
+        """One complete episode from every env copy of each member in ``members``, all started by
+        a reset and run together; an env that finished waits for the others. The network sees
+        the whole population (members not collecting, and finished envs, are computed and
+        discarded), so every member's draws depend on its own stream only."""
+        chosen = [self.members[k] for k in members]
+        for member in chosen:
+            member.env.restart()
+            if member.reward_scaler is not None:
+                member.reward_scaler.restart_episodes()
         sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
+        generators = [m.gen for m in chosen]
+        obs_full = np.zeros((self.size, self.env_cfg.env_copies, *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
 
         def policy(frames: np.ndarray) -> np.ndarray:
-            actions, log_probs, values = self.policy_sample(torch.from_numpy(frames).to(self.device), self.gen)
-            sampled.append((log_probs, values))
+            obs_full[members] = frames
+            with torch.no_grad(), self.amp():
+                head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device))
+            index = torch.tensor(members, device=self.device)
+            dist = self.net.distribution(head.index_select(0, index))
+            actions = dist.sample(generators)
+            sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
             return actions.cpu().numpy()
 
         keys = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")
         cols: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-        returns: list[float] = []
-        lengths: list[int] = []
-        finals: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for t, step in enumerate(first_episode_steps(policy, self.env)):
-            res, active = step.result, step.active
+        n = len(chosen)
+        returns: list[list[float]] = [[] for _ in range(n)]
+        lengths: list[list[int]] = [[] for _ in range(n)]
+        finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
+        for t, step in enumerate(first_episode_steps(policy, [m.env for m in chosen])):
             log_probs, values = sampled.pop()
+            active = step.active
+            rewards = np.zeros(active.shape, dtype=np.float32)
+            terminated = np.zeros(active.shape, dtype=bool)
+            truncated = np.zeros(active.shape, dtype=bool)
+            for j, (member, res) in enumerate(zip(chosen, step.results)):
+                if res is None:
+                    continue
+                rewards[j] = np.where(active[j], member.scaled_reward(res, active[j]), 0.0)
+                terminated[j], truncated[j] = res.terminated & active[j], res.truncated & active[j]
+                ended = (res.terminated | res.truncated) & active[j]
+                returns[j].extend(res.episode_return[ended].tolist())
+                lengths[j].extend(res.episode_length[ended].tolist())
+                if truncated[j].any():
+                    idx = np.flatnonzero(truncated[j])
+                    finals[j].append((t, idx, res.final_obs[idx]))
             mask = torch.from_numpy(active).to(self.device)
-            full_log_probs = torch.zeros(len(active), device=self.device)
-            full_values = torch.zeros(len(active), device=self.device)
-            full_log_probs[mask], full_values[mask] = log_probs, values
             row = {
                 "obs": torch.from_numpy(step.obs), "actions": torch.from_numpy(step.actions),
-                "log_probs": full_log_probs, "values": full_values,
-                "rewards": torch.from_numpy(np.where(active, self.scaled_reward(res, active), 0.0).astype(np.float32)),
-                "terminated": torch.from_numpy(res.terminated & active),
-                "truncated": torch.from_numpy(res.truncated & active), "active": mask,
+                "log_probs": torch.where(mask, log_probs, 0.0), "values": torch.where(mask, values, 0.0),
+                "rewards": torch.from_numpy(rewards), "terminated": torch.from_numpy(terminated),
+                "truncated": torch.from_numpy(truncated), "active": mask,
             }
             for key, value in row.items():
                 cols[key].append(value.to(self.device))
-            ended = (res.terminated | res.truncated) & active
-            returns.extend(res.episode_return[ended].tolist())
-            lengths.extend(res.episode_length[ended].tolist())
-            cut = res.truncated & active
-            if cut.any():
-                idx = np.flatnonzero(cut)
-                finals.append((t, idx, res.final_obs[idx]))
         stacked = {key: torch.stack(values) for key, values in cols.items()}
         ro = Rollout(
             **stacked, next_values=torch.zeros_like(stacked["values"]),
-            last_values=torch.zeros(len(active), device=self.device),  # every episode ends inside the batch
+            last_values=torch.zeros(stacked["values"].shape[1:], device=self.device),  # every episode ends inside the batch
         )
-        self.bootstrap_truncated(ro, finals)
-        return ro, returns, lengths
+        self.bootstrap_truncated(ro.next_values, finals, members)
+        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
 
     # ------------------------------------------------------------------ learning
-    def update(self, batch: Batch) -> dict[str, float]:
-        """num_passes passes of shuffled batch_size minibatches; a partial last one is skipped."""
-        p = self.ppo
+    def update(self, batch: Batch) -> list[dict[str, float]]:
+        """num_passes passes of shuffled batch_size minibatches per member (a partial last one is
+        skipped); members with fewer minibatches (episode collection) wait for the others."""
+        p, K, dev = self.ppo, self.size, self.device
         obs, actions, old_logp, adv = batch.obs, batch.actions, batch.log_probs, batch.advantages
         rets = adv + batch.values
-        n = obs.shape[0]
-        sums: dict[str, float] = {}
-        count = 0
-        unit_abs_sum, rows = torch.zeros((), dtype=torch.float64, device=self.device), 0  # for dormant_units
-        for _ in range(p.num_passes):
-            perm = torch.randperm(n, generator=self.gen, device=self.device)
-            for start in range(0, n - p.batch_size + 1, p.batch_size):
-                mb = perm[start : start + p.batch_size]
-                with self.amp():
-                    head, values, features = self.model(obs[mb])
-                parts = ppo_loss(self.model.distribution(head), values, actions[mb], old_logp[mb], adv[mb], rets[mb], p.clip_param)
-                loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
-                ctx = LossContext(obs[mb], parts.policy.detach(), obs, self.gen)
-                for iv in self.interventions:
-                    extra = iv.loss(self.model, ctx)
-                    if extra is not None:
-                        loss = loss + extra
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p.max_grad_norm)
-                self.optimizer.step()
-                for iv in self.interventions:
-                    iv.after_step(self.model, self.optimizer)
-                stats = {
-                    "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
-                    "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
-                    "grad_norm": grad_norm,
-                }
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
-                sums["dead_units"] = sums.get("dead_units", 0.0) + reference_dead_units(features, self.cfg.model.activation)
-                count += 1
-                unit_abs_sum = unit_abs_sum + features.detach().abs().sum(dim=0, dtype=torch.float64)
-                rows += features.shape[0]
-        out = {k: v / count for k, v in sums.items()}
-        # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
-        out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum / rows), REDO_TAU)
-        var = torch.var(rets)
-        out["explained_variance"] = float(1 - torch.var(rets - batch.values) / var) if var > 0 else float("nan")
-        out["v_estimate"] = float(batch.values.mean())
-        periodic_obs = obs[perm[: min(n, 256)]]
-        for iv in self.interventions:
-            out.update(iv.periodic(self.model, self.optimizer, periodic_obs, self.current_epoch))
-        if self.normalize_obs:
-            # after the update, so the epoch's actions and its PPO ratios saw the same statistics
-            self.model.obs_norm.update(obs)
-        return out
+        # every member's minibatch order for the whole update, each from its own generator
+        orders, last_perms = [], []
+        for member, n in zip(self.members, batch.lengths):
+            used = n // p.batch_size * p.batch_size
+            perms = [torch.randperm(n, generator=member.gen, device=dev) for _ in range(p.num_passes)]
+            orders.append(torch.cat([perm[:used] for perm in perms]).view(-1, p.batch_size))
+            last_perms.append(perms[-1])
+        steps = max(len(o) for o in orders)
+        uniform = all(len(o) == steps for o in orders)
+        rows = torch.arange(K, device=dev).unsqueeze(1)
+        sums = {key: torch.zeros(K, dtype=torch.float64, device=dev) for key in
+                ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
+        taken = torch.zeros(K, dtype=torch.float64, device=dev)
+        unit_abs_sum = None  # for dormant_units
+        loss_hooks = [[iv for iv in m.interventions if "loss" in iv.hooks()] for m in self.members]
+        step_hooks = [[iv for iv in m.interventions if "after_step" in iv.hooks()] for m in self.members]
+        trainable = list(self.net.trainable().values())
+        for i in range(steps):
+            if uniform:
+                active, mb = None, torch.stack([o[i] for o in orders])
+            else:
+                active = torch.tensor([i < len(o) for o in orders], device=dev)
+                mb = torch.stack([o[i] if i < len(o) else torch.zeros(p.batch_size, dtype=torch.long, device=dev) for o in orders])
+            mb_obs = obs[rows, mb]
+            with self.amp():
+                head, values, features = self.net(mb_obs)
+            parts = ppo_loss(self.net.distribution(head), values, actions[rows, mb], old_logp[rows, mb], adv[rows, mb], rets[rows, mb], p.clip_param)
+            member_loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
+            weight = torch.ones(K, device=dev) if active is None else active.float()
+            loss = (member_loss * weight).sum()
+            self.net.zero_grad()
+            for member, hooks in zip(self.members, loss_hooks):
+                k = member.index
+                if not hooks or (active is not None and not active[k]):
+                    continue
+                ctx = LossContext(mb_obs[k], parts.policy[k].detach(), obs[k, : batch.lengths[k]], member.gen)
+                with member.own_rng():
+                    for iv in hooks:
+                        extra = iv.loss(member.model, ctx)
+                        if extra is not None:
+                            loss = loss + extra
+            loss.backward()
+            grad_norm = clip_member_grad_norms(trainable, p.max_grad_norm)
+            self.optimizer.step(active)
+            for member, hooks in zip(self.members, step_hooks):
+                if not hooks or (active is not None and not active[member.index]):
+                    continue
+                with member.own_rng():
+                    for iv in hooks:
+                        iv.after_step(member.model, self.optimizer_view(member))
+            stats = {
+                "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
+                "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
+                "grad_norm": grad_norm, "dead_units": reference_dead_units_per_member(features, self.cfg.model.activation),
+            }
+            for key, value in stats.items():
+                sums[key] += value.detach().double() * weight
+            taken += weight
+            abs_sum = (features.detach().abs().double() * weight.view(K, 1, 1)).sum(dim=1)
+            unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
+        means = {key: (value / taken).tolist() for key, value in sums.items()}
+        outs = []
+        for k, member in enumerate(self.members):
+            out = {key: values[k] for key, values in means.items()}
+            rows_k = float(taken[k]) * p.batch_size
+            # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
+            out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
+            n = batch.lengths[k]
+            rets_k, values_k = rets[k, :n], batch.values[k, :n]
+            var = torch.var(rets_k)
+            out["explained_variance"] = float(1 - torch.var(rets_k - values_k) / var) if var > 0 else float("nan")
+            out["v_estimate"] = float(values_k.mean())
+            obs_k = obs[k, :n]
+            periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
+            with member.own_rng():
+                for iv in member.interventions:
+                    out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
+            if self.normalize_obs:
+                # after the update, so the epoch's actions and its PPO ratios saw the same statistics
+                member.model.obs_norm.update(obs_k)
+            outs.append(out)
+        return outs
 
     def shift(self) -> None:
-        self.shift_state = next_shift(
-            self.shift_state, self.env_cfg.shift_type, self.shift_rng, self.shift_k,
-            num_tiles=self.env.num_tiles,
-            num_actions=self.num_actions,
-            num_games=self.spec.num_games,
-            num_flavours=self.spec.num_flavours,
-            scale_range=self.env_cfg.mujoco.scale_range,
-        )
-        self.env.apply_shift(self.shift_state)
-        if self.reward_scaler is not None:
-            self.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
-        self.task_index += 1
-        for iv in self.interventions:
-            iv.at_shift(self.model, self.optimizer)
-        if self.ppo.reset_optimizer_at_shift and not any(iv.keeps_optimizer for iv in self.interventions):
+        for member in self.members:
+            member.shift_state = next_shift(
+                member.shift_state, self.env_cfg.shift_type, member.shift_rng, self.shift_k,
+                num_tiles=member.env.num_tiles,
+                num_actions=self.num_actions,
+                num_games=self.spec.num_games,
+                num_flavours=self.spec.num_flavours,
+                scale_range=self.env_cfg.mujoco.scale_range,
+            )
+            member.env.apply_shift(member.shift_state)
+            if member.reward_scaler is not None:
+                member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
+            member.task_index += 1
+            with member.own_rng():
+                for iv in member.interventions:
+                    iv.at_shift(member.model, self.optimizer_view(member))
+        self.follow_structure()
+        keeps = any(iv.keeps_optimizer for iv in self.members[0].interventions)
+        if self.ppo.reset_optimizer_at_shift and not keeps:
             self.optimizer = self.make_optimizer()
 
-    def evaluate(self, epoch: int) -> float:
-        """Mean return of test_episodes complete test episodes. Eval mode, so evaluating does
-        not advance spectral norm's power iteration (evaluation settings never change training)."""
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.eval_seed + epoch)
+    def evaluate(self, epoch: int) -> list[float]:
+        """Mean return of test_episodes complete test episodes per member. Eval mode, so
+        evaluating does not advance spectral norm's power iteration (evaluation settings never
+        change training)."""
+        generators = []
+        for member in self.members:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(member.eval_seed + epoch)
+            generators.append(gen)
 
         def policy(frames: np.ndarray) -> np.ndarray:
-            return self.policy_sample(torch.from_numpy(frames).to(self.device), gen)[0].cpu().numpy()
+            return self.policy_sample(torch.from_numpy(frames).to(self.device), generators)[0].cpu().numpy()
 
-        self.model.eval()
+        self.net.train(False)
         try:
-            returns, _ = evaluate(policy, self.env_cfg, self.ppo.test_episodes, self.eval_seed + epoch, self.shift_state)
+            returns, _ = evaluate(
+                policy, self.env_cfg, self.ppo.test_episodes,
+                [m.eval_seed + epoch for m in self.members], [m.shift_state for m in self.members],
+            )  # fmt: skip
         finally:
-            self.model.train()
-        return float(np.mean(returns))
+            self.net.train(True)
+        return [float(r) for r in returns.mean(axis=1)]
 
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
-        """Collect, update, evaluate if due; returns the epoch's metrics row (minus wall_time)."""
+    def run_epoch(self, epoch: int) -> list[dict[str, Any]]:
+        """Collect, update, evaluate if due; returns each member's metrics row (minus wall_time).
+        ``steps_per_s`` is a member's transitions over the population's training time (collect +
+        update, shared by all members)."""
         p = self.ppo
         self.current_epoch = epoch
-        t_train, steps_before = time.monotonic(), self.env_steps
-        ro, ep_returns, ep_lengths = self.collect()
-        before = applied_weights(self.model)
-        stats = self.update(ro)
-        steps_per_s = (self.env_steps - steps_before) / (time.monotonic() - t_train)  # training only: collect + update
-        after = applied_weights(self.model)
-        test_r = self.evaluate(epoch) if epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points else None
-        return {
-            "epoch": epoch, "env_steps": self.env_steps, "task": self.task_index,
-            "train_r": float(np.mean(ep_returns)) if ep_returns else None,
-            "train_l": float(np.mean(ep_lengths)) if ep_lengths else None,
-            "test_r": test_r,
-            "weight_m": weight_rms(after),
-            "weight_diff": weight_change_rms(before, after),
-            "steps_per_s": steps_per_s,
-            **stats,
-        }
+        t_train, steps_before = time.monotonic(), [m.env_steps for m in self.members]
+        batch, ep_returns, ep_lengths = self.collect()
+        before = [applied_weights(m.model) for m in self.members]
+        stats = self.update(batch)
+        seconds = time.monotonic() - t_train
+        after = [applied_weights(m.model) for m in self.members]
+        due = epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points
+        test_r = self.evaluate(epoch) if due else [None] * self.size
+        rows = []
+        for k, member in enumerate(self.members):
+            rows.append({
+                "epoch": epoch, "env_steps": member.env_steps, "task": member.task_index,
+                "train_r": float(np.mean(ep_returns[k])) if ep_returns[k] else None,
+                "train_l": float(np.mean(ep_lengths[k])) if ep_lengths[k] else None,
+                "test_r": test_r[k],
+                "weight_m": weight_rms(after[k]),
+                "weight_diff": weight_change_rms(before[k], after[k]),
+                "steps_per_s": (member.env_steps - steps_before[k]) / seconds,
+                **stats[k],
+            })
+        return rows
 
     # ------------------------------------------------------------------ main loop
-    def load_resume_state(self) -> dict[str, Any] | None:
-        """The checked latest checkpoint, or None when there is none (a fresh start).
+    def load_resume_state(self) -> list[dict[str, Any] | None]:
+        """Every member's checked latest checkpoint, or None for a member without one (a fresh
+        start).
 
         Raises CheckpointError for a corrupt or incompatible file; call it before writing
-        anything into the run directory.
+        anything into the run directories.
         """
-        path = self.ckpt_dir / "latest.pt"
-        if not path.exists():
-            return None
-        state = load_checkpoint(path, self.config_dict, RunConfig().to_yaml_dict(), self.device)
-        saved = state.get("device_type", "cpu")
-        if saved != self.device.type:
-            raise CheckpointError(
-                f"{path}: written on {saved}, resuming on {self.device.type}: resume with --device {saved}"
-            )
-        return state
+        states: list[dict[str, Any] | None] = []
+        for member in self.members:
+            path = member.ckpt_dir / "latest.pt"
+            if not path.exists():
+                states.append(None)
+                continue
+            state = load_checkpoint(path, self.config_dict, RunConfig().to_yaml_dict(), self.device)
+            saved = state.get("device_type", "cpu")
+            if saved != self.device.type:
+                raise CheckpointError(
+                    f"{path}: written on {saved}, resuming on {self.device.type}: resume with --device {saved}"
+                )
+            states.append(state)
+        return states
 
-    def train(self, resume_state: dict[str, Any] | None = None) -> str:
-        """Run (or continue from ``resume_state``) to the last epoch. Returns "done" or "interrupted"."""
-        if resume_state is not None:
-            self.restore(resume_state)
+    def train(self, resume_states: Sequence[dict[str, Any] | None] | None = None) -> str:
+        """Run (or continue from ``resume_states``, one per member) to the last epoch. Returns
+        "done" or "interrupted"."""
+        if resume_states is not None:
+            self.restore(resume_states)
         p = self.ppo
-        metrics = MetricsCSV(self.run_dir / "metrics.csv", self.columns, self.start_epoch)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.start_epoch)
-        progress = Progress(self.label, p.num_epochs, self.start_epoch)
-        diagnostics = DiagnosticsLogger(self.run_dir, self.start_epoch, layer_names(self.model)) if self.probe else None
-        if self.probe:
-            print(f"[{self.label}] {self.probe.plan.describe()}", flush=True)
-        tracker = WandbTracker(self.cfg, self.run_dir, self.seed) if self.cfg.logging.wandb.enabled else None
-        t0 = time.monotonic() - self.wall_offset
+        logs = [MemberLogs(self, member) for member in self.members]
+        label = self.members[0].label if self.size == 1 else f"{self.members[0].label} +{self.size - 1} members"
+        progress = Progress(label, p.num_epochs, self.start_epoch)
+        if self.members[0].probe:
+            print(f"[{label}] {self.members[0].probe.plan.describe()}", flush=True)
+        t0 = time.monotonic() - max(m.wall_offset for m in self.members)
         status = "failed"
         try:
             with StopRequested() as stop:
                 for epoch in range(self.start_epoch, p.num_epochs):
                     if epoch in p.shift_points:
                         self.shift()
-                    row = self.run_epoch(epoch)
-                    row["wall_time"] = time.monotonic() - t0
-                    metrics.write(row)
-                    scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
-                               and not (isinstance(row[key], float) and math.isnan(row[key]))}
-                    for key, value in scalars.items():
-                        writer.add_scalar(key, value, epoch)
-                    if tracker is not None:
-                        tracker.log(scalars, epoch)
-                    progress.update(epoch, row)
-                    if diagnostics is not None and self.probe.due(epoch):
-                        # before the checkpoint, so it holds this probe's churn reference
-                        result = self.probe.measure(self.model, self.task_index, self.shift_state, epoch)
-                        probed = diagnostics.log(epoch, self.task_index, result.stats, result.spectrum)
-                        for key, value in probed.items():
-                            writer.add_scalar(key, value, epoch)
-                        if tracker is not None:
-                            tracker.log(probed, epoch)
+                    rows = self.run_epoch(epoch)
+                    wall = time.monotonic() - t0
+                    for log, row in zip(logs, rows):
+                        row["wall_time"] = wall
+                        log.write(epoch, row)
+                    progress.update(epoch, rows[0] if self.size == 1 else population_row(rows))
+                    for member, log in zip(self.members, logs):
+                        if member.probe is not None and member.probe.due(epoch):
+                            # before the checkpoint, so it holds this probe's churn reference
+                            with member.own_rng():
+                                result = member.probe.measure(member.model, member.task_index, member.shift_state, epoch)
+                            log.probe(epoch, member.task_index, result)
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
                     if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
@@ -500,14 +719,58 @@ class Run:
                 else:
                     status = "done"
         finally:
-            if tracker is not None:
-                tracker.close(ok=status == "done")
-            if diagnostics is not None:
-                print(f"[{self.label}] {diagnostics.cost_line(time.monotonic() - t0)}", flush=True)
-                diagnostics.close()
+            for log in logs:
+                log.close(status == "done", time.monotonic() - t0)
             progress.close()
-            writer.close()
-            metrics.close()
         if status == "done":
-            (self.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
+            for member in self.members:
+                (member.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
         return status
+
+
+def population_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The progress line of a population: the members' mean of each shown value."""
+    out: dict[str, Any] = {}
+    for key in ("steps_per_s", "train_r", "test_r"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = float(np.mean(values)) * (len(rows) if key == "steps_per_s" else 1) if values else None
+    return out
+
+
+class MemberLogs:
+    """A member's run-directory outputs: metrics.csv, TensorBoard, diagnostics, W&B."""
+
+    def __init__(self, run: Run, member: Member) -> None:
+        self.run, self.member = run, member
+        self.columns = run.columns
+        self.metrics = MetricsCSV(member.run_dir / "metrics.csv", run.columns, run.start_epoch)
+        self.writer = SummaryWriter(str(member.run_dir / "tb"), purge_step=run.start_epoch)
+        self.diagnostics = (
+            DiagnosticsLogger(member.run_dir, run.start_epoch, layer_names(member.model)) if member.probe else None
+        )
+        self.tracker = WandbTracker(run.cfg, member.run_dir, member.seed) if run.cfg.logging.wandb.enabled else None
+
+    def write(self, epoch: int, row: dict[str, Any]) -> None:
+        self.metrics.write(row)
+        scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
+                   and not (isinstance(row[key], float) and math.isnan(row[key]))}
+        for key, value in scalars.items():
+            self.writer.add_scalar(key, value, epoch)
+        if self.tracker is not None:
+            self.tracker.log(scalars, epoch)
+
+    def probe(self, epoch: int, task: int, result: Any) -> None:
+        probed = self.diagnostics.log(epoch, task, result.stats, result.spectrum)
+        for key, value in probed.items():
+            self.writer.add_scalar(key, value, epoch)
+        if self.tracker is not None:
+            self.tracker.log(probed, epoch)
+
+    def close(self, done: bool, wall_time: float) -> None:
+        if self.tracker is not None:
+            self.tracker.close(ok=done)
+        if self.diagnostics is not None:
+            print(f"[{self.member.label}] {self.diagnostics.cost_line(wall_time)}", flush=True)
+            self.diagnostics.close()
+        self.writer.close()
+        self.metrics.close()

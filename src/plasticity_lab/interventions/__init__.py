@@ -21,6 +21,7 @@ from plasticity_lab.interventions.base import (
     TrainingPlan,
     build_interventions,
     make_optimizer,
+    resolve_optimizer,
     validate_params,
 )
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REGISTRY", "Intervention", "LossContext", "TrainingPlan", "build_interventions", "check_compatible",
-    "make_optimizer", "validate_interventions",
+    "make_optimizer", "resolve_optimizer", "validate_interventions",
 ]
 
 

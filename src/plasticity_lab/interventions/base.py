@@ -164,17 +164,24 @@ def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module,
     return [REGISTRY[name](validate_params(name, raw), model, plan) for name, raw in spec.items()]
 
 
-def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
-    """The run's optimiser: the one a method provides, else AdamW, built with ``defaults`` (lr,
-    betas, weight_decay) as every method's ``optimizer_settings`` changes them. The provider's own
-    changes come first (e.g. Kron's learning rate), so the others see the settings it will use."""
+def resolve_optimizer(interventions: list[Intervention], defaults: dict[str, Any]) -> tuple[Intervention | None, dict[str, Any]]:
+    """(the method that provides the optimiser, or None for AdamW; the settings it is built with):
+    ``defaults`` (lr, betas, weight_decay) as every method's ``optimizer_settings`` changes them.
+    The provider's own changes come first (e.g. Kron's learning rate), so the others see the
+    settings it will use."""
     providers = [iv for iv in interventions if "optimizer" in iv.hooks()]
     if len(providers) > 1:
         raise ValueError(f"interventions: {' and '.join(iv.name for iv in providers)} each provide the optimiser")
     settings = dict(defaults)
     for iv in providers + [iv for iv in interventions if iv not in providers]:
         settings = iv.optimizer_settings(settings)
+    return (providers[0] if providers else None), settings
+
+
+def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
+    """One network's optimiser: the one a method provides, else AdamW (:func:`resolve_optimizer`)."""
+    provider, settings = resolve_optimizer(interventions, defaults)
     params = list(model.parameters())
-    if providers:
-        return providers[0].optimizer(params, settings)
+    if provider is not None:
+        return provider.optimizer(params, settings)
     return torch.optim.AdamW(params, **settings)

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from plasticity_lab.agents.population_optim import follow_parameters
 from plasticity_lab.interventions.base import Intervention, Params, register
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.actor_critic import Block
@@ -174,14 +175,8 @@ class Inject(Intervention):
     def at_shift(self, model, optimizer):
         self.inject(model)
         # The runner may keep this optimiser (reset_optimizer_at_shift: false, or a method that
-        # keeps it): give it the new parameters, in model order so its checkpoint loads into a
-        # freshly built optimiser.
-        # A merge (reference variant) drops parameters: drop their state too.
-        (group,) = optimizer.param_groups
-        group["params"] = list(model.parameters())
-        live = set(group["params"])
-        for param in [p for p in optimizer.state if isinstance(p, torch.Tensor) and p not in live]:
-            del optimizer.state[param]
+        # keeps it): it must follow the new parameters.
+        follow_parameters(optimizer, model)
 
     def state_dict(self):
         return {"injections": self.count}

@@ -48,6 +48,7 @@ __all__ = [
     "REDO_TAU",
     "REFERENCE_DEAD_RULES",
     "reference_dead_units",
+    "reference_dead_units_per_member",
     "weight_rms",
     "weight_change_rms",
     "stable_rank",
@@ -375,6 +376,18 @@ def reference_dead_units(activations: Any, activation: str) -> float:
         return float("nan")
     h = _as_activations(activations, "reference_dead_units", float64=False)
     return float(rule(h).to(torch.float64).mean().item())
+
+
+def reference_dead_units_per_member(activations: torch.Tensor, activation: str) -> torch.Tensor:
+    """:func:`reference_dead_units` of each member's ``activations[k]`` (a population's
+    (K, n, units) trunk output), as a float64 (K,) tensor: one reduction for all members and no
+    host sync, because the training loop calls it on every minibatch."""
+    rule = REFERENCE_DEAD_RULES.get(activation)
+    if activations.ndim < 3 or activations.shape[1] == 0:
+        raise ValueError(f"reference_dead_units_per_member: expected (K, n, units), got {tuple(activations.shape)}")
+    if rule is None:
+        return torch.full((activations.shape[0],), float("nan"), dtype=torch.float64, device=activations.device)
+    return rule(activations.detach()).flatten(1).to(torch.float64).mean(1)
 
 
 # --------------------------------------------------------------------------- weights

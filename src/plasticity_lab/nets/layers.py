@@ -88,11 +88,21 @@ class FP32SpectralNorm(parametrizations._SpectralNorm):
     """torch's spectral-norm parametrization with its power iteration and sigma kept in fp32 under
     bf16 autocast (on CUDA autocast would run their matrix-vector products in bf16, an error of
     ~0.4% in every normalised weight). torch has no precision option for it, hence this subclass;
-    its state (``_u``, ``_v``) and keys are torch's own."""
+    its state (``_u``, ``_v``) and keys are torch's own.
+
+    The power iteration writes ``_u``/``_v`` with ``copy_`` instead of torch's ``out=`` (the same
+    numbers): ``torch.func.vmap`` has no batching rule for ``out=``, and a population's forward
+    (:mod:`plasticity_lab.nets.population`) runs every member's parametrization under vmap."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.autocast(weight.device.type, enabled=False):
             return super().forward(weight.float())
+
+    @torch.no_grad()
+    def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
+        for _ in range(n_power_iterations):
+            self._u.copy_(nn.functional.normalize(torch.mv(weight_mat, self._v), dim=0, eps=self.eps))
+            self._v.copy_(nn.functional.normalize(torch.mv(weight_mat.H, self._u), dim=0, eps=self.eps))
 
 
 def spectral_norm(layer: nn.Module) -> nn.Module:

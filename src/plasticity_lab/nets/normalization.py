@@ -54,9 +54,9 @@ class ObsNormalizer(RunningMoments):
         self.clip = clip
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        # A select instead of branching on count.item(): no host sync per forward, and a
+        # population's vmapped forward cannot branch on one member's data.
         obs = obs.float()
-        if self.count.item() == 0:
-            return obs
         mean = self.mean.to(obs.dtype)
         std = (self.var + EPS).sqrt().to(obs.dtype)
-        return ((obs - mean) / std).clamp(-self.clip, self.clip)
+        return torch.where(self.count > 0, ((obs - mean) / std).clamp(-self.clip, self.clip), obs)

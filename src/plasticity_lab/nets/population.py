@@ -1,0 +1,142 @@
+"""K members' networks as one set of stacked tensors: the compute of a population in one call.
+
+A population (DESIGN.md section 8) trains K networks of the same architecture, one per seed.
+Here every parameter and buffer of the K member networks lives in one tensor with a leading
+member dimension (``params[name]``, shape ``(K, *shape)``); the forward pass is one
+``torch.func.vmap`` over ``functional_call`` of the members' own module, so there is a single
+definition of the network and member k computes exactly what its module computes.
+
+Each member keeps its ordinary ``ActorCritic`` module, whose parameters and buffers are *aliases*
+of its slice of the stacked tensors (same storage). So everything that works on one network
+(interventions editing weights in place, diagnostics, checkpoints, a trainability copy) keeps
+working on a member's module and is seen by the stacked compute, and the reverse. The member
+parameters' ``.grad`` are aliases of the stacked gradients' slices too, so a loss term computed
+on a member's module (an intervention's ``loss`` hook) lands in the population's gradient.
+
+An intervention that changes a member's structure (plasticity injection adds frozen heads) is
+picked up by :meth:`PopulationNetwork.restack` (the loop calls it after shift hooks): tensors
+are re-stacked by *parameter object*, so a parameter that moved inside the module keeps its
+values and its optimiser state (:meth:`restack` returns where each old slice went).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
+
+
+def _structure(module: nn.Module) -> tuple:
+    """What must agree across members to stack them: names, shapes, dtypes, trainability."""
+    params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in module.named_parameters())
+    buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers())
+    return params, buffers
+
+
+class PopulationNetwork:
+    """The stacked parameters, buffers and batched forward of ``members`` (K >= 1 networks of one
+    architecture, already on their device)."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        if not members:
+            raise ValueError("a population needs at least one member")
+        self.members = list(members)
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.template: nn.Module | None = None
+        self._signature: tuple | None = None
+        self._batched = vmap(self._member_forward)
+        self.restack()
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    # ------------------------------------------------------------------ stacking
+    def structure_changed(self) -> bool:
+        return _structure(self.members[0]) != self._signature
+
+    @torch.no_grad()
+    def restack(self) -> dict[nn.Parameter, tuple[str, int]]:
+        """(Re)build the stacked tensors from the members' current values and alias the members
+        onto them. Returns ``{old member parameter: (new stacked name, member index)}`` for every
+        parameter object that existed before, so optimiser state can follow its parameter."""
+        signature = _structure(self.members[0])
+        for k, member in enumerate(self.members[1:], start=1):
+            if _structure(member) != signature:
+                raise ValueError(f"population member {k} has another architecture than member 0")
+        where: dict[nn.Parameter, tuple[str, int]] = {}
+        params: dict[str, torch.Tensor] = {}
+        for name, _ in self.members[0].named_parameters():
+            member_params = [dict(m.named_parameters())[name] for m in self.members]
+            stacked = torch.stack([p.detach() for p in member_params])
+            trainable = member_params[0].requires_grad
+            params[name] = nn.Parameter(stacked, requires_grad=trainable) if trainable else stacked
+            if trainable:
+                params[name].grad = torch.zeros_like(stacked)
+            for k, p in enumerate(member_params):
+                where[p] = (name, k)
+                p.data = params[name].data[k]
+                if trainable:
+                    p.grad = params[name].grad[k]
+        buffers: dict[str, torch.Tensor] = {}
+        for name, _ in self.members[0].named_buffers():
+            member_buffers = [dict(m.named_buffers())[name] for m in self.members]
+            buffers[name] = torch.stack([b.detach() for b in member_buffers])
+            for k, b in enumerate(member_buffers):
+                b.data = buffers[name][k]
+        self.params, self.buffers, self._signature = params, buffers, signature
+        template = copy.deepcopy(self.members[0]).to("meta")
+        template.train(self.members[0].training)
+        self.template = template
+        return where
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        """Stacked parameters that learn (frozen ones, e.g. injected old heads, excluded)."""
+        return {n: p for n, p in self.params.items() if p.requires_grad}
+
+    @torch.no_grad()
+    def zero_grad(self) -> None:
+        """Zero the stacked gradients in place (the members' ``.grad`` aliases stay valid)."""
+        for name, p in self.trainable().items():
+            p.grad.zero_()
+            for k, member in enumerate(self.members):
+                mp = member.get_parameter(name)
+                if mp.grad is None:  # something set it to None: re-alias
+                    mp.grad = p.grad[k]
+
+    # ------------------------------------------------------------------ compute
+    def _member_forward(self, params: dict, buffers: dict, obs: torch.Tensor):
+        return functional_call(self.template, (params, buffers), (obs,))
+
+    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``obs`` (K, N, ...) -> (policy head output (K, N, A), value (K, N), trunk features
+        (K, N, F)); member k's rows come from member k's network.
+
+        A population of one calls its member's module directly: the same function without
+        vmap's per-call cost (~0.5 ms here, as much as a small network's whole forward); its
+        gradients reach the stacked ones through the member's ``.grad`` aliases."""
+        if self.size == 1:
+            return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
+        return self._batched(self.params, self.buffers, obs)
+
+    def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
+        """The members' action distributions over (K, N, ...) head outputs."""
+        log_std = self.params.get("log_std")
+        return make_distribution(head_out, None if log_std is None else log_std.unsqueeze(1))
+
+    def train(self, mode: bool = True) -> None:
+        """Training or eval mode for the stacked compute and every member's module (spectral norm
+        advances its power iteration in training mode only)."""
+        self.template.train(mode)
+        for member in self.members:
+            member.train(mode)
+
+    @property
+    def training(self) -> bool:
+        return self.template.training
