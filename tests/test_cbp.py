@@ -84,11 +84,12 @@ def test_the_runner_builds_entrywise_adamw_for_cbp_with_the_ppo_settings(tmp_pat
     })
     cfg.interventions = validate_interventions(cfg)
     run = Run(cfg, tmp_path, seed=0, device="cpu")
-    assert type(run.optimizer) is EntrywiseAdamW
-    group = run.optimizer.param_groups[0]
+    (opt,) = run.optimizer.optimizers  # one per population member
+    assert type(opt) is EntrywiseAdamW
+    group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.8, 0.95), 0.01)
     run.shift()  # a re-created optimiser is one again
-    assert type(run.optimizer) is EntrywiseAdamW
+    assert type(run.optimizer.optimizers[0]) is EntrywiseAdamW
 
 
 def test_cbp_optimiser_takes_the_settings_of_l2_and_adam_beta():

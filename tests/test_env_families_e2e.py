@@ -102,12 +102,12 @@ def test_resume_restores_statistics_and_restarts_episodes(family, tmp_path: Path
     second = Run(cfg, tmp_path / "run", seed=0)
     state = second.load_resume_state()
     second.restore(state)
-    assert second.start_epoch == 3 and second.shift_state == first.shift_state
-    for key, value in first.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
-    if first.reward_scaler is not None:
-        assert torch.equal(first.reward_scaler.moments.var, second.reward_scaler.moments.var)
-        assert not second.reward_scaler.returns.any()  # episodes restarted, so do their returns
+    assert second.start_epoch == 3 and second.member.shift_state == first.member.shift_state
+    for key, value in first.member.model.state_dict().items():
+        assert torch.equal(value, second.member.model.state_dict()[key]), key
+    if first.member.reward_scaler is not None:
+        assert torch.equal(first.member.reward_scaler.moments.var, second.member.reward_scaler.moments.var)
+        assert not second.member.reward_scaler.returns.any()  # episodes restarted, so do their returns
     assert second.train(state) == "done"
     assert (tmp_path / "run" / "DONE").exists()
 

@@ -122,9 +122,9 @@ def test_trac_keeps_its_anchor_and_scale_across_a_shift_in_the_runner(tmp_path):
     cfg.interventions = validate_interventions(cfg)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_yaml_dict()))
     run = Run(cfg, tmp_path, seed=0, device="cpu")
-    initial = [p.detach().clone() for p in run.model.parameters()]
+    initial = [p.detach().clone() for p in run.member.model.parameters()]
     assert run.train() == "done"
-    trac = run.optimizer.state["_trac"]
+    trac = run.optimizer.optimizers[0].state["_trac"]
     assert trac["iter_count"] == 3 * 2  # every step of the run, not only those since the shift
-    for p, p0 in zip(run.model.parameters(), initial, strict=True):
+    for p, p0 in zip(run.member.model.parameters(), initial, strict=True):
         assert torch.equal(trac[p]["ref"], p0)

@@ -130,17 +130,17 @@ def test_a_failing_run_is_reported_and_the_others_finish(config, tmp_path):
 def test_crashed_attempts_are_retried_up_to_the_limit(tmp_path):
     from types import SimpleNamespace
 
-    from plasticity_lab.experiment.sweep import RunState, finish
+    from plasticity_lab.experiment.sweep import RunState, Task, finish
 
     state = RunState(SimpleNamespace(run_dir=tmp_path))
-    state.attempts = 1
-    assert finish(state, -9, retries=1) and state.status == "pending"
-    state.attempts = 2
-    assert not finish(state, -9, retries=1) and state.status == "failed" and "exit code -9 (killed by SIGKILL)" in state.error
+    task = Task([state], attempts=1)
+    assert finish(task, -9, retries=1) and state.status == "pending"
+    task.attempts = state.attempts = 2
+    assert not finish(task, -9, retries=1) and state.status == "failed" and "exit code -9 (killed by SIGKILL)" in state.error
     assert state.deaths == ["exit code -9 (killed by SIGKILL)"]
     assert (tmp_path / "FAILED").read_text().startswith("exit code -9 (killed by SIGKILL)")
     (tmp_path / "DONE").write_text("")
-    assert not finish(state, 0, retries=1) and state.status == "done"
+    assert not finish(task, 0, retries=1) and state.status == "done"
 
 
 def test_a_run_locked_by_a_live_process_is_refused(config, tmp_path):

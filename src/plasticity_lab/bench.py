@@ -30,7 +30,7 @@ def _sync(device: torch.device) -> None:
 def network_floor(run: Run, repeats: int) -> float:
     """Median seconds of the pure network compute of one epoch (see module docstring)."""
     p, envs, spec = run.ppo, run.env_cfg.env_copies, run.spec
-    model = run.model
+    model = run.member.model
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
     if spec.obs_dtype == "uint8":
         frames = torch.randint(0, 256, (p.buffer_size, *spec.obs_shape), dtype=torch.uint8, device=run.device)
@@ -123,7 +123,7 @@ def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") ->
               f"= {results['eval_fraction_of_epoch']:.2f} epochs (run every test_interval=10 epochs)")
         for run in runs.values():
             with contextlib.suppress(Exception):
-                run.env.close()
+                run.member.env.close()
     return results
 
 
@@ -146,18 +146,18 @@ def run_diagnostics_bench(device: str = "auto") -> dict[str, float]:
         probe = PlasticityProbe(run.env_cfg, seed=0, num_epochs=p.num_epochs, shift_points=p.shift_points)
         fits = probe.plan.fits
         t0 = time.perf_counter()
-        probe.frames(run.task_index, run.shift_state)
+        probe.frames(run.member.task_index, run.member.shift_state)
         out["collect_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe.measure(run.model, run.task_index, run.shift_state, 1)  # not a trainability epoch
+        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, 1)  # not a trainability epoch
         out["probe_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probe.measure(run.model, run.task_index, run.shift_state, 0)  # first fit: targets + fresh net + copy
+        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, 0)  # first fit: targets + fresh net + copy
         out["first_fit_s"] = time.perf_counter() - t0 - out["probe_s"]
         t0 = time.perf_counter()
-        probe.measure(run.model, run.task_index, run.shift_state, fits[1])  # later fit of the same task: copy only
+        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, fits[1])  # later fit of the same task: copy only
         out["fit_s"] = time.perf_counter() - t0 - out["probe_s"]
-        run.env.close()
+        run.member.env.close()
     unit_s = out["epoch_s"] / COSTS.epoch(p.buffer_size, p.num_passes)
     fit_units = COSTS.fit(d.trainability_steps, probe.trainability.batch_size, d.probe_size)
     print(f"epoch {out['epoch_s']:.2f} s; probe ({d.probe_size} frames) {out['probe_s']:.2f} s; frame collection "

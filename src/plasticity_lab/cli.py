@@ -19,11 +19,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--name", required=True, help="experiment name: results go to OUT_DIR/results/NAME/")
     parser.add_argument("-p", "--hyperparams", default="hyperparams.yaml", help="config file (root names are looked up in configs/ too)")
     parser.add_argument("-c", "--condition", default=None, help="run only this condition (default: all, one after another)")
-    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (runs go to seed_<s>/)")
+    parser.add_argument("-s", "--seed", default="0", help="random seed (runs go to seed_<s>/); several: 0,1,2 (run one after another, or as one population)")
     parser.add_argument("-o", "--out_dir", default=".", help="output root (default: current directory)")
     parser.add_argument("-r", "--resume", action="store_true", help="continue existing runs from their latest checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (auto: CUDA when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--population", action="store_true",
+                        help="train the seeds of each condition as one population in this process (= experiment.population: true)")
     add_override_args(parser)
 
 
@@ -44,18 +46,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from plasticity_lab.config import load_study
-    from plasticity_lab.experiment.checkpoint import CheckpointError
     from plasticity_lab.experiment.determinism import set_deterministic
-    from plasticity_lab.experiment.runner import Run, pick_device
-    from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
+    from plasticity_lab.experiment.population import check_population_fits, population_groups
+    from plasticity_lab.experiment.runner import pick_device
+    from plasticity_lab.experiment.study import check_unlocked, plan_runs
 
     study = load_study(args.hyperparams, overrides(args))
     conditions = [args.condition] if args.condition else None
-    specs = plan_runs(study, args.name, conditions, [args.seed], args.out_dir, args.resume)
+    seeds = list(dict.fromkeys(parse_int_list(args.seed, "-s")))
+    if not seeds:
+        raise ConfigError("-s: give at least one seed")
+    specs = plan_runs(study, args.name, conditions, seeds, args.out_dir, args.resume)
     for note in study.shadowed(conditions):
         print(note, flush=True)
     try:
-        device = str(pick_device(args.device))
+        device = pick_device(args.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     for spec in specs:
@@ -68,22 +73,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
-            continue
-        run = Run(spec.cfg, spec.run_dir, spec.seed, device=device, label=spec.label)
-        with run_lock(spec.run_dir):
-            try:
-                # checked before anything is written, so a refused resume leaves the run as it was
-                state = run.load_resume_state() if args.resume else None
-            except CheckpointError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return EXIT_BAD_INPUT
-            write_study_config(study, args.out_dir, args.name)
-            prepare_run_dir(spec, run.hook_list(), device)
-            print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
-            status = run.train(state)
-        if status == "interrupted":
-            print(f"{spec.label}: stopped; checkpoint written. Resume with the same command plus -r.", flush=True)
-            return 128 + int(run.stop_signal or signal.SIGINT)
+    if args.population or study.base.experiment.population:
+        groups = population_groups(specs, study.base.experiment.population_size, args.resume)
+        for group in groups:  # every refusal before any population starts
+            check_population_fits(group[0].cfg, len(group), device, f"{args.name}/{group[0].condition}")
+    else:
+        groups = [[spec] for spec in specs if not (spec.run_dir / "DONE").exists()]
+    for group in groups:
+        code = train_group(study, args, group, str(device))
+        if code:
+            return code
+    return 0
+
+
+def train_group(study, args: argparse.Namespace, group: list, device: str) -> int:
+    """Train ``group`` (the specs of one condition) as one run or one population; returns the
+    exit code (0, bad input, or 128 + the signal that stopped it)."""
+    import contextlib
+
+    from plasticity_lab.experiment.checkpoint import CheckpointError
+    from plasticity_lab.experiment.runner import Run
+    from plasticity_lab.experiment.study import prepare_run_dir, run_lock, write_study_config
+
+    run = Run(group[0].cfg, [s.run_dir for s in group], [s.seed for s in group], device=device, label=[s.label for s in group])
+    with contextlib.ExitStack() as locks:
+        for spec in group:
+            locks.enter_context(run_lock(spec.run_dir))
+        try:
+            # checked before anything is written, so a refused resume leaves the runs as they were
+            states = run.load_resume_state() if args.resume else None
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        write_study_config(study, args.out_dir, args.name)
+        for spec in group:
+            prepare_run_dir(spec, run.hook_list(), device, population=len(group))
+        what = group[0].label if len(group) == 1 else f"{group[0].condition} (population of {len(group)}: seeds {','.join(str(s.seed) for s in group)})"
+        print(f"{what}: {group[0].run_dir.parent if len(group) > 1 else group[0].run_dir} on {device}; "
+              f"hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
+        status = run.train(states)
+    if status == "interrupted":
+        print(f"{group[0].condition}: stopped; checkpoints written. Resume with the same command plus -r.", flush=True)
+        return 128 + int(run.stop_signal or signal.SIGINT)
     return 0
 
 
@@ -109,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true", help="accepted for clarity: a sweep always skips finished runs and resumes interrupted ones")
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    sw.add_argument("--population", action="store_true",
+                    help="train each condition's seeds as one population per process (= experiment.population: true); "
+                         "--workers counts populations")
     add_override_args(sw)
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="cross the conditions with these values, e.g. --grid interventions.redo.tau=0.0,0.025,0.1 "
@@ -195,7 +229,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,
             backend=args.backend, address=args.address, out_dir=args.out_dir, retries=args.retries,
             device=args.device, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-            overrides=overrides(args), grid=args.grid,
+            overrides=overrides(args), grid=args.grid, population=True if args.population else None,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")

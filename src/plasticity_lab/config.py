@@ -69,6 +69,12 @@ class ExperimentConfig(Strict):
     """`--set KEY=VALUE` overrides already applied to this config's settings (recorded, as given)."""
     grid: dict[str, GridCondition] = Field(default_factory=dict)
     """Condition name -> the condition and `--grid` values it was expanded from (plab sweep --grid)."""
+    population: bool = False
+    """Train the seeds of each condition as one population in one process (= --population); each seed still writes its own run directory."""
+    population_size: int | None = Field(None, ge=1)
+    """At most this many seeds per population (more seeds: several populations); null: all seeds of a condition."""
+    population_memory_gib: float | None = Field(None, gt=0)
+    """Memory a population may take (GiB, its estimate: README); null: 80% of the device's available memory."""
 
     @field_validator("conditions")
     @classmethod

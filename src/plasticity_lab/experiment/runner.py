@@ -151,22 +151,23 @@ class Run:
     """A population of runs of one condition, one per seed, trained in lockstep; ``Run(cfg,
     run_dir, seed)`` is a single run (a population of one).
 
-    ``run_dirs``, ``seeds`` and ``labels`` are per member (a single value: one member).
+    ``run_dir``, ``seed`` and ``label`` are per member: a list, or a single value for one member.
     """
 
     def __init__(
         self,
         cfg: RunConfig,
-        run_dirs: Path | Sequence[Path],
-        seeds: int | Sequence[int],
+        run_dir: Path | Sequence[Path],
+        seed: int | Sequence[int],
         device: str = "auto",
         label: str | Sequence[str] = "",
     ) -> None:
-        single = isinstance(seeds, int)
-        seeds = [seeds] if single else list(seeds)
-        run_dirs = [Path(run_dirs)] if single else [Path(d) for d in run_dirs]
+        single = isinstance(seed, int)
+        seeds = [seed] if single else list(seed)
+        run_dirs = [Path(run_dir)] if single else [Path(d) for d in run_dir]
+        label = label if single or not isinstance(label, str) else [label] * len(seeds)
         labels = [label] if isinstance(label, str) else list(label)
-        labels = [lab or d.name for lab, d in zip(labels if len(labels) == len(seeds) else [""] * len(seeds), run_dirs)]
+        labels = [lab or d.name for lab, d in zip(labels, run_dirs)]
         if len(run_dirs) != len(seeds) or not seeds:
             raise ValueError("a population needs one run directory per seed")
         self.cfg = cfg
@@ -417,7 +418,8 @@ class Run:
             needing = [k for k in range(K) if stored[k] < self.ppo.buffer_size]
             if not needing:
                 break
-            batch, batch_returns, batch_lengths = self.collect_episode_batch(needing)
+            ro, batch_returns, batch_lengths = self.collect_episode_batch(needing)
+            batch = ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda)
             for j, k in enumerate(needing):
                 rows[k].append(batch.member_rows(j))
                 stored[k] += batch.lengths[j]
@@ -428,11 +430,12 @@ class Run:
         per_member = [tuple(torch.cat(parts) for parts in zip(*member_rows)) for member_rows in rows]
         return Batch.from_member_rows(per_member), returns, lengths
 
-    def collect_episode_batch(self, members: list[int]) -> tuple[Batch, list[list[float]], list[list[int]]]:
+    def collect_episode_batch(self, members: list[int]) -> tuple[Rollout, list[list[float]], list[list[int]]]:
         """One complete episode from every env copy of each member in ``members``, all started by
-        a reset and run together; an env that finished waits for the others. The network sees
-        the whole population (members not collecting, and finished envs, are computed and
-        discarded), so every member's draws depend on its own stream only."""
+        a reset and run together; an env that finished waits for the others. Column j of the
+        rollout is member ``members[j]``, env i of it that env's episode, ``active`` marks its
+        steps. The network sees the whole population (members not collecting, and finished envs,
+        are computed and discarded), so every member's draws depend on its own stream only."""
         chosen = [self.members[k] for k in members]
         for member in chosen:
             member.env.restart()
@@ -442,14 +445,16 @@ class Run:
         generators = [m.gen for m in chosen]
         obs_full = np.zeros((self.size, self.env_cfg.env_copies, *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
 
+        index = torch.tensor(members, device=self.device)
+
         def policy(frames: np.ndarray) -> np.ndarray:
             obs_full[members] = frames
-            with torch.no_grad(), self.amp():
-                head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device))
-            index = torch.tensor(members, device=self.device)
-            dist = self.net.distribution(head.index_select(0, index))
-            actions = dist.sample(generators)
-            sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
+            with torch.no_grad():
+                with self.amp():
+                    head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device))
+                dist = self.net.distribution(head.index_select(0, index), index)
+                actions = dist.sample(generators)
+                sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
             return actions.cpu().numpy()
 
         keys = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")
@@ -490,7 +495,7 @@ class Run:
             last_values=torch.zeros(stacked["values"].shape[1:], device=self.device),  # every episode ends inside the batch
         )
         self.bootstrap_truncated(ro.next_values, finals, members)
-        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+        return ro, returns, lengths
 
     # ------------------------------------------------------------------ learning
     def update(self, batch: Batch) -> list[dict[str, float]]:

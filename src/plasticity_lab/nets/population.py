@@ -125,9 +125,12 @@ class PopulationNetwork:
             return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
         return self._batched(self.params, self.buffers, obs)
 
-    def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
-        """The members' action distributions over (K, N, ...) head outputs."""
+    def distribution(self, head_out: torch.Tensor, members: torch.Tensor | None = None) -> ActionDistribution:
+        """The members' action distributions over (K, N, ...) head outputs (or over the rows of
+        the ``members`` index only, when ``head_out`` holds just those)."""
         log_std = self.params.get("log_std")
+        if log_std is not None and members is not None:
+            log_std = log_std.index_select(0, members)
         return make_distribution(head_out, None if log_std is None else log_std.unsqueeze(1))
 
     def train(self, mode: bool = True) -> None:
