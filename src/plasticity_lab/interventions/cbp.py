@@ -15,10 +15,11 @@ the block's output on the minibatch just trained on and eta = ``decay``:
 * units older than ``maturity_threshold`` steps are eligible; replacement_rate * #eligible is added
   to a per-block accumulator and its integer part is the number replaced now (lowest corrected
   utility among the eligible first);
-* a replaced unit's mean contribution (corrected f times the weights reading it) is added to the
-  bias of every layer reading it, and then those weights are zeroed, so the output keeps its mean
-  on recent data; its incoming weights are drawn as the network's initialiser draws them, its bias
-  is 0, norm scale/offset 1/0; its per-entry optimiser state, step count included, is cleared
+* the weights reading a replaced unit are zeroed (with ``bias_compensation: true``, its mean
+  contribution, corrected f times those weights, is first added to every reader's bias, so the
+  output keeps its mean on recent data: what gnt.py intends; by default nothing is added, what
+  gnt.py does and the paper's runs did); its incoming weights are drawn as the network's
+  initialiser draws them, its bias is 0, norm scale/offset 1/0; its per-entry optimiser state, step count included, is cleared
   (:class:`EntrywiseAdamW`, which the runner builds when cbp is on, as AdamGnT), so its next step
   is a first Adam step; u, f and the age restart at 0.
 
@@ -127,9 +128,10 @@ class CbpParams(Params):
     """Decay of the running utility and mean activation (1: frozen, no bias correction)."""
     maturity_threshold: int = Field(10000, ge=0)
     """Optimiser steps a unit must survive before it can be replaced."""
-    bias_compensation: bool = True
-    """Move a replaced unit's mean contribution into its readers' biases (GnT's intent); false is
-    what lop/algos/gnt.py actually does (it clears the mean before using it)."""
+    bias_compensation: bool = False
+    """Move a replaced unit's mean contribution into its readers' biases (GnT's intent). False
+    (default) is what lop/algos/gnt.py does, so what the paper's runs did: it clears the mean
+    before using it and adds 0."""
 
 
 @register
