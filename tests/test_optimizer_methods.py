@@ -10,10 +10,10 @@ import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.runner import Run
-from plasticity_lab.interventions import TrainingPlan, check_compatible, validate_interventions
+from plasticity_lab.interventions import REGISTRY, TrainingPlan, build_interventions, check_compatible, validate_interventions
 from plasticity_lab.interventions.base import validate_params
 from plasticity_lab.interventions.cbp import EntrywiseAdamW
-from tests.test_interventions import build, make_model, make_optimizer, snapshot
+from tests.test_interventions import build, frames, make_model, make_optimizer, snapshot
 
 # importing kron_torch imports torch's inductor, which warns about its own deprecated internals
 pytestmark = [
@@ -88,7 +88,8 @@ def test_l2_strength_errors_are_one_line(raw, message):
 
 
 def test_two_optimiser_providers_or_an_ignored_setting_are_config_errors(write_config):
-    check_compatible(["l2", "redo", "nap", "cchain", "trac", "adam_beta"])
+    check_compatible(["l2", "redo", "nap", "cchain", "adam_beta"])
+    check_compatible(["l2", "cchain", "l2_init", "parseval", "inject", "trac", "adam_beta"])
     check_compatible(["l2", "kron"])
     check_compatible(["cbp", "adam_beta", "l2"])
     with pytest.raises(ValueError, match="cbp and trac each replace the optimiser") as err:
@@ -102,6 +103,51 @@ def test_two_optimiser_providers_or_an_ignored_setting_are_config_errors(write_c
     with pytest.raises(ConfigError, match="interventions.l2: give coef or decay_per_task, not both") as err:
         load_study(path).condition("bad")
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------- TRAC and weight edits
+
+EDITORS = ("shrink_perturb", "soft_shrink_perturb", "reset", "redo", "nap", "cbp")
+
+
+@pytest.mark.parametrize("editor", [e for e in EDITORS if e != "cbp"])  # cbp: refused as a second optimiser first
+def test_trac_with_a_method_that_edits_weights_is_a_one_line_config_error(editor, write_config):
+    with pytest.raises(ValueError) as err:
+        check_compatible(["trac", "l2", editor])
+    assert str(err.value) == (
+        f"interventions: trac assumes only its optimiser moves the weights, but {editor} edits them outside it; "
+        "use one or the other"
+    )
+    cond = {"interventions.trac": {}, f"interventions.{editor}": {}}
+    path = write_config({"model": {"norm": "layernorm"}, "experiment": {"conditions": {"bad": cond}}})
+    with pytest.raises(ConfigError, match=f"trac assumes only its optimiser moves the weights, but {editor} edits") as err:
+        load_study(path).condition("bad")
+    assert "\n" not in str(err.value)
+
+
+# parameters that make each method act at once (after one step, at a shift or at epoch 10)
+ACTING = {"redo": {"every": 1, "tau": 1.0}, "cbp": {"maturity_threshold": 0, "replacement_rate": 1.0}}
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_edits_weights_is_declared_by_exactly_the_methods_whose_hooks_change_weights(name):
+    """Every hook that can run outside the optimiser's step (after_step, at_shift, periodic) is
+    called without any optimiser step on weights moved away from their initial values; the
+    parameter objects that existed before (injection adds new ones and freezes the old) change
+    only for methods declaring ``edits_weights``, which TRAC refuses."""
+    model = make_model(norm="layernorm")  # nap needs norm layers
+    ivs = build_interventions({name: ACTING.get(name, {})}, model, PLAN)
+    opt = make_optimizer(model, ivs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)  # away from the initial norms (nap) and values (shrinking targets)
+    before = {p: p.detach().clone() for p in model.parameters()}
+    for iv in ivs:
+        iv.after_step(model, opt)
+        iv.at_shift(model, opt)
+        iv.periodic(model, opt, frames(16, 3), 10)
+    changed = any(not torch.equal(p, value) for p, value in before.items())
+    assert changed == REGISTRY[name].edits_weights
 
 
 # ---------------------------------------------------------------------------- TRAC in the runner

@@ -36,10 +36,19 @@ __all__ = [
 
 def check_compatible(names: list[str]) -> None:
     """Refuse combinations that cannot all take effect: two methods that each provide the
-    optimiser, or a settings change (betas, weight decay) the provided optimiser does not apply."""
+    optimiser, a settings change (betas, weight decay) the provided optimiser does not apply, or
+    a weight edit outside an optimiser whose state assumes it alone moves the weights (TRAC: an
+    edit is read as its own displacement and corrupts its scale)."""
     swaps = [name for name in names if "optimizer" in REGISTRY[name].hooks()]
     if len(swaps) > 1:
         raise ValueError(f"interventions: {' and '.join(swaps)} each replace the optimiser; use at most one of them")
+    editors = [name for name in names if REGISTRY[name].edits_weights]
+    for sole in (name for name in names if REGISTRY[name].needs_sole_updates):
+        if editors:
+            raise ValueError(
+                f"interventions: {sole} assumes only its optimiser moves the weights, but {', '.join(editors)} "
+                f"edit{'s' if len(editors) == 1 else ''} them outside it; use one or the other"
+            )
     for swap in swaps:
         for name in names:
             ignored = REGISTRY[name].settings_changed - REGISTRY[swap].settings_used

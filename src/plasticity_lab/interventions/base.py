@@ -81,6 +81,12 @@ class Intervention:
     the optimiser at shifts even when ``ppo_trainer.reset_optimizer_at_shift`` asks for a new one."""
     settings_changed: ClassVar[frozenset[str]] = frozenset()
     """The optimiser settings ``optimizer_settings`` changes."""
+    edits_weights: ClassVar[bool] = False
+    """The method changes parameter values outside the optimiser's step (resets, shrinking,
+    projections, unit recycling)."""
+    needs_sole_updates: ClassVar[bool] = False
+    """The optimiser's state assumes that only its own steps move the weights (TRAC scales the
+    displacement from its reference weights), so no method that ``edits_weights`` may run beside it."""
     settings_used: ClassVar[frozenset[str]] = SETTINGS
     """The settings the optimiser that ``optimizer`` builds applies (a method changing another
     one cannot be combined with it: the change would be silently ignored)."""

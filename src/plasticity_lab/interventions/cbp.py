@@ -137,6 +137,7 @@ class CbpParams(Params):
 @register
 class ContinualBackprop(Intervention):
     name = "cbp"
+    edits_weights = True
     Params = CbpParams
     stat_keys = ("cbp_replaced_units",)
 

@@ -130,11 +130,17 @@ class Trac(Intervention):
     around the runner's AdamW. TRAC is made for a stream of tasks without restarts, so its
     optimiser (anchor, scale and AdamW moments) is kept across shifts whatever
     ``reset_optimizer_at_shift`` says. Its per-step log goes to os.devnull (the package appends a
-    line to a file at every step)."""
+    line to a file at every step).
+
+    TRAC reads every change of the weights as its own scaled displacement from the reference, so a
+    method that edits weights outside the optimiser (S&P, resets, ReDo, NaP, CBP) would corrupt its
+    scale: such combinations are config errors. Injection adds parameters (each takes its value at
+    its first step as reference) and freezes old ones without editing them, so it combines."""
 
     name = "trac"
     Params = TracParams
     keeps_optimizer = True
+    needs_sole_updates = True
 
     def optimizer(self, params, settings):
         from trac_optimizer import start_trac
