@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
 HOOKS = ("optimizer_settings", "optimizer", "loss", "after_step", "periodic", "at_shift")
-SETTINGS = frozenset({"lr", "betas", "weight_decay"})
-"""The optimiser settings the runner passes (``ppo_trainer`` lr, adam_betas, weight_decay)."""
+SETTINGS = frozenset({"lr", "betas", "weight_decay", "coupled_weight_decay"})
+"""The optimiser settings: the runner passes ``ppo_trainer`` lr, adam_betas and weight_decay
+(AdamW's decoupled decay, theta <- theta - lr*wd*theta); ``coupled_weight_decay`` is Adam's L2
+(wd*theta added to the gradient before the moments, torch.optim.Adam's ``weight_decay``), set
+only by ``l2: {coupled: true}`` and 0 when absent."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,11 @@ class Intervention:
     def __init__(self, params: BaseModel, model: torch.nn.Module, plan: TrainingPlan) -> None:
         self.params = params
         self.plan = plan
+
+    @classmethod
+    def settings_changed_by(cls, params: BaseModel) -> frozenset[str]:
+        """The settings ``optimizer_settings`` changes with these parameters."""
+        return cls.settings_changed
 
     @classmethod
     def check_config(cls, params: BaseModel, cfg: RunConfig) -> None:
@@ -185,9 +193,24 @@ def resolve_optimizer(interventions: list[Intervention], defaults: dict[str, Any
 
 
 def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
-    """One network's optimiser: the one a method provides, else AdamW (:func:`resolve_optimizer`)."""
+    """One network's optimiser: the one a method provides, else AdamW, or torch's Adam where a
+    coupled weight decay (L2 in the gradient) is set (:func:`resolve_optimizer`)."""
     provider, settings = resolve_optimizer(interventions, defaults)
     params = list(model.parameters())
     if provider is not None:
         return provider.optimizer(params, settings)
-    return torch.optim.AdamW(params, **settings)
+    cls, kwargs = torch_adam(settings)
+    return cls(params, **kwargs)
+
+
+def torch_adam(settings: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """torch's optimiser for ``settings`` and its keyword arguments: AdamW (decoupled decay), or
+    Adam with the coupled decay as its ``weight_decay`` where one is set. Both kinds at once have
+    no torch optimiser (the config refuses them: ``l2``'s check)."""
+    settings = dict(settings)
+    coupled = settings.pop("coupled_weight_decay", 0.0)
+    if not coupled:
+        return torch.optim.AdamW, settings
+    if settings["weight_decay"]:
+        raise ValueError("a coupled and a decoupled weight decay cannot both be set")
+    return torch.optim.Adam, {**settings, "weight_decay": coupled}

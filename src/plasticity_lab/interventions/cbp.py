@@ -52,10 +52,17 @@ class EntrywiseAdamW(torch.optim.Optimizer):
     ~6.5x an ordinary Adam step (beta1 0.9, beta2 0.999) and stay above it for ~100 steps.
     :func:`plasticity_lab.nets.surgery.assign` clears every state tensor of a parameter's shape,
     the count included, so a recycled entry's next step is a first step. Otherwise the update is
-    torch.optim.AdamW's (decoupled weight decay; eps added to the bias-corrected sqrt(v))."""
+    torch.optim.AdamW's (decoupled weight decay; eps added to the bias-corrected sqrt(v)), with
+    ``coupled_weight_decay`` * theta added to the gradient first where set (Adam's L2, what
+    AdamGnT and loss-of-plasticity's PPO apply)."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], weight_decay: float, eps: float = 1e-8) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps))
+    def __init__(
+        self, params, lr: float, betas: tuple[float, float], weight_decay: float,
+        coupled_weight_decay: float = 0.0, eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, coupled_weight_decay=coupled_weight_decay, eps=eps,
+        ))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -75,9 +82,10 @@ class EntrywiseAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 steps, m, v = state["entry_steps"], state["exp_avg"], state["exp_avg_sq"]
                 steps.add_(1)
+                grad = p.grad.add(p, alpha=group["coupled_weight_decay"]) if group["coupled_weight_decay"] else p.grad
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 bias1 = 1 - torch.pow(beta1, steps)
                 bias2 = 1 - torch.pow(beta2, steps)
                 p.addcdiv_(m / bias1, (v.sqrt() / bias2.sqrt()).add_(group["eps"]), value=-group["lr"])
