@@ -304,22 +304,6 @@ def test_w2_init_matches_numpy_and_ignores_permutations():
     assert l2.loss(fresh, ctx(frames())).item() > 0
 
 
-def test_parseval_value_and_gradient_match_numpy():
-    model = make_model()
-    iv = build("parseval", model, coef=0.01, scale=2.0)
-    expected = 0.0
-    for block in model.blocks:
-        w = block.layer.weight.detach().numpy().reshape(block.out_units, -1).astype(np.float64)
-        expected += np.sum((w @ w.T - 2.0 * np.eye(w.shape[0])) ** 2)
-    value = iv.loss(model, ctx(frames()))
-    assert value.item() == pytest.approx(0.01 * expected, rel=1e-5)
-    value.backward()
-    w = model.blocks[1].layer.weight.detach().numpy().reshape(64, -1).astype(np.float64)
-    grad = 0.01 * 4 * (w @ w.T - 2.0 * np.eye(64)) @ w  # d/dW ||W W^T - sI||_F^2 = 4 (W W^T - sI) W
-    np.testing.assert_allclose(model.blocks[1].layer.weight.grad.numpy().reshape(64, -1), grad, rtol=1e-4, atol=1e-8)
-    assert model.policy.weight.grad is None  # heads are exempt
-
-
 # ---------------------------------------------------------------------------- optimisers
 
 

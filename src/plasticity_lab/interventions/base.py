@@ -104,6 +104,13 @@ class Intervention:
         return cls.settings_changed
 
     @classmethod
+    def initialize(cls, params: BaseModel, model: torch.nn.Module) -> None:
+        """Re-initialise the layers the method governs, when the method is defined for another
+        initialisation than the network's (Parseval: orthogonal). :func:`build_interventions`
+        calls it for every method before building any, so methods that record initial weights
+        (L2 Init, NaP) record these; the baseline's initialisation is untouched."""
+
+    @classmethod
     def check_config(cls, params: BaseModel, cfg: RunConfig) -> None:
         """Refuse a run configuration the method cannot act on (a one-line ValueError)."""
 
@@ -175,7 +182,12 @@ def validate_params(name: str, raw: Any) -> BaseModel:
 
 
 def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module, plan: TrainingPlan) -> list[Intervention]:
-    return [REGISTRY[name](validate_params(name, raw), model, plan) for name, raw in spec.items()]
+    """The methods of ``spec`` on ``model``: every method's :meth:`Intervention.initialize` first,
+    then the methods in ``spec``'s order (the order their hooks run in)."""
+    params = {name: validate_params(name, raw) for name, raw in spec.items()}
+    for name, p in params.items():
+        REGISTRY[name].initialize(p, model)
+    return [REGISTRY[name](p, model, plan) for name, p in params.items()]
 
 
 def resolve_optimizer(interventions: list[Intervention], defaults: dict[str, Any]) -> tuple[Intervention | None, dict[str, Any]]:
