@@ -83,6 +83,8 @@ def test_every_method_and_metric_runs(family, tmp_path: Path):
         assert float(state["reward_scaler"]["moments"]["count"]) == 4 * 32
     if family == "ale":
         assert state["shift_state"]["game"] == 1
+    if family == "gym_continuous":  # the observation statistics follow the round's permutation
+        assert state["model"]["obs_norm.order"].tolist() == state["shift_state"]["tile_perm"]
 
 
 @pytest.mark.parametrize("family", ["mujoco", "gym_continuous"])

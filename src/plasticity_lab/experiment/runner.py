@@ -109,6 +109,7 @@ class Member:
         # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
         self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
         self.env.apply_shift(self.shift_state)
+        self.model.follow_input_order(self.shift_state.tile_perm)  # statistics per raw feature under permute
         self.reward_scaler = (
             RewardScaler(run.env_cfg.env_copies, run.ppo.gamma, run.opts.reward_clip)
             if run.opts and run.opts.normalize_reward else None
@@ -598,6 +599,7 @@ class Run:
                 scale_range=self.env_cfg.mujoco.scale_range,
             )
             member.env.apply_shift(member.shift_state)
+            member.model.follow_input_order(member.shift_state.tile_perm)
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
             member.task_index += 1

@@ -38,6 +38,7 @@ class Reset(Intervention):
     keeps its optimiser across shifts does not push fresh weights with stale momentum."""
 
     name = "reset"
+    edits_weights = True
     Params = ResetParams
 
     def at_shift(self, model, optimizer):
@@ -61,6 +62,7 @@ class ShrinkPerturb(Intervention):
     """Shrink and perturb (Ash & Adams 2020) at every shift: theta <- shrink*theta + perturb*theta_fresh."""
 
     name = "shrink_perturb"
+    edits_weights = True
     Params = ShrinkPerturbParams
 
     @torch.no_grad()
@@ -123,6 +125,7 @@ class SoftShrinkPerturb(Intervention):
     """
 
     name = "soft_shrink_perturb"
+    edits_weights = True
     Params = SoftShrinkPerturbParams
 
     def __init__(self, params, model, plan):

@@ -9,6 +9,7 @@ architecture.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,13 @@ class ActorCritic(nn.Module):
             else:
                 links.append(UnitLink(i, tuple(self.heads), 1, copies))
         return links
+
+    def follow_input_order(self, perm: Sequence[int] | None) -> None:
+        """The environment now shows vector input entry j as its raw feature ``perm[j]`` (a
+        ``permute`` shift; None: unpermuted): the running statistics follow their features.
+        Image inputs carry no statistics, so nothing changes for them."""
+        if self.obs_norm is not None:
+            self.obs_norm.set_order(perm)
 
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, C) frames -> float (N, C, H, W) in [0, 1]; vectors -> standardised."""
