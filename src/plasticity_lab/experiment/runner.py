@@ -39,7 +39,7 @@ from plasticity_lab.agents.population_optim import (
 from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_env
+from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_population_env
 from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
@@ -105,10 +105,11 @@ class Member:
         self.gen.manual_seed(int(seeds[1]))
         self.shift_rng = np.random.default_rng(int(seeds[2]))
         self.eval_seed = int(seeds[3])
-        self.env = make_env(run.env_cfg, run.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        self.env_seed = int(seeds[2]) + 1
+        self.env: Any = None
+        """The member's training environments (a view of the population's, set by the run)."""
         # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
-        self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
-        self.env.apply_shift(self.shift_state)
+        self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=run.spec.num_tiles)
         self.model.follow_input_order(self.shift_state.tile_perm)  # statistics per raw feature under permute
         self.reward_scaler = (
             RewardScaler(run.env_cfg.env_copies, run.ppo.gamma, run.opts.reward_clip)
@@ -183,6 +184,10 @@ class Run:
         self.normalize_obs = bool(self.opts and self.opts.normalize_obs)
         self.plan = TrainingPlan.from_config(cfg)
         self.members = [Member(self, k, seed, d, lab) for k, (seed, d, lab) in enumerate(zip(seeds, run_dirs, labels))]
+        self.envs = make_population_env(self.env_cfg, self.env_cfg.env_copies, [m.env_seed for m in self.members], train=True)
+        for k, member in enumerate(self.members):
+            member.env = self.envs.member(k)
+            member.env.apply_shift(member.shift_state)
         self.net = PopulationNetwork([m.model for m in self.members])
         self.optimizer = self.make_optimizer()
         self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
@@ -376,7 +381,7 @@ class Run:
         lengths: list[list[int]] = [[] for _ in range(K)]
         finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(K)]
         generators = [m.gen for m in self.members]
-        obs = torch.from_numpy(np.stack([m.env.observe_current() for m in self.members])).to(self.device)
+        obs = torch.from_numpy(self.envs.observe_current()).to(self.device)
         rewards = np.zeros((K, envs), dtype=np.float32)
         terminated = np.zeros((K, envs), dtype=bool)
         truncated = np.zeros((K, envs), dtype=bool)
@@ -385,9 +390,7 @@ class Run:
             ro.obs[t] = obs
             actions, log_probs, values = self.policy_sample(obs, generators)
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
-            actions_np = actions.cpu().numpy()
-            for k, member in enumerate(self.members):
-                res = member.env.step(actions_np[k])
+            for k, (member, res) in enumerate(zip(self.members, self.envs.step(actions.cpu().numpy()))):
                 rewards[k], terminated[k], truncated[k], next_obs[k] = member.scaled_reward(res), res.terminated, res.truncated, res.obs
                 done = res.terminated | res.truncated
                 if done.any():
@@ -438,8 +441,8 @@ class Run:
         steps. The network sees the whole population (members not collecting, and finished envs,
         are computed and discarded), so every member's draws depend on its own stream only."""
         chosen = [self.members[k] for k in members]
+        self.envs.restart(members)
         for member in chosen:
-            member.env.restart()
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()
         sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -464,7 +467,7 @@ class Run:
         returns: list[list[float]] = [[] for _ in range(n)]
         lengths: list[list[int]] = [[] for _ in range(n)]
         finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
-        for t, step in enumerate(first_episode_steps(policy, [m.env for m in chosen])):
+        for t, step in enumerate(first_episode_steps(policy, MemberSubset(self.envs, members))):
             log_probs, values = sampled.pop()
             active = step.active
             rewards = np.zeros(active.shape, dtype=np.float32)
@@ -514,7 +517,9 @@ class Run:
             last_perms.append(perms[-1])
         steps = max(len(o) for o in orders)
         uniform = all(len(o) == steps for o in orders)
-        rows = torch.arange(K, device=dev).unsqueeze(1)
+        width = obs.shape[1]
+        offsets = torch.arange(K, device=dev).unsqueeze(1) * width  # member k's rows in the flattened batch
+        flat = [c.flatten(0, 1) for c in (obs, actions, old_logp, adv, rets)]
         sums = {key: torch.zeros(K, dtype=torch.float64, device=dev) for key in
                 ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
@@ -528,10 +533,11 @@ class Run:
             else:
                 active = torch.tensor([i < len(o) for o in orders], device=dev)
                 mb = torch.stack([o[i] if i < len(o) else torch.zeros(p.batch_size, dtype=torch.long, device=dev) for o in orders])
-            mb_obs = obs[rows, mb]
+            index = (mb + offsets).flatten()
+            mb_obs, mb_actions, mb_logp, mb_adv, mb_rets = (c.index_select(0, index).view(K, p.batch_size, *c.shape[1:]) for c in flat)
             with self.amp():
                 head, values, features = self.net(mb_obs)
-            parts = ppo_loss(self.net.distribution(head), values, actions[rows, mb], old_logp[rows, mb], adv[rows, mb], rets[rows, mb], p.clip_param)
+            parts = ppo_loss(self.net.distribution(head), values, mb_actions, mb_logp, mb_adv, mb_rets, p.clip_param)
             member_loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
             weight = torch.ones(K, device=dev) if active is None else active.float()
             loss = (member_loss * weight).sum()
@@ -563,7 +569,7 @@ class Run:
             for key, value in stats.items():
                 sums[key] += value.detach().double() * weight
             taken += weight
-            abs_sum = (features.detach().abs().double() * weight.view(K, 1, 1)).sum(dim=1)
+            abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float64) * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         means = {key: (value / taken).tolist() for key, value in sums.items()}
         outs = []
@@ -733,6 +739,20 @@ class Run:
             for member in self.members:
                 (member.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
         return status
+
+
+class MemberSubset:
+    """Some members of a population environment, as a population environment of their own."""
+
+    def __init__(self, envs: Any, members: Sequence[int]) -> None:
+        self.envs, self.index = envs, list(members)
+        self.members, self.num_envs = len(self.index), envs.num_envs
+
+    def observe_current(self) -> np.ndarray:
+        return self.envs.observe_current()[self.index]
+
+    def step(self, actions: np.ndarray, members: Sequence[int]) -> list[Any]:
+        return self.envs.step(actions, [self.index[j] for j in members])
 
 
 def population_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

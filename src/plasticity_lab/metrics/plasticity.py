@@ -387,7 +387,8 @@ def reference_dead_units_per_member(activations: torch.Tensor, activation: str) 
         raise ValueError(f"reference_dead_units_per_member: expected (K, n, units), got {tuple(activations.shape)}")
     if rule is None:
         return torch.full((activations.shape[0],), float("nan"), dtype=torch.float64, device=activations.device)
-    return rule(activations.detach()).flatten(1).to(torch.float64).mean(1)
+    dead = rule(activations.detach()).flatten(1)
+    return torch.count_nonzero(dead, dim=1).to(torch.float64) / dead.shape[1]
 
 
 # --------------------------------------------------------------------------- weights

@@ -72,6 +72,7 @@ class PopulationNetwork:
                 raise ValueError(f"population member {k} has another architecture than member 0")
         where: dict[nn.Parameter, tuple[str, int]] = {}
         params: dict[str, torch.Tensor] = {}
+        self._grad_aliases: list[tuple[nn.Parameter, torch.Tensor]] = []
         for name, _ in self.members[0].named_parameters():
             member_params = [dict(m.named_parameters())[name] for m in self.members]
             stacked = torch.stack([p.detach() for p in member_params])
@@ -84,6 +85,7 @@ class PopulationNetwork:
                 p.data = params[name].data[k]
                 if trainable:
                     p.grad = params[name].grad[k]
+                    self._grad_aliases.append((p, p.grad))
         buffers: dict[str, torch.Tensor] = {}
         for name, _ in self.members[0].named_buffers():
             member_buffers = [dict(m.named_buffers())[name] for m in self.members]
@@ -103,12 +105,11 @@ class PopulationNetwork:
     @torch.no_grad()
     def zero_grad(self) -> None:
         """Zero the stacked gradients in place (the members' ``.grad`` aliases stay valid)."""
-        for name, p in self.trainable().items():
+        for p in self.trainable().values():
             p.grad.zero_()
-            for k, member in enumerate(self.members):
-                mp = member.get_parameter(name)
-                if mp.grad is None:  # something set it to None: re-alias
-                    mp.grad = p.grad[k]
+        for param, alias in self._grad_aliases:
+            if param.grad is not alias:  # something replaced or dropped it: re-alias
+                param.grad = alias
 
     # ------------------------------------------------------------------ compute
     def _member_forward(self, params: dict, buffers: dict, obs: torch.Tensor):
