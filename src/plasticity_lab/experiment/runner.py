@@ -219,7 +219,8 @@ class Run:
             return PopulationAdamW(self.net.trainable(), **settings)
         slot = self.members[0].interventions.index(provider)
         return MemberOptimizers(
-            [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings)
+            [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings),
+            [m.own_rng for m in self.members],
         )
 
     def optimizer_view(self, member: Member) -> Any:

@@ -96,6 +96,7 @@ class PopulationNetwork:
         template = copy.deepcopy(self.members[0]).to("meta")
         template.train(self.members[0].training)
         self.template = template
+        self.looped = any(m._forward_hooks or m._forward_pre_hooks for m in self.members[0].modules())
         return where
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -121,9 +122,13 @@ class PopulationNetwork:
 
         A population of one calls its member's module directly: the same function without
         vmap's per-call cost (~0.5 ms here, as much as a small network's whole forward); its
-        gradients reach the stacked ones through the member's ``.grad`` aliases."""
+        gradients reach the stacked ones through the member's ``.grad`` aliases. So does every
+        member, one after another, when a method watches its modules with forward hooks (CBP
+        records its units' activations): hooks do not run inside the batched call."""
         if self.size == 1:
             return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
+        if self.looped:
+            return tuple(torch.stack(outs) for outs in zip(*(m(x) for m, x in zip(self.members, obs))))
         return self._batched(self.params, self.buffers, obs)
 
     def distribution(self, head_out: torch.Tensor, members: torch.Tensor | None = None) -> ActionDistribution:
