@@ -1,4 +1,5 @@
-"""Populations: seconds per member-epoch at K = 1, 8, 30, 100 and the network-arithmetic floor.
+"""Populations: seconds per member-epoch at K = 1, 8, 30, 100 and the network-arithmetic floor;
+the findings study with --population against --workers 2.
 
 Protocol: the findings study (configs/gridworld_study.yaml, one condition), every member trained
 as in the study (evaluation every 5 epochs, probes every 25, a shift at epoch 25) for ``--epochs``
@@ -12,7 +13,14 @@ epochs. For each K the same process measures
 
 and prints run / floor. ``--precision bf16`` autocasts both.
 
+``--study N`` instead times the findings study itself (every condition, N seeds, the full
+250-epoch protocol) three ways on the same cores, one after another in this process: ``plab
+sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in fp32 and in bf16;
+and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
+K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
+
     python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32]
+    python bench/bench_population.py --study 30 [--conditions baseline,l2-init]
 """
 
 from __future__ import annotations
@@ -24,10 +32,12 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
 from plasticity_lab.config import load_study
 from plasticity_lab.experiment.runner import Run
+from plasticity_lab.experiment.sweep import sweep
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gridworld_study.yaml"
 
@@ -71,14 +81,52 @@ def floor_seconds(run: Run, repeats: int = 3) -> float:
     return statistics.median(times[1:])
 
 
+def time_study(seeds: int, conditions: list[str] | None, root: Path) -> None:
+    study = load_study(CONFIG)
+    chosen = conditions or study.conditions
+    runs = len(chosen) * seeds
+    epochs = study.base.ppo_trainer.num_epochs
+    floors = {}
+    for precision in ("fp32", "bf16"):
+        per = statistics.median(floor_seconds(make_run(c, seeds, 2, precision, root / "floor" / precision)) / seeds for c in chosen[:2])
+        floors[precision] = per * epochs * runs / 2
+    print(f"study: {len(chosen)} conditions x {seeds} seeds, {epochs} epochs; network floor on 2 cores: "
+          f"fp32 {floors['fp32']:.0f} s, bf16 {floors['bf16']:.0f} s", flush=True)
+    walls = {}
+    for label, population, precision in (("workers 2, single runs, fp32", False, "fp32"),
+                                         ("population, workers 2, fp32", True, "fp32"),
+                                         ("population, workers 2, bf16", True, "bf16")):
+        raw = yaml.safe_load(CONFIG.read_text())
+        raw["ppo_trainer"]["precision"] = precision
+        config = root / f"{precision}.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        t0 = time.perf_counter()
+        states = sweep(config, name=label.replace(" ", "_").replace(",", ""), conditions=conditions, seeds=list(range(seeds)),
+                       workers=2, out_dir=root / "studies", population=population)
+        walls[label] = time.perf_counter() - t0
+        assert all(s.status == "done" for s in states), [s.error for s in states if s.status != "done"]
+        print(f"{label}: {walls[label]:.0f} s", flush=True)
+    base = walls["workers 2, single runs, fp32"]
+    print("mode | wall s | speed-up vs workers 2 | wall / floor of its precision")
+    for label, wall in walls.items():
+        precision = label.rsplit(" ", 1)[1]
+        print(f"{label} | {wall:.0f} | {base / wall:.2f}x | {wall / floors[precision]:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", default="1,8,30,100")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--condition", default="baseline")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")
+    parser.add_argument("--conditions", default=None, help="with --study: comma-separated subset of conditions")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.study:
+        with tempfile.TemporaryDirectory() as tmp:
+            time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp))
+        return
     print(f"torch {torch.__version__}, 1 thread; {CONFIG.name} condition {args.condition}, {args.epochs} epochs, {args.precision}")
     print("K | run s/member-epoch | floor s/member-epoch | run / floor")
     with tempfile.TemporaryDirectory() as tmp:
