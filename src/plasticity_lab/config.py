@@ -195,6 +195,8 @@ class EnvironmentConfig(Strict):
             )
         if self.shift_type in ("window", "expand") and not spec.num_levels:
             raise ValueError(f"shift_type: {self.shift_type!r} needs a level-based task")
+        if self.shift_type == "game" and spec.num_games < 2:
+            raise ValueError(f"shift_type: 'game' needs a sequence of at least 2 games in {self.name}.games")
         if self.time_limit == "terminal" and self.name not in ("procgen", "gridworld"):
             raise ValueError(f"time_limit: 'terminal' applies to procgen and gridworld only, not {self.name}")
         return self
