@@ -302,3 +302,22 @@ def test_shipped_configs_play_the_chain_and_the_study_conditions():
             assert cfg.model.enc_type == "minatar" and cfg.model.h_size == 128
     chain = load_study("configs/minatar_continual.yaml").condition("baseline").environment
     assert chain.task == "space_invaders" and chain.minatar.games == ["space_invaders", "asterix", "seaquest"]
+
+
+def test_evaluation_plays_the_current_game_from_its_own_seeds():
+    from plasticity_lab.envs import evaluate
+
+    cfg = minatar_cfg("breakout", "game", games=["breakout", "seaquest"])
+    seen = []
+
+    def policy(obs):
+        seen.append(obs)
+        return np.zeros(obs.shape[:2], dtype=np.int64)  # always NOOP
+
+    returns, lengths = evaluate(policy, cfg, 3, seeds=[5], shifts=[ShiftState(game=1)])
+    assert returns.shape == lengths.shape == (1, 3) and (lengths > 0).all()
+    assert seen[0].shape == (1, 3, 10, 10, 10) and seen[0][..., 7].any()  # Seaquest's oxygen gauge
+    first = [o[0, 0] for o in seen[:40]]
+    again = []
+    evaluate(lambda o: (again.append(o), np.zeros(o.shape[:2], dtype=np.int64))[1], cfg, 3, seeds=[6], shifts=[ShiftState(game=1)])
+    assert any(not np.array_equal(a, b[0, 0]) for a, b in zip(first, again))  # another seed, other episodes
