@@ -59,7 +59,7 @@ class ShiftState:
     level_extra: int = 0
     hard: bool = False
     game: int = 0
-    """Index into the environment's game sequence (ALE ``game`` shift)."""
+    """Index into the environment's game sequence (ALE and MinAtar ``game`` shift)."""
     flavour: int = 0
     """Index into the environment's (mode, difficulty) list (ALE ``flavour`` shift)."""
     friction: float = 1.0
