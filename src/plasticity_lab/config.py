@@ -117,6 +117,17 @@ class AleConfig(Strict):
         return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
 
 
+class MinatarConfig(Strict):
+    games: list[str] = Field(default_factory=list)
+    """Game sequence the `game` shift steps through (continual MinAtar); must start with the task. Empty: the task alone."""
+    sticky_actions: float = Field(0.1, ge=0, le=1)
+    """Probability that the previous action is repeated (the package's default, 0.1)."""
+    difficulty_ramping: bool = True
+    """Games speed up as an episode goes on (the package's default; Breakout and Freeway do not ramp)."""
+    max_episode_steps: int = Field(10_000, ge=1)
+    """Episode cap in agent steps (a truncation; the package has none, see docs/fidelity.md)."""
+
+
 class GymnasiumConfig(Strict):
     normalize_obs: bool = False
     """Standardise vector observations by running statistics (kept in the network's checkpoint)."""
@@ -151,9 +162,9 @@ class MujocoConfig(GymnasiumConfig):
 
 class EnvironmentConfig(Strict):
     name: Literal[ENV_NAMES] = "procgen"  # type: ignore[valid-type]
-    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id)."""
+    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id), minatar (10x10 Atari-like games)."""
     task: str = "coinrun_100"
-    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1)."""
+    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1); minatar: a game (breakout)."""
     shift_type: Literal[SHIFT_TYPES] = "permute"  # type: ignore[valid-type]
     """Distribution shift applied to train and test environments at every shift point."""
     shift_k: int | None = Field(None, ge=1)
@@ -172,6 +183,8 @@ class EnvironmentConfig(Strict):
     """mujoco only: normalisation, action bounding and physics-shift range."""
     gymnasium: GymnasiumConfig = Field(default_factory=GymnasiumConfig)
     """gymnasium only: normalisation and action bounding."""
+    minatar: MinatarConfig = Field(default_factory=MinatarConfig)
+    """minatar only: the game sequence, sticky actions, difficulty ramping and episode cap."""
 
     @model_validator(mode="after")
     def _task(self) -> EnvironmentConfig:
@@ -188,6 +201,8 @@ class EnvironmentConfig(Strict):
             )
         if self.shift_type in ("window", "expand") and not spec.num_levels:
             raise ValueError(f"shift_type: {self.shift_type!r} needs a level-based task")
+        if self.shift_type == "game" and spec.num_games < 2:
+            raise ValueError(f"shift_type: 'game' needs a sequence of at least 2 games in {self.name}.games")
         if self.time_limit == "terminal" and self.name not in ("procgen", "gridworld"):
             raise ValueError(f"time_limit: 'terminal' applies to procgen and gridworld only, not {self.name}")
         return self
@@ -198,8 +213,8 @@ class EnvironmentConfig(Strict):
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64", "nature", "conv11", "mlp"] = "conv64"
-    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), mlp (vectors or flattened image)."""
+    enc_type: Literal["conv64", "nature", "conv11", "minatar", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), minatar (MinAtar, Young & Tian 2019: conv 16 3x3, then dense h = 128 in the paper), mlp (vectors or flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]

@@ -37,6 +37,7 @@ FAMILIES: dict[str, Family] = {
     "ale": Family("plasticity_lab.envs.ale", ("ale_py", "gymnasium"), extra="ale"),
     "mujoco": Family("plasticity_lab.envs.mujoco", ("mujoco", "gymnasium"), extra="mujoco"),
     "gymnasium": Family("plasticity_lab.envs.gym_vector", ("gymnasium",), extra="gymnasium"),
+    "minatar": Family("plasticity_lab.envs.minatar", ("minatar",), extra="minatar"),
 }
 ENV_NAMES = tuple(FAMILIES)
 
