@@ -22,7 +22,7 @@ from plasticity_lab.analysis import stats
 from plasticity_lab.analysis.aggregate import compare, curve_band, open_study
 from plasticity_lab.analysis.frames import read_epoch_csv
 from plasticity_lab.analysis.report import report
-from plasticity_lab.config import ConfigError
+from plasticity_lab.config import AnalysisConfig, ConfigError
 from plasticity_lab.experiment.logger import BASE_COLUMNS
 
 EPOCHS, SHIFTS, TEST_INTERVAL = 30, [10, 20], 5
@@ -95,7 +95,7 @@ def constant(value: float) -> Callable[[int], float]:
 # ------------------------------------------------------------------------------------- statistics
 def study_of(root: Path, **kwargs):
     return compare(open_study(root, **{k: v for k, v in kwargs.items() if k in ("baseline", "reference", "allow_mixed")}),
-                   **{k: v for k, v in kwargs.items() if k in ("final_window",)}, reps=REPS)
+                   AnalysisConfig(**{k: v for k, v in kwargs.items() if k in ("final_window",)}), reps=REPS)
 
 
 def test_table_mean_and_iqm_over_seeds_match_hand_computation(tmp_path):
@@ -156,13 +156,13 @@ def test_final_window_averages_the_last_ten_percent_of_evaluations_or_the_given_
     default = compare(study, reps=REPS)
     assert default.window == (27, 30) and default.evaluations == 3
     assert default.results["baseline"].test.value == pytest.approx((27 + 28 + 29) / 3)
-    assert compare(study, final_window=5, reps=REPS).results["baseline"].test.value == pytest.approx(27.0)
+    assert compare(study, AnalysisConfig(final_window=5), reps=REPS).results["baseline"].test.value == pytest.approx(27.0)
 
 
 def test_a_wide_final_window_is_clipped_to_the_last_task_and_says_so(tmp_path):
     root = write_study(tmp_path / "s", ["baseline"], test_interval=1)
     write_run(root, "baseline", 0, lambda e: float(e), test_interval=1)
-    comparison = compare(open_study(root), final_window=15, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=15), reps=REPS)
     assert comparison.window == (20, 30)  # not 15: the shift at epoch 20 starts the last task
     assert comparison.results["baseline"].test.value == pytest.approx(24.5)
     assert any("final window clipped to the last task (epochs 20-29)" in n for n in comparison.notes)
@@ -183,7 +183,7 @@ def test_per_round_view_measures_each_round_at_its_last_epoch(tmp_path):
     for condition, lv in levels.items():
         for seed in range(2):
             write_run(root, condition, seed, ramp(lv))  # evaluated every 5 epochs and at each round's last epoch
-    comparison = compare(open_study(root), final_window=1, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=1), reps=REPS)
     assert comparison.rounds == [(0, 10), (10, 20), (20, 30)]
     assert comparison.round_windows == [(9, 10), (19, 20), (29, 30)]
     ends = comparison.round_ends["baseline"]
@@ -287,7 +287,7 @@ def test_stopped_runs_are_counted_as_failed_with_a_sensitivity_line(tmp_path):
         write_run(root, "baseline", seed, constant(5.0))
     write_run(root, "method", 0, constant(6.0))
     write_run(root, "method", 1, constant(100.0), length=27)  # crashed at epoch 27 (no DONE, no live process)
-    comparison = compare(open_study(root), final_window=2, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=2), reps=REPS)
     assert comparison.window == (25, EPOCHS)
     method = comparison.results["method"]
     assert method.test.value == pytest.approx(6.0)  # the stopped seed's 100.0 never enters
@@ -425,7 +425,8 @@ def test_summary_has_the_study_tables_and_names_incomplete_failed_and_mismatched
     assert f"6.05 [{6.05 - half:.2f}, {6.05 + half:.2f}] (n=2, weak)" in row
     assert "| 40.0% [40.0, 40.0] (n=2, weak) |" in row and "s0: 6.00, s1: 6.10" in row and f"seed_2 (14/{EPOCHS})" in row
     paired = next(line for line in summary.splitlines() if line.startswith("| method | 1.00"))
-    assert "+19.8%" in paired and "| 0.5 | 0.5 |" in paired  # (6.05 - 5.05) / 5.05; exact p of 2 seeds, Holm k=1
+    assert "+19.8%" in paired and "| 0.5 (sign-flip, exact) | 0.5 |" in paired  # (6.05 - 5.05) / 5.05; exact p of 2 seeds, Holm k=1
+    assert paired.endswith("| inconclusive | s0: +1.00, s1: +1.00 |")  # p 0.5: not shown, whatever the interval
     assert "s0: +1.00, s1: +1.00" in paired
     assert "method/seed_2 is incomplete (stopped: no DONE file and no live process): 14 of 30 epochs logged." in summary
     assert "baseline/seed_2 is left out of all curves and final values: trained for 40 epochs" in summary
@@ -447,8 +448,12 @@ def test_comparisons_csv_holds_every_paired_number(mixed_report):
     assert (test["diff"], test["ci_low"], test["ci_high"]) == pytest.approx((1.0, 1.0, 1.0))
     assert (test["p"], test["p_holm"]) == pytest.approx((0.5, 0.5))
     assert test["rel_diff_pct"] == pytest.approx(100 / 5.05, rel=1e-5)
+    assert (test["role"], test["better"], test["verdict"]) == ("primary", "higher", "inconclusive")
+    assert test["test"].startswith("sign-flip, exact") and test["p_floor"] == pytest.approx(0.5)
     dead = table[table["metric"] == "dead_units"].iloc[0]
     assert dead["diff"] == pytest.approx(40.0 - 80.0)  # in percent, as the report shows dead units
+    assert (dead["role"], dead["better"]) == ("secondary", "lower")
+    assert dead["p_beats_baseline"] == pytest.approx(1.0)  # fewer dead units in both seeds: the method wins both
     for column in ("p", "p_holm", "rel_diff_pct", "rel_ci_low", "rel_ci_high", "iqm_diff", "p_beats_baseline", "ci_level"):
         assert column in table.columns
 
