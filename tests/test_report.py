@@ -21,7 +21,8 @@ from PIL import Image
 from plasticity_lab.analysis import stats
 from plasticity_lab.analysis.aggregate import compare, curve_band, open_study
 from plasticity_lab.analysis.frames import read_epoch_csv
-from plasticity_lab.analysis.report import report
+from plasticity_lab.analysis.report import analysis_plan, report
+from plasticity_lab.cli import main
 from plasticity_lab.config import AnalysisConfig, ConfigError
 from plasticity_lab.experiment.logger import BASE_COLUMNS
 
@@ -355,6 +356,43 @@ def test_unknown_baseline_and_empty_directory_are_errors(tmp_path):
         open_study(tmp_path)
     with pytest.raises(ConfigError, match="--final-window 0: must be"):
         report(root, final_window=0)
+
+
+def plan_study(tmp_path, analysis: dict | None) -> Path:
+    root = write_study(tmp_path / "s", ["baseline", "method"], test_interval=1)
+    if analysis is not None:
+        config = yaml.safe_load((root / "config.yaml").read_text())
+        (root / "config.yaml").write_text(yaml.safe_dump({**config, "analysis": analysis}, sort_keys=False))
+    for seed in range(3):
+        write_run(root, "baseline", seed, lambda e: float(e), test_interval=1)
+        write_run(root, "method", seed, lambda e, s=seed: float(e) + 1 + 0.1 * s, test_interval=1)
+    return root
+
+
+def test_the_declared_analysis_plan_is_used_and_a_flag_overrides_it_visibly(tmp_path):
+    study = open_study(plan_study(tmp_path, {"final_window": 5, "equivalence_margin": 0.2}))
+    plan, text = analysis_plan(study)
+    assert (plan.final_window, plan.equivalence_margin, plan.primary) == (5, 0.2, "test_r")
+    assert "Declared in the study's config.yaml (analysis)" in text and "Overridden" not in text
+    assert compare(study, plan, reps=REPS).results["baseline"].test.value == pytest.approx(27.0)  # epochs 25-29
+    plan, text = analysis_plan(study, final_window=2, primary=None, equivalence_margin=0.2)
+    assert plan.final_window == 2 and "Overridden on the command line: --final-window 2 (declared: 5)." in text
+    assert "--equivalence-margin" not in text  # given, but the same as declared
+    _, text = analysis_plan(open_study(plan_study(tmp_path / "none", None)))
+    assert "declares no analysis section, so these are the defaults, not a plan fixed before the runs" in text
+
+
+def test_a_bad_analysis_plan_or_flag_is_a_one_line_error(tmp_path, capsys):
+    root = plan_study(tmp_path, {"primary": "score"})
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{root / 'config.yaml'}: analysis.primary: allowed:" in err, err
+    assert not (tmp_path / "rep").exists()
+    study = open_study(plan_study(tmp_path / "ok", {}))
+    with pytest.raises(ConfigError, match="--primary score: Input should be 'test_r'"):
+        analysis_plan(study, primary="score")
+    with pytest.raises(ConfigError, match="--equivalence-margin 2.0: Input should be less than 1"):
+        analysis_plan(study, equivalence_margin=2.0)
 
 
 def test_normalised_score_is_relative_to_the_reference_condition(tmp_path):

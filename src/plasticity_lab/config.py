@@ -601,7 +601,8 @@ class StudyConfig:
             section = dotted.split(".")[0]
             if section not in RunConfig.model_fields or section in STUDY_SECTIONS:
                 allowed = ", ".join(k for k in RunConfig.model_fields if k not in STUDY_SECTIONS)
-                raise ConfigError(f"{self.source}: {prefix}.{dotted}: unknown section (allowed: {allowed})")
+                what = "holds for the whole study" if section in STUDY_SECTIONS else "unknown section"
+                raise ConfigError(f"{self.source}: {prefix}.{dotted}: {what} (allowed: {allowed})")
             try:
                 set_dotted(tree, dotted, value)
             except KeyError:

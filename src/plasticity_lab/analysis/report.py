@@ -480,9 +480,10 @@ def _correlation_table(comparison: Comparison) -> Table:
         "Within: repeated-measures correlation (each run's final metric and final test return centred on its "
         "condition's means; df = runs - conditions - 1): does a run with more of the metric end with more return "
         "than other runs of its condition? Between: Pearson r of the conditions' means (n = conditions, however many "
-        "seeds), labelled uninformative: a handful of condition means can neither show nor rule out a relation, so "
-        "it supports no claim either way ('does not predict' included). p (Holm): adjusted over the table's rows, per "
-        "view. Series with identical final values in every run share a row.",
+        "seeds), labelled uninformative: it rests on a handful of condition means, and conditions differ in much "
+        "more than this metric, so it supports no claim that the metric predicts return, nor that it does not. "
+        "p (Holm): adjusted over the table's rows, per view. Series with identical final values in every run share "
+        "a row.",
     )
 
 
