@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--final-window", type=int, default=None, metavar="N", help="as for plab report")
     pw.add_argument("--allow-mixed", action="store_true", help="as for plab report")
     pw.set_defaults(func=cmd_power)
+    cl = sub.add_parser("claims", help="regenerate a document's claim and per-round tables from a study's comparisons.csv")
+    cl.add_argument("claims", help="claims file (YAML: study, document, tables), e.g. docs/findings_claims.yaml")
+    cl.add_argument("--check", action="store_true", help="change nothing; exit 1 if the document's tables are out of date")
+    cl.set_defaults(func=cmd_claims)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -281,6 +285,18 @@ def cmd_power(args: argparse.Namespace) -> int:
         raise ConfigError(f"--power {args.power} / --alpha {args.alpha}: each must lie in (0, 1)")
     print(power_text(args.results_dir, effects, args.alpha, args.power, baseline=args.baseline,
                      allow_mixed=args.allow_mixed, final_window=args.final_window))
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.claims import render, update
+
+    changed = update(args.claims, check=args.check)
+    document, _ = render(args.claims)
+    if args.check:
+        print(f"{document}: {'out of date: run plab claims ' + args.claims if changed else 'up to date'}")
+        return 1 if changed else 0
+    print(f"{document}: {'tables regenerated' if changed else 'already up to date'}")
     return 0
 
 

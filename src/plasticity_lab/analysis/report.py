@@ -162,7 +162,8 @@ def analysis_plan(study: Study, **flags: object) -> tuple[AnalysisConfig, str]:
         first = err.errors()[0]
         key = str(first["loc"][0])
         raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {first['msg']}") from None
-    window = f"the last {plan.final_window} test evaluations" if plan.final_window else "the last 10% of the test evaluations"
+    window = ("the last test evaluation" if plan.final_window == 1 else f"the last {plan.final_window} test evaluations"
+              if plan.final_window else "the last 10% of the test evaluations")
     text = (f"Analysis plan: final values over {window}; primary metric {plan.primary}; equivalence margin "
             f"+-{plan.equivalence_margin:.0%} of the baseline's mean; alpha {plan.alpha:g} after Holm's adjustment. ")
     text += ("Declared in the study's config.yaml (analysis)." if declared else
@@ -223,9 +224,9 @@ def statistics_text(plan: AnalysisConfig, reps: int) -> str:
         "percent, normalised scores and round ratios Fieller's interval for a ratio of paired means ('unbounded' when "
         "the denominator is not clearly away from 0); P(beats) the exact Clopper-Pearson interval, in the metric's "
         "direction (fewer dead or dormant units beats). The README's simulated coverage names its conditions: these "
-        "intervals hold about 95% for normal and for symmetric lognormal-noise differences, but the t and Fieller "
-        "intervals under-cover when the per-seed differences themselves are skewed (about 0.82-0.89 at n = 3-10 for "
-        "lognormal differences). "
+        "intervals hold about 95% when the per-seed differences are roughly symmetric (normal scores, or skewed scores "
+        "with symmetric noise), but under-cover when the differences themselves are skewed (lognormal differences: "
+        "t 0.82-0.84, Fieller 0.90-0.94 at n = 3-10), and both tests below are then liberal. "
         "p tests a mean difference of 0 with the sign-flip permutation test, which assumes the differences are "
         f"symmetric: exact (all 2^n sign patterns) up to n = {EXACT_SIGN_FLIP_MAX}, smallest p 2/2^n, so fewer than "
         f"{min_sign_flip_pairs(0.05)} pairs can never give p < 0.05; above, Monte Carlo over {reps} random patterns, "
