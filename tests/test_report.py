@@ -474,6 +474,7 @@ def test_summary_has_the_study_tables_and_names_incomplete_failed_and_mismatched
     assert "conv1/" not in correlated and "probe_seconds" not in correlated
     assert "## Return at the end of each round" in summary and "## Seeds needed" in summary
     assert "| 0123456789ab v0.1.0 |" in summary  # the runs' code version, in the provenance table
+    assert "by `plab report` (code " in summary.splitlines()[2]  # and the report's own
 
 
 def test_comparisons_csv_holds_every_paired_number(mixed_report):

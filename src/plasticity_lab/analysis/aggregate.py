@@ -2,8 +2,8 @@
 
 Only numbers live here (figures.py draws them, report.py formats them), so each one can be checked
 against a hand computation. The statistics follow DESIGN.md section 7 (see analysis/stats.py):
-intervals valid at the study's n, comparisons paired by seed, Holm-adjusted p-values, correlations
-within condition. Runs that cannot be compared fairly are never averaged in silently: they are kept
+intervals valid at the study's n, comparisons paired by seed, Holm-adjusted p-values, verdicts
+worded from them alone (analysis/verdicts.py), correlations within condition. Runs that cannot be compared fairly are never averaged in silently: they are kept
 out with a reason, runs that failed are counted and shown in a sensitivity line, and every such
 decision is added to ``Comparison.notes``.
 """

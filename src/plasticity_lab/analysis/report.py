@@ -626,13 +626,21 @@ def power_text(results_dir: str | Path, effects: tuple[float, ...], alpha: float
 
 
 # ------------------------------------------------------------------------------------- rendering
+def _report_version() -> str:
+    """The code that computed the report's numbers (the runs' own versions are in Provenance)."""
+    from plasticity_lab.experiment.provenance import code_version
+
+    return f"code {code_version_text(code_version())}"
+
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown(title: str, sections: list[tuple[str, list[Block]]], root: Path) -> str:
     """Figures are linked relative to ``root``, the directory summary.md is written to."""
-    out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `plab report`.", ""]
+    out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `plab report` ({_report_version()}).", ""]
     for heading, blocks in sections:
         out += [f"## {heading}", ""]
         for block in blocks:
@@ -705,5 +713,5 @@ def _html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<link rel="icon" href="data:,"><title>{html.escape(title)}</title><style>{STYLE}</style></head>\n'
         f"<body><h1>{html.escape(title)}</h1>\n<p class=\"caption\">Generated {time.strftime('%Y-%m-%d %H:%M:%S')} "
-        "by plab report.</p>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"by plab report ({html.escape(_report_version())}).</p>\n" + "\n".join(body) + "\n</body></html>\n"
     )

@@ -6,12 +6,14 @@ simulation at n = 2, 3, 5 and 10. Runs of one seed share evaluation levels, shif
 (where shapes match) initialisation across conditions, so a comparison between conditions uses the
 per-seed differences (a paired design), never two independent samples.
 
-Libraries do the work where one fits: scipy.stats (t quantiles, the exact sign-flip permutation
-test, Clopper-Pearson intervals, Pearson's r), statsmodels (Holm's adjustment, t-test power) and
-rliable (the IQM is its ``aggregate_iqm``, the 25% trimmed mean). Written here, each with the
-reason: the trimmed mean's interval (scipy has Yuen's trimmed t only for two independent samples,
-and ``mstats.trimmed_mean_ci`` rounds the trim count differently from the IQM), Fieller's interval
-of a ratio of paired means, and the repeated-measures correlation (no installed library has it).
+Libraries do the work where one fits: scipy.stats (t quantiles, the sign-flip permutation test,
+the paired t test, D'Agostino's skewness test, Clopper-Pearson intervals, Pearson's r),
+statsmodels (Holm's adjustment, t-test power) and rliable (the IQM is its ``aggregate_iqm``, the
+25% trimmed mean). Written here, each with the reason: the trimmed mean's interval (scipy has
+Yuen's trimmed t only for two independent samples, and ``mstats.trimmed_mean_ci`` rounds the trim
+count differently from the IQM), Fieller's interval of a ratio of paired means, the equivalence
+test against a margin relative to the baseline's mean (statsmodels' ``ttost_paired`` takes the
+margin as a known number), and the repeated-measures correlation (no installed library has it).
 
 Every function takes one sample along the last axis, so the coverage simulations can pass
 thousands of samples at once.
