@@ -289,10 +289,9 @@ def cmd_power(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    from plasticity_lab.analysis.claims import render, update
+    from plasticity_lab.analysis.claims import update
 
-    changed = update(args.claims, check=args.check)
-    document, _ = render(args.claims)
+    document, changed = update(args.claims, check=args.check)
     if args.check:
         print(f"{document}: {'out of date: run plab claims ' + args.claims if changed else 'up to date'}")
         return 1 if changed else 0

@@ -242,11 +242,11 @@ def render(path: str | Path) -> tuple[Path, str]:
     return document, text
 
 
-def update(path: str | Path, check: bool = False) -> bool:
+def update(path: str | Path, check: bool = False) -> tuple[Path, bool]:
     """Regenerate the document's tables; with ``check``, only report whether they are up to date.
-    Returns whether the document was (or would be) changed."""
+    Returns the document and whether it was (or would be) changed."""
     document, text = render(path)
     changed = document.read_text() != text
     if changed and not check:
         document.write_text(text)
-    return changed
+    return document, changed
