@@ -172,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--in-place", action="store_true",
                      help="write into RESULTS_DIR even when it is a committed reference study (regenerates its summary)")
     rep.add_argument("--final-window", type=int, default=None, metavar="N",
-                     help="final values average the last N test evaluations, within the last task (default: the last 10%%)")
+                     help="final values average the last N test evaluations, within the last task (default: the "
+                          "study's analysis.final_window, else the last 10%%)")
+    rep.add_argument("--primary", default=None, metavar="METRIC",
+                     help="metric whose verdicts are confirmatory and on which conditions are ranked (default: the "
+                          "study's analysis.primary, else test_r)")
+    rep.add_argument("--equivalence-margin", type=float, default=None, metavar="F",
+                     help="'equivalent' needs the difference shown within +-F x the baseline's mean (default: the "
+                          "study's analysis.equivalence_margin, else 0.1)")
     rep.add_argument("--baseline", default=None, metavar="NAME",
                      help="condition to compare against (default: experiment.baseline of RESULTS_DIR/config.yaml)")
     rep.add_argument("--reference", default=None, metavar="NAME",
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--final-window", type=int, default=None, metavar="N", help="as for plab report")
     pw.add_argument("--allow-mixed", action="store_true", help="as for plab report")
     pw.set_defaults(func=cmd_power)
+    cl = sub.add_parser("claims", help="regenerate a document's claim and per-round tables from a study's comparisons.csv")
+    cl.add_argument("claims", help="claims file (YAML: study, document, tables), e.g. docs/findings_claims.yaml")
+    cl.add_argument("--check", action="store_true", help="change nothing; exit 1 if the document's tables are out of date")
+    cl.set_defaults(func=cmd_claims)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -238,9 +249,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 DEMO_CONFIG = "demo_gridworld.yaml"
-DEMO_FINAL_WINDOW = 3
-"""Test evaluations the demo's final and round-end values average: the last 10 epochs of a 25-epoch
-round, the window of docs/findings.md (the default, 10% of all evaluations, is the whole round)."""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -255,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.name or new_study_name(args.out_dir, "demo")
     states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
                    workers=args.workers, out_dir=args.out_dir)
-    html = report(study_dir(args.out_dir, name), final_window=DEMO_FINAL_WINDOW)
+    html = report(study_dir(args.out_dir, name))  # the analysis plan is the config's
     summary = (html.parent / "summary.md").read_text().splitlines()
     keep = False
     for line in summary:
@@ -285,6 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = report(
         args.results_dir, out=args.out, in_place=args.in_place, final_window=args.final_window, baseline=args.baseline,
         reference=args.reference, reps=args.reps, smooth=args.smooth, allow_mixed=args.allow_mixed,
+        primary=args.primary, equivalence_margin=args.equivalence_margin,
     )
     print(f"report: {path}")
     return 0
@@ -310,6 +319,17 @@ def cmd_power(args: argparse.Namespace) -> int:
         raise ConfigError(f"--power {args.power} / --alpha {args.alpha}: each must lie in (0, 1)")
     print(power_text(args.results_dir, effects, args.alpha, args.power, baseline=args.baseline,
                      allow_mixed=args.allow_mixed, final_window=args.final_window))
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.claims import update
+
+    document, changed = update(args.claims, check=args.check)
+    if args.check:
+        print(f"{document}: {'out of date: run plab claims ' + args.claims if changed else 'up to date'}")
+        return 1 if changed else 0
+    print(f"{document}: {'tables regenerated' if changed else 'already up to date'}")
     return 0
 
 

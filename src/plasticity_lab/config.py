@@ -29,6 +29,8 @@ from plasticity_lab.interventions import validate_interventions
 ACTIVATIONS = ("relu", "leaky-relu", "mish", "gelu", "tanh", "crelu", "dff")
 NORMS = ("none", "layernorm", "rmsnorm")
 SPECTRAL_SCOPES = ("none", "encoder", "all", "penultimate")
+STUDY_SECTIONS = ("experiment", "analysis")
+"""Sections that hold for the whole study: a condition cannot override them."""
 
 
 class ConfigError(ValueError):
@@ -341,6 +343,34 @@ class LoggingConfig(Strict):
     """Weights & Biases tracking, off by default (metrics.csv and TensorBoard are always written)."""
 
 
+class AnalysisConfig(Strict):
+    """How ``plab report`` decides (issue 19), declared with the study before its runs so that the
+    window, the primary metric and the margin are not chosen after seeing the data. ``plab report``
+    flags override it, and the report says which did."""
+
+    final_window: int | None = Field(None, ge=1)
+    """Final values average the last N test evaluations of the last task (None: the last 10%)."""
+    primary: Literal["test_r", "train_r", "dead_units", "dormant_units"] = "test_r"
+    """Metric whose verdicts are confirmatory and on which methods are ranked against each other;
+    verdicts on the other compared metrics are secondary (exploratory)."""
+    equivalence_margin: float = Field(0.1, gt=0, lt=1)
+    """'equivalent' needs the paired difference shown (TOST) within +- this fraction of the
+    baseline's mean."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Level of every verdict's test, after Holm's adjustment."""
+
+
+def load_analysis(raw: dict[str, Any], source: str) -> AnalysisConfig | None:
+    """A study config's ``analysis`` section (None when it declares none), validated on its own so
+    that a study written by an older version of the schema still reports."""
+    if "analysis" not in raw:
+        return None
+    try:
+        return AnalysisConfig.model_validate(raw["analysis"])
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, "analysis", err)) from None
+
+
 class RunConfig(Strict):
     """The fully resolved config of one condition (what a run directory's config.yaml holds)."""
 
@@ -353,6 +383,8 @@ class RunConfig(Strict):
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     """Experiment trackers beyond metrics.csv and TensorBoard."""
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    """The study's analysis plan (read by plab report; one for the whole study, never per condition)."""
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:
@@ -588,9 +620,10 @@ class StudyConfig:
             if not isinstance(dotted, str) or not dotted:
                 raise ConfigError(f"{self.source}: {prefix}: override keys must be dotted strings")
             section = dotted.split(".")[0]
-            if section not in RunConfig.model_fields or section == "experiment":
-                allowed = ", ".join(k for k in RunConfig.model_fields if k != "experiment")
-                raise ConfigError(f"{self.source}: {prefix}.{dotted}: unknown section (allowed: {allowed})")
+            if section not in RunConfig.model_fields or section in STUDY_SECTIONS:
+                allowed = ", ".join(k for k in RunConfig.model_fields if k not in STUDY_SECTIONS)
+                what = "holds for the whole study" if section in STUDY_SECTIONS else "unknown section"
+                raise ConfigError(f"{self.source}: {prefix}.{dotted}: {what} (allowed: {allowed})")
             try:
                 set_dotted(tree, dotted, value)
             except KeyError:
