@@ -166,3 +166,30 @@ def test_ray_backend_with_a_local_instance(config, local_study, tmp_path):
         for seed in (0, 1):
             got = rows(tmp_path / f"results/tiny_sweep/{cond}/seed_{seed}/metrics.csv")
             assert got == rows(local_study / cond / f"seed_{seed}/metrics.csv")
+
+
+def test_population_sweep_writes_the_same_runs_as_single_processes(config, local_study, tmp_path):
+    """--population: one process per condition (its seeds as one population), the same run
+    directories and files, each member's metrics those of its single run up to batched rounding
+    (tests/test_population.py checks the tolerance), run.json records the population."""
+    import json
+
+    states = sweep(config, seeds=[0, 1], workers=2, out_dir=tmp_path, population=True)
+    assert [s.status for s in states] == ["done"] * 4
+    study = tmp_path / "results/tiny_sweep"
+    for cond in CONDITIONS:
+        assert (study / cond / "population_seed_0.log").exists()
+        for seed in (0, 1):
+            run = study / cond / f"seed_{seed}"
+            assert (run / "train.log").resolve() == (study / cond / "population_seed_0.log").resolve()
+            got, single = rows(run / "metrics.csv"), rows(local_study / cond / f"seed_{seed}/metrics.csv")
+            assert [r["epoch"] for r in got] == [r["epoch"] for r in single]
+            assert got[0]["train_r"] == single[0]["train_r"]  # the first epoch's episodes: identical draws
+            assert json.loads((run / "run.json").read_text())["invocations"][-1]["population"] == 2
+    assert [s.status for s in sweep(config, seeds=[0, 1], workers=2, out_dir=tmp_path, population=True)] == ["skipped"] * 4
+
+
+def test_a_population_over_the_memory_limit_is_refused_before_anything_is_written(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"population of 3 members needs about .* members fit"):
+        sweep(config, seeds=[0, 1, 2], out_dir=tmp_path, population=True, overrides=["experiment.population_memory_gib=0.6"])
+    assert not (tmp_path / "results").exists()

@@ -267,7 +267,7 @@ class PPOConfig(Strict):
     reset_optimizer_at_shift: bool = True
     """Re-create AdamW at every shift (the reference paper does, in every condition)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocasts network compute (CPU with AVX-512-BF16 or CUDA); parameters stay fp32."""
+    """bf16: the encoder's linear and conv layers compute in bf16 (CPU with AVX-512-BF16 or CUDA), as autocast would; parameters, heads and spectral norm's sigma stay fp32."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, populate_by_name=True)
 

@@ -56,6 +56,7 @@ from plasticity_lab.metrics.plasticity import (
     weight_rms,
 )
 from plasticity_lab.nets import ActorCritic, build_model
+from plasticity_lab.nets.layers import compute_dtype
 from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
@@ -193,7 +194,7 @@ class Run:
         self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
         self.start_epoch = 0
         self.columns = BASE_COLUMNS + [k for iv in self.members[0].interventions for k in iv.stat_keys]
-        self.autocast = self.ppo.precision == "bf16"
+        self.low_precision = torch.bfloat16 if self.ppo.precision == "bf16" else None
         self.stop_signal: int | None = None
         self.current_epoch = 0
 
@@ -234,7 +235,8 @@ class Run:
         return [f"{iv.name}:{hook}" for iv in self.members[0].interventions for hook in iv.hooks()]
 
     def amp(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+        """The network's compute precision (``ppo_trainer.precision``) for the loop's forwards."""
+        return compute_dtype(self.low_precision)
 
     def follow_structure(self) -> None:
         """After hooks that may change the networks' structure (injection): re-stack, carrying

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
-from plasticity_lab.nets.layers import make_activation, make_norm, spectral_norm, width_factor
+from plasticity_lab.nets.layers import affine, compute_dtype, make_activation, make_norm, spectral_norm, width_factor
 from plasticity_lab.nets.normalization import ObsNormalizer
 
 if TYPE_CHECKING:  # the config imports the networks' users, never the reverse at run time
@@ -37,7 +37,7 @@ class Block(nn.Module):
         return self.layer.out_channels if isinstance(self.layer, nn.Conv2d) else self.layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.layer(x)))
+        return self.act(self.norm(affine(self.layer, x)))
 
 
 @dataclass(frozen=True)
@@ -198,14 +198,14 @@ class ActorCritic(nn.Module):
     def outputs(self, acts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, value) from the blocks' activations (for probes that already computed them).
 
-        The heads (and injected heads) always run in fp32: under bf16 autocast only the encoder is
+        The heads (and injected heads) always run in fp32: in bf16 (autocast, or :func:`compute_dtype`) only the encoder is
         bf16, because a bf16 value has a spacing of 0.0625 for |V| in [8, 16), coarser than
         ProcGen's -0.01 step reward.
         """
         def full(x: torch.Tensor) -> torch.Tensor:  # bf16 encoder output -> fp32; fp32/fp64 kept
             return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
-        with torch.autocast(acts[-1].device.type, enabled=False):
+        with torch.autocast(acts[-1].device.type, enabled=False), compute_dtype(None):
             features = full(acts[-1])
             logits, value = self.policy(features), self.value(features)
             if self.injected is not None:
