@@ -371,3 +371,16 @@ def test_a_short_study_has_the_same_condition_means_as_single_runs(tmp_path):
     assert np.abs(diffs).mean() < 0.2 * spread
     if np.any(diffs != 0):
         assert stats.ttest_rel(finals_pop, finals_single).pvalue > 0.01
+
+
+def test_each_member_logs_its_own_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = config(num_epochs=2, shift_points=[])
+    dirs = train_population(cfg, tmp_path, [0, 1])
+    for d in dirs:
+        events = EventAccumulator(str(d / "tb"))
+        events.Reload()
+        logged = [e.value for e in events.Scalars("train_r")]
+        assert logged == pytest.approx([float(r["train_r"]) for r in rows(d)], rel=1e-5)
+        assert any(tag.endswith("/effective_rank") for tag in events.Tags()["scalars"])  # the probes' too

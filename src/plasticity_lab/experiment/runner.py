@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import scalar
 
 from plasticity_lab.agents.population_optim import (
     MemberOptimizers,
@@ -784,15 +786,21 @@ class MemberLogs:
         self.metrics.write(row)
         scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
                    and not (isinstance(row[key], float) and math.isnan(row[key]))}
-        for key, value in scalars.items():
-            self.writer.add_scalar(key, value, epoch)
+        self.scalars(scalars, epoch)
         if self.tracker is not None:
             self.tracker.log(scalars, epoch)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """One TensorBoard event holding every scalar of the step (the same records as one
+        ``add_scalar`` per value, which costs a queue round trip each: ~80 us, 20 per epoch, per
+        member of a population)."""
+        if values:
+            merged = Summary(value=[v for key, value in values.items() for v in scalar(key, value).value])
+            self.writer._get_file_writer().add_summary(merged, step)
+
     def probe(self, epoch: int, task: int, result: Any) -> None:
         probed = self.diagnostics.log(epoch, task, result.stats, result.spectrum)
-        for key, value in probed.items():
-            self.writer.add_scalar(key, value, epoch)
+        self.scalars(probed, epoch)
         if self.tracker is not None:
             self.tracker.log(probed, epoch)
 
