@@ -529,8 +529,8 @@ class Run:
                 ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
         unit_abs_sum = None  # for dormant_units
-        loss_hooks = [[iv for iv in m.interventions if "loss" in iv.hooks()] for m in self.members]
-        step_hooks = [[iv for iv in m.interventions if "after_step" in iv.hooks()] for m in self.members]
+        loss_hooks = [[iv for iv in m.interventions if iv.uses("loss")] for m in self.members]
+        step_hooks = [[iv for iv in m.interventions if iv.uses("after_step")] for m in self.members]
         trainable = list(self.net.trainable().values())
         for i in range(steps):
             if uniform:

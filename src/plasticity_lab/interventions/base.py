@@ -118,6 +118,11 @@ class Intervention:
     def hooks(cls) -> list[str]:
         return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h)]
 
+    def uses(self, hook: str) -> bool:
+        """Whether the loop must call ``hook`` on this instance (a method whose hook does
+        nothing with its parameters says so, e.g. soft S&P's loss without anchors)."""
+        return hook in self.hooks()
+
     def optimizer_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The optimiser settings with this method's changes. Applied before any optimiser is
         built, so a method that only changes settings combines with one that provides the optimiser."""
