@@ -345,6 +345,7 @@ def test_population_over_the_memory_limit_is_refused_in_one_line():
     cfg = config()
     estimate = population_memory(cfg)
     assert estimate.total(10) - estimate.total(9) == estimate.per_member > 0
+    assert population_memory(config(model={"spectral_norm": "encoder"})).per_member == estimate.per_member
     cfg.experiment.population_memory_gib = (estimate.total(4) + estimate.total(5)) / 2 / 1024**3
     check_population_fits(cfg, 4, torch.device("cpu"), "s/baseline")
     with pytest.raises(ConfigError, match=r"population of 5 members needs about .* at most 4 members fit") as err:
