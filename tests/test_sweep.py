@@ -193,3 +193,11 @@ def test_a_population_over_the_memory_limit_is_refused_before_anything_is_writte
     with pytest.raises(ConfigError, match=r"population of 3 members needs about .* members fit"):
         sweep(config, seeds=[0, 1, 2], out_dir=tmp_path, population=True, overrides=["experiment.population_memory_gib=0.6"])
     assert not (tmp_path / "results").exists()
+
+
+def test_the_plain_view_summarises_a_running_population():
+    from plasticity_lab.experiment.sweep_view import running_summary
+
+    rows = [("baseline", s, "running", "12/250", "900", "1.50" if s % 2 else "0.50") for s in range(6)]
+    rows += [("mish", 0, "running", "3/250", "800", "-"), ("mish", 1, "done", "250/250", "-", "1.00")]
+    assert running_summary(rows) == ["baseline x6 seeds 12/250 mean test_r 1.00", "mish/seed_0 3/250 800 steps/s test_r -"]
