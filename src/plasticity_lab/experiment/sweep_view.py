@@ -59,7 +59,7 @@ def running_summary(rows: list[tuple]) -> list[str]:
         if len(running) <= 3:
             out += [f"{c}/seed_{s} {e} {sps} steps/s test_r {t}" for c, s, st, e, sps, t in running]
             continue
-        epochs = sorted(r[3] for r in running)
+        epochs = sorted((r[3] for r in running), key=lambda e: int(e.split("/")[0]))
         tests = [float(r[5]) for r in running if r[5] != "-"]
         mean = f"{sum(tests) / len(tests):.2f}" if tests else "-"
         span = epochs[0] if epochs[0] == epochs[-1] else f"{epochs[0]}..{epochs[-1]}"
