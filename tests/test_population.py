@@ -385,3 +385,24 @@ def test_each_member_logs_its_own_tensorboard_scalars(tmp_path):
         logged = [e.value for e in events.Scalars("train_r")]
         assert logged == pytest.approx([float(r["train_r"]) for r in rows(d)], rel=1e-5)
         assert any(tag.endswith("/effective_rank") for tag in events.Tags()["scalars"])  # the probes' too
+
+
+def test_a_single_network_computes_only_the_needed_rows():
+    """A population of one computes only the rows still in their episode (the others are 0);
+    the needed rows equal a full forward's."""
+    from plasticity_lab.nets import build_model
+    from plasticity_lab.nets.population import PopulationNetwork
+
+    cfg = config()
+    torch.manual_seed(0)
+    net = PopulationNetwork([build_model(cfg.model, 4, (5, 5, 3))])
+    obs = torch.randint(0, 256, (1, 6, 5, 5, 3), dtype=torch.uint8)
+    needed = torch.tensor([[True, False, True, False, False, True]])
+    calls = []
+    net.members[0].register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        full, part = net(obs), net(obs, needed)
+    assert calls == [6, 3]
+    for a, b in zip(full, part):
+        torch.testing.assert_close(b[needed], a[needed])
+        assert not b[~needed].any()

@@ -88,9 +88,9 @@ def test_evaluation_sees_the_round1_permutation(tmp_path):
     seen: list[np.ndarray] = []
     sample = run.policy_sample
 
-    def spy(obs, gen):
+    def spy(obs, gen, needed=None):
         seen.append(obs.numpy().copy())
-        return sample(obs, gen)
+        return sample(obs, gen, needed)
 
     run.policy_sample = spy
     run.evaluate(0)

@@ -31,9 +31,10 @@ def first_episode_steps(policy: Any, envs: Any) -> Iterator[EpisodeStep]:
     (:mod:`plasticity_lab.envs.population`) until each has finished its first episode (counted
     from its current state), yielding every step.
 
-    ``policy(obs)`` gets the observations of all members (K, n, ...) and returns actions for all
-    rows; rows of finished envs are ignored (those envs repeat their last action, discrete or
-    continuous alike, and are not part of the data). A member whose envs have all finished is not
+    ``policy(obs, active)`` gets the observations of all members (K, n, ...) and which envs are
+    still in their first episode (bool (K, n)) and returns actions for all rows; rows of finished
+    envs are ignored (those envs repeat their last action, discrete or continuous alike, and are
+    not part of the data). A member whose envs have all finished is not
     stepped again. The episode cap bounds the loop.
     """
     finished = np.zeros((envs.members, envs.num_envs), dtype=bool)
@@ -41,7 +42,7 @@ def first_episode_steps(policy: Any, envs: Any) -> Iterator[EpisodeStep]:
     obs = envs.observe_current()
     while not finished.all():
         active = ~finished
-        chosen = np.asarray(policy(obs))
+        chosen = np.asarray(policy(obs, active))
         if actions is None:
             actions = np.zeros_like(chosen)
         actions[active] = chosen[active]

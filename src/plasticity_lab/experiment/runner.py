@@ -325,12 +325,15 @@ class Run:
                             member.ckpt_dir / f"task_{member.task_index}.pt")
 
     # ------------------------------------------------------------------ experience
-    def policy_sample(self, obs: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+    def policy_sample(
+        self, obs: torch.Tensor, generators: Sequence[torch.Generator], needed: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Actions, their log-probabilities and the values of ``obs`` (K, N, ...), member k's
-        actions drawn from ``generators[k]``."""
+        actions drawn from ``generators[k]`` (one draw per row, ``needed`` or not, so a member's
+        stream does not depend on how it is computed)."""
         with torch.no_grad():
             with self.amp():
-                head, values, _ = self.net(obs)
+                head, values, _ = self.net(obs, None if needed is None else torch.from_numpy(needed).to(self.device))
             dist = self.net.distribution(head)
             actions = dist.sample(generators)
             return actions, dist.log_prob(actions), values.float()
@@ -456,11 +459,13 @@ class Run:
 
         index = torch.tensor(members, device=self.device)
 
-        def policy(frames: np.ndarray) -> np.ndarray:
-            obs_full[members] = frames
+        needed = np.zeros(obs_full.shape[:2], dtype=bool)
+
+        def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
+            obs_full[members], needed[members] = frames, active
             with torch.no_grad():
                 with self.amp():
-                    head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device))
+                    head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device), torch.from_numpy(needed).to(self.device))
                 dist = self.net.distribution(head.index_select(0, index), index)
                 actions = dist.sample(generators)
                 sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
@@ -632,8 +637,8 @@ class Run:
             gen.manual_seed(member.eval_seed + epoch)
             generators.append(gen)
 
-        def policy(frames: np.ndarray) -> np.ndarray:
-            return self.policy_sample(torch.from_numpy(frames).to(self.device), generators)[0].cpu().numpy()
+        def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
+            return self.policy_sample(torch.from_numpy(frames).to(self.device), generators, active)[0].cpu().numpy()
 
         self.net.train(False)
         try:

@@ -116,7 +116,7 @@ class PopulationNetwork:
     def _member_forward(self, params: dict, buffers: dict, obs: torch.Tensor):
         return functional_call(self.template, (params, buffers), (obs,))
 
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, obs: torch.Tensor, needed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``obs`` (K, N, ...) -> (policy head output (K, N, A), value (K, N), trunk features
         (K, N, F)); member k's rows come from member k's network.
 
@@ -124,8 +124,20 @@ class PopulationNetwork:
         vmap's per-call cost (~0.5 ms here, as much as a small network's whole forward); its
         gradients reach the stacked ones through the member's ``.grad`` aliases. So does every
         member, one after another, when a method watches its modules with forward hooks (CBP
-        records its units' activations): hooks do not run inside the batched call."""
+        records its units' activations): hooks do not run inside the batched call.
+
+        ``needed`` (bool (K, N)): the rows whose outputs are used. A population of one computes
+        only those (the others are 0): the end of an episode batch, when few environments are
+        still in their episode, costs what those few rows cost. A batched call computes every row.
+        """
         if self.size == 1:
+            if needed is not None and not bool(needed.all()):
+                rows = needed[0].nonzero().squeeze(1)
+                outs = self.members[0](obs[0].index_select(0, rows))
+                full = [out.new_zeros((1, obs.shape[1], *out.shape[1:])) for out in outs]
+                for f, out in zip(full, outs):
+                    f[0, rows] = out
+                return tuple(full)
             return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
         if self.looped:
             return tuple(torch.stack(outs) for outs in zip(*(m(x) for m, x in zip(self.members, obs))))
