@@ -310,7 +310,7 @@ def test_evaluation_plays_the_current_game_from_its_own_seeds():
     cfg = minatar_cfg("breakout", "game", games=["breakout", "seaquest"])
     seen = []
 
-    def policy(obs):
+    def policy(obs, active):
         seen.append(obs)
         return np.zeros(obs.shape[:2], dtype=np.int64)  # always NOOP
 
@@ -319,5 +319,5 @@ def test_evaluation_plays_the_current_game_from_its_own_seeds():
     assert seen[0].shape == (1, 3, 10, 10, 10) and seen[0][..., 7].any()  # Seaquest's oxygen gauge
     first = [o[0, 0] for o in seen[:40]]
     again = []
-    evaluate(lambda o: (again.append(o), np.zeros(o.shape[:2], dtype=np.int64))[1], cfg, 3, seeds=[6], shifts=[ShiftState(game=1)])
+    evaluate(lambda o, active: (again.append(o), np.zeros(o.shape[:2], dtype=np.int64))[1], cfg, 3, seeds=[6], shifts=[ShiftState(game=1)])
     assert any(not np.array_equal(a, b[0, 0]) for a, b in zip(first, again))  # another seed, other episodes

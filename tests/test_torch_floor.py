@@ -191,6 +191,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.use_deterministic_algorithms": "1.8",
     "torch.utils.tensorboard.SummaryWriter": "1.2",
     "torch.utils.tensorboard.SummaryWriter(purge_step=)": "1.2",
+    "torch.utils.tensorboard.summary.scalar": "1.2",
     "torch.var": "1.0",
     "torch.where": "1.0",
     "torch.zeros": "1.0",
