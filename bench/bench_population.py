@@ -11,7 +11,9 @@ epochs. For each K the same process measures
   ``buffer_size / batch_size`` minibatch forward + backward + per-member clip + AdamW step of
   (K, batch_size) frames (no environment, storage, hooks, evaluation or diagnostics);
 
-and prints run / floor. ``--precision bf16`` autocasts both.
+and prints run / floor, and the run's CPU seconds per member-epoch (``time.process_time``: what a
+loaded machine's wall clock hides). ``--precision bf16`` autocasts both; ``--config`` times another
+study's condition (e.g. configs/minatar_permuted.yaml) instead of the findings study.
 
 ``--study N`` instead times the findings study itself (every condition, N seeds, the full
 250-epoch protocol) three ways on the same cores, one after another in this process: ``plab
@@ -19,7 +21,7 @@ sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in 
 and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
 K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
 
-    python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32]
+    python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32] [--config FILE]
     python bench/bench_population.py --study 30 [--conditions baseline,l2-init]
 """
 
@@ -42,8 +44,8 @@ from plasticity_lab.experiment.sweep import sweep
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gridworld_study.yaml"
 
 
-def make_run(condition: str, members: int, epochs: int, precision: str, root: Path) -> Run:
-    cfg = load_study(CONFIG).condition(condition).model_copy(deep=True)
+def make_run(condition: str, members: int, epochs: int, precision: str, root: Path, config: Path = CONFIG) -> Run:
+    cfg = load_study(config).condition(condition).model_copy(deep=True)
     cfg.ppo_trainer.num_epochs = epochs
     cfg.ppo_trainer.shift_points = [p for p in cfg.ppo_trainer.shift_points if p < epochs]
     cfg.ppo_trainer.precision = precision
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--members", default="1,8,30,100")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--condition", default="baseline")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="study config whose condition is timed (K = 1, 8, ... only)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")
     parser.add_argument("--conditions", default=None, help="with --study: comma-separated subset of conditions")
@@ -127,17 +130,18 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp))
         return
-    print(f"torch {torch.__version__}, 1 thread; {CONFIG.name} condition {args.condition}, {args.epochs} epochs, {args.precision}")
-    print("K | run s/member-epoch | floor s/member-epoch | run / floor")
+    print(f"torch {torch.__version__}, 1 thread; {args.config.name} condition {args.condition}, {args.epochs} epochs, {args.precision}")
+    print("K | run s/member-epoch | floor s/member-epoch | run / floor | run CPU s/member-epoch")
     with tempfile.TemporaryDirectory() as tmp:
         for members in (int(k) for k in args.members.split(",")):
-            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp))
+            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp), args.config)
             floor = floor_seconds(run) / members
-            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp) / "timed")
-            t0 = time.perf_counter()
+            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp) / "timed", args.config)
+            t0, c0 = time.perf_counter(), time.process_time()
             run.train()
             per = (time.perf_counter() - t0) / (members * args.epochs)
-            print(f"{members} | {per * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {per / floor:.2f}x", flush=True)
+            cpu = (time.process_time() - c0) / (members * args.epochs)
+            print(f"{members} | {per * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {per / floor:.2f}x | {cpu * 1e3:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":
