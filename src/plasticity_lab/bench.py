@@ -12,6 +12,7 @@ import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,8 +28,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def network_floor(run: Run, repeats: int) -> float:
-    """Median seconds of the pure network compute of one epoch (see module docstring)."""
+def network_floor(run: Run, repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of the pure network compute of one epoch (see module docstring), read from
+    ``clock`` (``time.process_time`` for CPU seconds on a loaded machine)."""
     p, envs, spec = run.ppo, run.env_cfg.env_copies, run.spec
     model = run.member.model
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
@@ -43,7 +45,7 @@ def network_floor(run: Run, repeats: int) -> float:
     times = []
     for _ in range(repeats + WARMUP):
         _sync(run.device)
-        t0 = time.perf_counter()
+        t0 = clock()
         with torch.no_grad(), run.amp():
             for start in range(0, p.buffer_size, envs):
                 model(frames[start : start + envs])
@@ -58,7 +60,7 @@ def network_floor(run: Run, repeats: int) -> float:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
                 opt.step()
         _sync(run.device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times[WARMUP:])
 
 
