@@ -80,17 +80,17 @@ def make_run(precision: str, device: str, root: Path, config: str = "hyperparams
     return run
 
 
-def time_epochs(run: Run, epochs: int) -> float:
+def time_epochs(run: Run, epochs: int, clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds per 1024 transitions of ``epochs`` epochs after a warm-up (an episode-based
-    epoch holds 1024 or more)."""
+    epoch holds 1024 or more), read from ``clock`` as in :func:`network_floor`."""
     times = []
     for epoch in range(epochs + WARMUP):
         _sync(run.device)
         before = run.member.env_steps
-        t0 = time.perf_counter()
+        t0 = clock()
         run.run_epoch(epoch + 1)
         _sync(run.device)
-        times.append((time.perf_counter() - t0) * 1024 / (run.member.env_steps - before))
+        times.append((clock() - t0) * 1024 / (run.member.env_steps - before))
     return statistics.median(times[WARMUP:])
 
 
