@@ -19,6 +19,7 @@ import torch
 
 from plasticity_lab.config import load_study
 from plasticity_lab.experiment.runner import Run
+from plasticity_lab.nets.layers import frozen_conv_weights
 
 WARMUP = 1
 
@@ -46,7 +47,7 @@ def network_floor(run: Run, repeats: int, clock: Callable[[], float] = time.perf
     for _ in range(repeats + WARMUP):
         _sync(run.device)
         t0 = clock()
-        with torch.no_grad(), run.amp():
+        with torch.no_grad(), run.amp(), frozen_conv_weights([model]):  # as the loop's collection
             for start in range(0, p.buffer_size, envs):
                 model(frames[start : start + envs])
         for _ in range(p.num_passes):
