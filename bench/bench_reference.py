@@ -15,6 +15,9 @@ thread count, e.g.
 
     taskset -c 1 python bench/bench_reference.py --reference /work/refcode \\
         --python /work/refenv/bin/python [--epochs 3] [--threads 1]
+
+On an idle machine, ``--threads 2 --wall`` times wall-clock seconds instead (CPU seconds would
+count both threads).
 """
 
 from __future__ import annotations
@@ -61,11 +64,11 @@ def reference_overrides(cfg: RunConfig) -> dict[str, object]:
     }  # fmt: skip
 
 
-def time_reference(python: str, checkout: Path, epochs: int, threads: int, overrides: dict[str, object]) -> dict:
+def time_reference(python: str, checkout: Path, epochs: int, threads: int, overrides: dict[str, object], wall: bool) -> dict:
     if not (checkout / "shared" / "runner.py").exists():
         raise SystemExit(f"--reference {checkout}: not a checkout of awjuliani/deep-rl-plasticity (no shared/runner.py)")
     done = subprocess.run(
-        [python, str(DRIVER), str(checkout), str(epochs), str(threads), json.dumps(overrides)],
+        [python, str(DRIVER), str(checkout), str(epochs), str(threads), json.dumps(overrides), *(["wall"] if wall else [])],
         capture_output=True, text=True, check=False,
     )
     if done.returncode != 0:
@@ -80,20 +83,22 @@ def main() -> None:
     parser.add_argument("--config", default="hyperparams_quick.yaml")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after one warm-up (floor: repeats)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, both codes")
+    parser.add_argument("--wall", action="store_true", help="wall-clock seconds instead of CPU seconds (an idle machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_study(args.config).condition("baseline")
     overrides = reference_overrides(cfg)
+    clock = time.perf_counter if args.wall else time.process_time
     version = code_version()
     print(f"{datetime.date.today()}, plasticity-lab {version['git_commit'][:7]}{' (dirty)' if version['git_dirty'] else ''}, "
           f"torch {torch.__version__}, {args.threads} thread(s); {args.config}: {cfg.environment.task}, "
-          f"{cfg.environment.env_copies} copies, complete episodes, {args.epochs} epochs after a warm-up; CPU seconds")
+          f"{cfg.environment.env_copies} copies, complete episodes, {args.epochs} epochs after a warm-up; {'wall-clock' if args.wall else 'CPU'} seconds")
     with tempfile.TemporaryDirectory() as tmp:
         run = make_run("fp32", "cpu", Path(tmp), config=args.config, rollout="episodes")  # no test evaluation
-        floor = network_floor(run, args.epochs, clock=time.process_time) * 1024 / cfg.ppo_trainer.buffer_size
-        ours = time_epochs(run, args.epochs, clock=time.process_time)
+        floor = network_floor(run, args.epochs, clock=clock) * 1024 / cfg.ppo_trainer.buffer_size
+        ours = time_epochs(run, args.epochs, clock=clock)
         run.member.env.close()
-    ref = time_reference(args.python, args.reference, args.epochs, args.threads, overrides)
+    ref = time_reference(args.python, args.reference, args.epochs, args.threads, overrides, args.wall)
     reference = ref["seconds_per_1024"]
     print(f"ours (rollout: episodes) {ours:.3f} s per 1024 transitions; network floor {floor:.3f} s; "
           f"reference {reference:.3f} s (epochs of {ref['epoch_transitions']} transitions, torch {ref['torch']})")

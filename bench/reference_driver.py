@@ -1,14 +1,15 @@
-"""CPU seconds per 1024 training transitions of the reference code (awjuliani/deep-rl-plasticity),
+"""Seconds per 1024 training transitions of the reference code (awjuliani/deep-rl-plasticity),
 its files unedited: run by ``bench_reference.py`` with a Python that has its ProcGen dependencies.
 
-    python reference_driver.py CHECKOUT EPOCHS THREADS OVERRIDES_JSON   # prints one JSON line
+    python reference_driver.py CHECKOUT EPOCHS THREADS OVERRIDES_JSON [wall]   # prints one JSON line
 
 It builds the reference's trainer from the checkout's hyperparams.yaml with OVERRIDES_JSON
 applied (dotted keys, as the reference's own conditions are written), counts the transitions of
 each epoch by wrapping the trainer's episode collection, and times ``trainer.train(epoch)`` with
-``time.process_time`` from epoch 1 on (its epoch 0 would run the test evaluation; with a huge
-test_interval no later epoch does), so the figure is training time only. The first epoch is a warm-up; the median of the rest is
-printed, as ``plasticity_lab.bench.time_epochs`` does for ours.
+``time.process_time`` (``time.perf_counter`` with ``wall``) from epoch 1 on: its epoch 0 would
+run the test evaluation, and with a huge test_interval no later epoch does, so the figure is
+training time only. The first epoch is a warm-up; the median of the rest is printed, as
+``plasticity_lab.bench.time_epochs`` does for ours.
 """
 
 import contextlib
@@ -39,6 +40,7 @@ def stub_unused() -> None:
 
 def main() -> None:
     checkout, epochs, threads, overrides = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+    clock = time.perf_counter if sys.argv[5:] == ["wall"] else time.process_time
     checkout = os.path.abspath(checkout)
     sys.path.insert(0, checkout)
     import torch
@@ -73,10 +75,10 @@ def main() -> None:
         trainer.result_dict["test_r"].append(float("nan"))
         times, sizes = [], []
         for epoch in range(1, epochs + 2):
-            before, t0 = collected[0], time.process_time()
+            before, t0 = collected[0], clock()
             with contextlib.redirect_stdout(log):
                 trainer.train(epoch)
-            seconds = time.process_time() - t0
+            seconds = clock() - t0
             sizes.append(collected[0] - before)
             times.append(seconds * 1024 / sizes[-1])
     print(json.dumps({
