@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from plasticity_lab import bench
 from plasticity_lab.bench import make_run, network_floor, time_epochs
 from plasticity_lab.config import EnvironmentConfig
 from plasticity_lab.envs import env_spec, make_env
@@ -40,17 +38,6 @@ def env_steps_per_second(env, spec, seconds: float = 5.0) -> tuple[float, float]
         env.step(actions)
         steps += env.num_envs
     return steps / (time.perf_counter() - t0), steps / (time.process_time() - cpu0)
-
-
-def in_cpu_seconds(measure, *args):
-    """``measure(*args)`` (network_floor or time_epochs: medians of ``time.perf_counter``
-    intervals) with the bench module's clock switched to this process's CPU time."""
-    clock = bench.time
-    bench.time = types.SimpleNamespace(perf_counter=time.process_time)
-    try:
-        return measure(*args)
-    finally:
-        bench.time = clock
 
 
 def minatar_games(copies: int, seconds: float) -> None:
@@ -89,7 +76,8 @@ def main() -> None:
             floor = network_floor(run, args.epochs)
             epoch = time_epochs(run, args.epochs)
             if args.cpu_time:
-                floor_cpu, epoch_cpu = in_cpu_seconds(network_floor, run, args.epochs), in_cpu_seconds(time_epochs, run, args.epochs)
+                floor_cpu = network_floor(run, args.epochs, clock=time.process_time)
+                epoch_cpu = time_epochs(run, args.epochs, clock=time.process_time)
             run.member.env.close()
         print(f"{config}: {run.env_cfg.name} {run.env_cfg.task}, {run.env_cfg.env_copies} envs, "
               f"{p.buffer_size} steps/epoch, {p.num_passes} passes of {p.batch_size}, {run.cfg.model.enc_type} h{run.cfg.model.h_size}")

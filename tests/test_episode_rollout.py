@@ -211,3 +211,30 @@ def test_episode_rollout_is_a_config_error_on_ale():
            "ppo_trainer": {"rollout": "episodes"}}
     with pytest.raises(ValueError, match="rollout: 'episodes' does not apply to ale"):
         RunConfig.model_validate(raw)
+
+
+@pytest.mark.parametrize("family", list(ENVS))
+def test_frozen_conv_weights_leave_training_and_evaluation_bit_identical(tmp_path, family, monkeypatch):
+    """Collection and evaluation run with frozen channels-last conv weights; the epochs' metrics,
+    the weights after them and the test returns equal those of a loop without them."""
+    import contextlib
+
+    from plasticity_lab.experiment import runner
+    from plasticity_lab.nets import layers
+
+    used = []
+    frozen_weight = layers._frozen_weight
+    monkeypatch.setattr(layers, "_frozen_weight", lambda *a: used.append(frozen_weight(*a)) or used[-1])
+
+    def train(root):
+        run = make_run(root, family)
+        rows = [run.run_epoch(epoch) for epoch in (1, 2)]
+        return rows, run.evaluate(0), [p.detach().clone() for p in run.member.model.parameters()]
+
+    frozen = train(tmp_path / "frozen")
+    assert any(weight is not None for weight in used)  # the copies were used
+    monkeypatch.setattr(runner, "frozen_conv_weights", lambda modules: contextlib.nullcontext())
+    plain = train(tmp_path / "plain")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "steps_per_s"} for row in rows for r in row]  # noqa: E731
+    assert strip(frozen[0]) == strip(plain[0]) and frozen[1] == plain[1]
+    assert all(torch.equal(a, b) for a, b in zip(frozen[2], plain[2]))

@@ -125,3 +125,50 @@ def test_spectral_norm_scopes_parametrise_exactly_their_layers(scope):
         assert torch.linalg.matrix_norm(applied, ord=2).item() == pytest.approx(1.0, abs=1e-3)
         original = weight_param(layer).detach().flatten(1).double()  # the trained tensor, divided by its sigma
         torch.testing.assert_close(applied, original / torch.linalg.matrix_norm(original, ord=2), rtol=1e-3, atol=1e-6)
+
+
+ENCODERS = [("conv64", (64, 64, 3)), ("nature", (84, 84, 4)), ("conv11", (11, 11, 3)), ("minatar", (10, 10, 4))]
+
+
+@pytest.mark.parametrize("enc_type, shape", ENCODERS)
+@pytest.mark.parametrize("rows", [1, 3, 11])
+def test_frozen_conv_weights_give_bit_identical_outputs(enc_type, shape, rows):
+    """A rollout's forwards with the frozen channels-last conv weights equal the plain ones
+    exactly (torch convolves a channels-last frame with a channels-last weight either way), and
+    the copies are what they read."""
+    from plasticity_lab.nets.layers import CHANNELS_LAST_WEIGHTS, frozen_conv_weights
+
+    model, obs = make_model(enc_type=enc_type, obs_shape=shape), frames(rows, shape=shape)
+    with torch.no_grad():
+        plain = model(obs)
+        with frozen_conv_weights([model]):
+            frozen = model(obs)
+            for _, weight in CHANNELS_LAST_WEIGHTS.get().values():
+                weight.zero_()
+            zeroed = model(obs)
+    for a, b in zip(plain, frozen):
+        assert torch.equal(a, b)
+    assert not torch.equal(zeroed[0], plain[0])
+
+
+def test_frozen_conv_weights_are_used_and_never_stale_or_in_a_gradient():
+    from plasticity_lab.nets.layers import CHANNELS_LAST_WEIGHTS, frozen_conv_weights
+
+    model, obs = make_model(), frames(4)
+    conv = model.blocks[0].layer
+    with torch.no_grad():
+        plain = model(obs)[0]
+    with frozen_conv_weights([model]):
+        cache = CHANNELS_LAST_WEIGHTS.get()
+        assert set(cache) == {m for m in model.modules() if isinstance(m, nn.Conv2d)}
+        with torch.no_grad():
+            cache[conv][1].zero_()  # the copy is what the forward reads ...
+            assert not torch.equal(model(obs)[0], plain)
+            conv.weight.mul_(1.0)  # ... until the weight changes (version counter): then the weight itself
+            assert torch.equal(model(obs)[0], plain)
+            cache[conv] = (conv.weight._version, torch.zeros_like(cache[conv][1]))
+            handle = conv.register_forward_hook(lambda *args: None)  # a hooked layer runs as layer(x)
+            assert torch.equal(model(obs)[0], plain)
+            handle.remove()
+        model(obs)[1].sum().backward()  # with grad: the parameter, so its gradient is computed
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

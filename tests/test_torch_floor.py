@@ -32,6 +32,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.searchsorted(right=)": "1.6",
     "torch.zeros_like(memory_format=)": "1.5",
     "torch.preserve_format": "1.5",
+    "torch.channels_last": "1.5",  # nets/layers.py (frozen rollout conv weights)
     "torch.cuda.mem_get_info": "1.11",
     "torch.tensor": "1.0",
     "torch.tensor(device=)": "1.0",

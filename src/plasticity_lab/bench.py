@@ -12,12 +12,14 @@ import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from plasticity_lab.config import load_study
 from plasticity_lab.experiment.runner import Run
+from plasticity_lab.nets.layers import frozen_conv_weights
 
 WARMUP = 1
 
@@ -27,8 +29,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def network_floor(run: Run, repeats: int) -> float:
-    """Median seconds of the pure network compute of one epoch (see module docstring)."""
+def network_floor(run: Run, repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds of the pure network compute of one epoch (see module docstring), read from
+    ``clock`` (``time.process_time`` for CPU seconds on a loaded machine)."""
     p, envs, spec = run.ppo, run.env_cfg.env_copies, run.spec
     model = run.member.model
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr)
@@ -43,8 +46,8 @@ def network_floor(run: Run, repeats: int) -> float:
     times = []
     for _ in range(repeats + WARMUP):
         _sync(run.device)
-        t0 = time.perf_counter()
-        with torch.no_grad(), run.amp():
+        t0 = clock()
+        with torch.no_grad(), run.amp(), frozen_conv_weights([model]):  # as the loop's collection
             for start in range(0, p.buffer_size, envs):
                 model(frames[start : start + envs])
         for _ in range(p.num_passes):
@@ -58,7 +61,7 @@ def network_floor(run: Run, repeats: int) -> float:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), p.max_grad_norm)
                 opt.step()
         _sync(run.device)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times[WARMUP:])
 
 
@@ -78,17 +81,17 @@ def make_run(precision: str, device: str, root: Path, config: str = "hyperparams
     return run
 
 
-def time_epochs(run: Run, epochs: int) -> float:
+def time_epochs(run: Run, epochs: int, clock: Callable[[], float] = time.perf_counter) -> float:
     """Median seconds per 1024 transitions of ``epochs`` epochs after a warm-up (an episode-based
-    epoch holds 1024 or more)."""
+    epoch holds 1024 or more), read from ``clock`` as in :func:`network_floor`."""
     times = []
     for epoch in range(epochs + WARMUP):
         _sync(run.device)
         before = run.member.env_steps
-        t0 = time.perf_counter()
+        t0 = clock()
         run.run_epoch(epoch + 1)
         _sync(run.device)
-        times.append((time.perf_counter() - t0) * 1024 / (run.member.env_steps - before))
+        times.append((clock() - t0) * 1024 / (run.member.env_steps - before))
     return statistics.median(times[WARMUP:])
 
 

@@ -58,7 +58,7 @@ from plasticity_lab.metrics.plasticity import (
     weight_rms,
 )
 from plasticity_lab.nets import ActorCritic, build_model
-from plasticity_lab.nets.layers import compute_dtype
+from plasticity_lab.nets.layers import compute_dtype, frozen_conv_weights
 from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
@@ -345,9 +345,10 @@ class Run:
     def collect(self) -> tuple[Batch, list[list[float]], list[list[int]]]:
         """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
         episode that ended in it, per member."""
-        if self.ppo.rollout == "episodes":
-            return self.collect_episodes()
-        ro, returns, lengths = self.collect_fixed()
+        with frozen_conv_weights(m.model for m in self.members):  # no weight changes while collecting
+            if self.ppo.rollout == "episodes":
+                return self.collect_episodes()
+            ro, returns, lengths = self.collect_fixed()
         return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
 
     def bootstrap_truncated(
@@ -642,10 +643,11 @@ class Run:
 
         self.net.train(False)
         try:
-            returns, _ = evaluate(
-                policy, self.env_cfg, self.ppo.test_episodes,
-                [m.eval_seed + epoch for m in self.members], [m.shift_state for m in self.members],
-            )  # fmt: skip
+            with frozen_conv_weights(m.model for m in self.members):
+                returns, _ = evaluate(
+                    policy, self.env_cfg, self.ppo.test_episodes,
+                    [m.eval_seed + epoch for m in self.members], [m.shift_state for m in self.members],
+                )  # fmt: skip
         finally:
             self.net.train(True)
         return [float(r) for r in returns.mean(axis=1)]

@@ -9,7 +9,7 @@ maps), and the layernorm it is compared with has per-channel gains only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 
 import torch
@@ -37,12 +37,57 @@ def compute_dtype(dtype: torch.dtype | None) -> Iterator[None]:
         COMPUTE_DTYPE.reset(token)
 
 
+CHANNELS_LAST_WEIGHTS: ContextVar[dict[nn.Module, tuple[int, torch.Tensor]] | None] = ContextVar(
+    "channels_last_weights", default=None
+)
+"""Conv layer -> (its weight's version, a channels-last copy of the weight), see :func:`frozen_conv_weights`."""
+
+
+@contextlib.contextmanager
+def frozen_conv_weights(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """While inside, the plain Conv2d layers of ``modules`` convolve channels-last inputs (image
+    frames are: (N, H, W, C) permuted) with a channels-last copy of their weight made once here.
+
+    Why: for such an input torch converts the weight to channels-last on every call, and on a
+    rollout's small batches (the tail of an episode batch: a few envs still running) that copy
+    is a large part of the forward. The numbers are the same: torch convolves with the same
+    channels-last weight either way. Only for no-grad phases in which the weights do not change
+    (collection, evaluation); a layer whose weight changed (version counter), a forward with
+    grad, a parametrized (spectral-norm) layer, a layer with hooks or another input layout uses
+    ``layer.weight``.
+    """
+    cache = {
+        layer: (layer.weight._version, layer.weight.detach().contiguous(memory_format=torch.channels_last))
+        for module in modules for layer in module.modules()
+        if isinstance(layer, nn.Conv2d) and not parametrize.is_parametrized(layer)
+    }  # fmt: skip
+    token = CHANNELS_LAST_WEIGHTS.set(cache)
+    try:
+        yield
+    finally:
+        CHANNELS_LAST_WEIGHTS.reset(token)
+
+
+def _frozen_weight(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The frozen channels-last weight of ``layer`` for input ``x`` where :func:`frozen_conv_weights` applies."""
+    cache = CHANNELS_LAST_WEIGHTS.get()
+    entry = cache.get(layer) if cache is not None else None
+    if (
+        entry is None or torch.is_grad_enabled() or entry[0] != layer.weight._version
+        or layer._forward_hooks or layer._forward_pre_hooks  # hooks run only through layer(x)
+        or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()  # torch would keep the weight's layout
+    ):  # fmt: skip
+        return None
+    return entry[1]
+
+
 def affine(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` for a Linear or Conv2d (spectral-normalised or not), in :data:`COMPUTE_DTYPE`."""
     dtype = COMPUTE_DTYPE.get()
+    frozen = _frozen_weight(layer, x)
     if dtype is None:
-        return layer(x)
-    weight = layer.weight.to(dtype)  # a parametrization computes W / sigma in fp32 first
+        return layer(x) if frozen is None else layer._conv_forward(x, frozen, layer.bias)
+    weight = (layer.weight if frozen is None else frozen).to(dtype)  # a parametrization computes W / sigma in fp32 first
     bias = layer.bias.to(dtype) if layer.bias is not None else None
     if isinstance(layer, nn.Conv2d):
         return layer._conv_forward(x.to(dtype), weight, bias)
