@@ -1,0 +1,98 @@
+"""Estimated vs measured diagnostics cost of every shipped config, each in one short training run.
+
+For each config (shortened with ``--set``-style overrides where the shipped run is long) the
+baseline condition trains in this process with the default diagnostics budget. The estimate is
+the plan's (``diagnostics.budget`` cost model, printed by every run); the measured fraction is the
+probes' seconds (``diagnostics.csv`` ``probe_seconds``: frame collection, probe, churn, fits)
+over the seconds of training proper (collect + update of every epoch, timed around
+``Run.run_epoch`` minus its test evaluations), both from the same run. ``run`` is the cost line
+every run prints: probe seconds over the rest of the run (evaluations and checkpoints included).
+
+    python bench/bench_diagnostics_cost.py [--configs gridworld_study.yaml ...] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from plasticity_lab.config import load_study
+from plasticity_lab.experiment.runner import Run
+
+SHORT = {
+    "gridworld_study.yaml": [],
+    "demo_gridworld.yaml": [],
+    "coinrun_short.yaml": [],
+    "coinrun_quick_short.yaml": ["ppo_trainer.num_epochs=40", "ppo_trainer.shift_points=[20]"],
+    "hyperparams_quick.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[10, 20]"],
+    "hyperparams.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[15]"],
+    "atari_continual_cpu.yaml": [],
+    "atari_continual.yaml": ["ppo_trainer.num_epochs=40", "ppo_trainer.shift_points=[20]"],
+    "slippery_ant_cpu.yaml": [],
+    "slippery_ant.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[15]"],
+}
+"""Config -> overrides that keep its run to a few minutes on 2 CPU cores (none: the shipped run)."""
+
+
+def measure(config: str, overrides: list[str], root: Path) -> dict[str, object]:
+    study = load_study(config, overrides)
+    cfg = study.condition(study.conditions[0])
+    (root / config).mkdir(parents=True)
+    run = Run(cfg, root / config, 0, device="cpu", label=config)
+    seconds = {"epochs": 0.0, "eval": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*args):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                seconds[name] += time.perf_counter() - t0
+        return wrapper
+
+    run.run_epoch, run.evaluate = timed("epochs", run.run_epoch), timed("eval", run.evaluate)
+    plan = run.members[0].probe.plan
+    t0 = time.perf_counter()
+    run.train()
+    wall = time.perf_counter() - t0
+    with open(root / config / "diagnostics.csv", newline="") as handle:
+        probes = [float(row["probe_seconds"]) for row in csv.DictReader(handle)]
+    training = seconds["epochs"] - seconds["eval"]
+    return {
+        "config": config, "overrides": " ".join(overrides), "probes": len(plan.probes), "fits": len(plan.fits),
+        "estimated": plan.cost, "measured": sum(probes) / training, "run": sum(probes) / (wall - sum(probes)),
+        "train_s": training, "eval_s": seconds["eval"], "probe_s": sum(probes), "wall_s": wall,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(SHORT))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also append each result as a JSON line here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    version = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    print(f"code {version}, torch {torch.__version__}, {args.threads} threads")
+    print("| config | overrides | probes | fits | estimated | measured | measured / estimated | run (cost line) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for config in args.configs:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = measure(config, SHORT.get(config, []), Path(tmp))
+        ratio = r["measured"] / r["estimated"] if r["estimated"] else float("nan")
+        print(f"| {config} | {r['overrides'] or '-'} | {r['probes']} | {r['fits']} | {100 * r['estimated']:.1f}% | "
+              f"{100 * r['measured']:.1f}% | {ratio:.2f} | {100 * r['run']:.1f}% |", flush=True)
+        if args.json:
+            with open(args.json, "a") as handle:
+                handle.write(json.dumps({**r, "code": version}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
