@@ -26,19 +26,31 @@ import torch
 from plasticity_lab.config import load_study
 from plasticity_lab.experiment.runner import Run
 
-SHORT = {
-    "gridworld_study.yaml": [],
-    "demo_gridworld.yaml": [],
-    "coinrun_short.yaml": [],
-    "coinrun_quick_short.yaml": ["ppo_trainer.num_epochs=40", "ppo_trainer.shift_points=[20]"],
-    "hyperparams_quick.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[10, 20]"],
-    "hyperparams.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[15]"],
-    "atari_continual_cpu.yaml": [],
-    "atari_continual.yaml": ["ppo_trainer.num_epochs=40", "ppo_trainer.shift_points=[20]"],
-    "slippery_ant_cpu.yaml": [],
-    "slippery_ant.yaml": ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[15]"],
-}
-"""Config -> overrides that keep its run to a few minutes on 2 CPU cores (none: the shipped run)."""
+SHORTER = ["ppo_trainer.num_epochs=20", "ppo_trainer.shift_points=[10]"]
+CHECK = ["diagnostics.budget=null", "diagnostics.probe_interval=10", "diagnostics.trainability_steps=50"]
+ROWS = [
+    ("gridworld_study.yaml", []),
+    ("demo_gridworld.yaml", []),
+    ("coinrun_short.yaml", []),
+    ("coinrun_quick_short.yaml", SHORTER),
+    ("hyperparams_quick.yaml", SHORTER),
+    ("hyperparams.yaml", SHORTER),
+    ("atari_continual_cpu.yaml", []),
+    ("atari_continual.yaml", ["ppo_trainer.num_epochs=40", "ppo_trainer.shift_points=[20]"]),
+    ("slippery_ant_cpu.yaml", []),
+    ("slippery_ant.yaml", ["ppo_trainer.num_epochs=30", "ppo_trainer.shift_points=[15]"]),
+]
+"""(config, overrides) of the default-budget rows: each run a few minutes on 2 CPU cores (no
+overrides: the shipped run)."""
+CHECKS = [
+    ("atari_continual_cpu.yaml", CHECK[:2]),
+    ("slippery_ant_cpu.yaml", CHECK[:2]),
+    ("hyperparams_quick.yaml", SHORTER + CHECK),
+    ("atari_continual.yaml", SHORTER + CHECK),
+    ("slippery_ant.yaml", SHORTER + CHECK),
+]
+"""Model checks without a budget (probes every 10 epochs, and shortened trainability fits where
+the config has them) for configs whose default-budget row probes nothing or fits nothing."""
 
 
 def measure(config: str, overrides: list[str], root: Path) -> dict[str, object]:
@@ -62,7 +74,7 @@ def measure(config: str, overrides: list[str], root: Path) -> dict[str, object]:
     t0 = time.perf_counter()
     run.train()
     wall = time.perf_counter() - t0
-    with open(root / config / "diagnostics.csv", newline="") as handle:
+    with open(root / config / "diagnostics.csv", newline="") as handle:  # written by every run, if empty
         probes = [float(row["probe_seconds"]) for row in csv.DictReader(handle)]
     training = seconds["epochs"] - seconds["eval"]
     return {
@@ -74,8 +86,9 @@ def measure(config: str, overrides: list[str], root: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=list(SHORT))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", help="only these configs' rows")
+    parser.add_argument("--checks", action="store_true", help="also the rows without a budget (CHECKS)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also append each result as a JSON line here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,12 +96,15 @@ def main() -> None:
     print(f"code {version}, torch {torch.__version__}, {args.threads} threads")
     print("| config | overrides | probes | fits | estimated | measured | measured / estimated | run (cost line) |")
     print("|---|---|---|---|---|---|---|---|")
-    for config in args.configs:
+    rows = ROWS + (CHECKS if args.checks else [])
+    for config, overrides in rows:
+        if args.configs and config not in args.configs:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
-            r = measure(config, SHORT.get(config, []), Path(tmp))
-        ratio = r["measured"] / r["estimated"] if r["estimated"] else float("nan")
+            r = measure(config, overrides, Path(tmp))
+        ratio = f"{r['measured'] / r['estimated']:.2f}" if r["probes"] else "-"
         print(f"| {config} | {r['overrides'] or '-'} | {r['probes']} | {r['fits']} | {100 * r['estimated']:.1f}% | "
-              f"{100 * r['measured']:.1f}% | {ratio:.2f} | {100 * r['run']:.1f}% |", flush=True)
+              f"{100 * r['measured']:.1f}% | {ratio} | {100 * r['run']:.1f}% |", flush=True)
         if args.json:
             with open(args.json, "a") as handle:
                 handle.write(json.dumps({**r, "code": version}) + "\n")
