@@ -35,14 +35,14 @@ def measure(rollout: str, epochs: int, device: str) -> tuple[list[float], list[f
         run = make_run(rollout, Path(tmp), device)
         wall, cpu, transitions = [], [], []
         for epoch in range(epochs + 1):
-            before = run.env_steps
+            before = run.member.env_steps
             t0, c0 = time.perf_counter(), time.process_time()
             run.run_epoch(epoch + 1)
             if epoch:
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
-                transitions.append(run.env_steps - before)
-        run.env.close()
+                transitions.append(run.member.env_steps - before)
+        run.member.env.close()
     return wall, cpu, transitions
 
 

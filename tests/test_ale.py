@@ -196,3 +196,18 @@ def test_bad_settings_are_one_line_errors():
         spec(ale_cfg(games=["pong", "breakout"]))
     with pytest.raises(ValueError, match="full action set"):
         spec(ale_cfg(games=["breakout", "pong"], full_action_space=False))
+
+
+@pytest.mark.parametrize("flavours", [(), ((0, 0),)], ids=["native", "python"])
+@pytest.mark.parametrize("frame_skip", [4, 2])
+def test_episode_cap_counts_emulator_frames_not_agent_steps(flavours, frame_skip):
+    """max_episode_frames 40: a truncation after 40 / frame_skip agent steps, in both backends
+    (breakout does not start without FIRE, so NOOPs never end a game)."""
+    env = AleVecEnv(settings(max_episode_frames=40, frame_skip=frame_skip, flavours=flavours), 2, seed=0)
+    cap = 40 // frame_skip
+    for step in range(1, cap + 1):
+        res = env.step(np.zeros(2, dtype=np.int64))
+        assert not res.terminated.any()
+        assert res.truncated.all() == (step == cap) and res.truncated.any() == (step == cap), step
+    assert res.episode_length.tolist() == [cap, cap]
+    env.close()

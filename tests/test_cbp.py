@@ -84,11 +84,12 @@ def test_the_runner_builds_entrywise_adamw_for_cbp_with_the_ppo_settings(tmp_pat
     })
     cfg.interventions = validate_interventions(cfg)
     run = Run(cfg, tmp_path, seed=0, device="cpu")
-    assert type(run.optimizer) is EntrywiseAdamW
-    group = run.optimizer.param_groups[0]
+    (opt,) = run.optimizer.optimizers  # one per population member
+    assert type(opt) is EntrywiseAdamW
+    group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.8, 0.95), 0.01)
     run.shift()  # a re-created optimiser is one again
-    assert type(run.optimizer) is EntrywiseAdamW
+    assert type(run.optimizer.optimizers[0]) is EntrywiseAdamW
 
 
 def test_cbp_optimiser_takes_the_settings_of_l2_and_adam_beta():
@@ -164,7 +165,8 @@ def test_cbp_replaces_the_lowest_utility_mature_units_only():
     assert torch.equal(layer.bias[units], torch.zeros(2))  # GnT: a new unit's bias is 0
     assert torch.equal(reader.weight[:, units], torch.zeros_like(reader.weight[:, units]))
     assert torch.equal(reader.weight[:, others], before["blocks.1.layer.weight"][:, others])
-    assert not torch.equal(reader.bias, before["blocks.1.layer.bias"])  # absorbed their mean contribution
+    # the paper's runs (gnt.py adds 0, the default): the reader's bias does not absorb their contribution
+    assert torch.equal(reader.bias, before["blocks.1.layer.bias"])
     for name in ("exp_avg", "exp_avg_sq", "entry_steps"):
         assert opt.state[layer.weight][name][units].abs().sum() == 0
         assert opt.state[reader.weight][name][:, units].abs().sum() == 0
@@ -179,6 +181,13 @@ def test_cbp_replaces_the_lowest_utility_mature_units_only():
     assert torch.equal(iv.utility[0][others], utility[others])
     assert torch.equal(iv.mean_act[0][units], torch.zeros_like(iv.mean_act[0][units]))
     assert iv.periodic(model, opt, frames(), 1) == {"cbp_replaced_units": 2.0}
+
+
+def test_cbp_default_is_the_papers_replacement_without_bias_compensation():
+    """lop/algos/gnt.py zeroes the chosen units' mean before adding it to the next bias, so the
+    paper's runs added 0: that is the default; the intended compensation is a setting."""
+    assert build("cbp", make_model()).params.bias_compensation is False
+    assert build("cbp", make_model(), bias_compensation=True).params.bias_compensation is True
 
 
 def test_cbp_bias_compensation_keeps_the_output_on_the_recent_batch():

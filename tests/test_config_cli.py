@@ -30,6 +30,13 @@ BAD = [
     ({"experiment": {"conditions": {"x": {"model.activation": "swish"}}}}, "experiment.conditions.x -> model.activation"),
     ({"experiment": {"conditions": {"x": {"nosection.a": 1}}}}, "nosection.a: unknown section"),
     ({"experiment": {"conditions": {"x": {"interventions.magic": {}}}}}, "method 'magic' is not implemented"),
+    ({"analysis": {"final_window": 0}}, "analysis.final_window: Input should be greater than or equal to 1"),
+    ({"analysis": {"primary": "score"}}, "analysis.primary: allowed: 'test_r', 'train_r', 'dead_units' or 'dormant_units'"),
+    ({"analysis": {"equivalence_margin": 1.5}}, "analysis.equivalence_margin: Input should be less than 1"),
+    ({"analysis": {"equivalence_margin": "10%"}}, "analysis.equivalence_margin: Input should be a valid number"),
+    ({"analysis": {"alpha": 0.5}}, "analysis.alpha"),
+    ({"analysis": {"margin": 0.1}}, "analysis.margin: unknown key"),
+    ({"experiment": {"conditions": {"x": {"analysis.final_window": 2}}}}, "analysis.final_window: holds for the whole study"),
 ]
 
 

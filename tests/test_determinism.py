@@ -51,7 +51,7 @@ def test_on_and_off(monkeypatch):
 def test_the_setting_defaults_off_and_cannot_differ_between_conditions(write_config):
     assert load_study(write_config()).base.experiment.deterministic is False
     cfg = write_config({"experiment": {"conditions": {"baseline": {"experiment.deterministic": True}}}})
-    with pytest.raises(ConfigError, match="unknown section"):
+    with pytest.raises(ConfigError, match="experiment.deterministic: holds for the whole study"):
         load_study(cfg).condition("baseline")
 
 

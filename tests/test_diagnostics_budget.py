@@ -90,7 +90,7 @@ def test_network_shape_by_hand():
     # conv 32 3x3/1 pad 1: 7x7 -> 7x7; conv 64 3x3/2 pad 1: -> 4x4; dense 1024 -> 128; heads 128 -> 4 + 1
     assert shape.macs == 32 * 49 * 27 + 64 * 16 * 288 + 128 * 1024 + 128 * 5
     assert shape.activations == 32 * 49 + 64 * 16 + 128
-    assert shape.svd_work == 3 * (32**2 + 64**2 + 128**2) + 128**2  # three ranks per layer + the trunk's spectrum
+    assert shape.svd_work == 32**2 + 64**2 + 128**2  # one decomposition per layer (ranks and spectrum)
     assert shape.weight_svd_work == 32 * 27**2 + 288 * 64**2 + 1024 * 128**2 + 128 * 4**2 + 128 * 1**2
     cfg.model.enc_type, cfg.model.activation = "mlp", "crelu"  # widths halved, features concatenated
     crelu = NetworkShape.of(cfg)

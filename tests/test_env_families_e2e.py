@@ -1,5 +1,5 @@
 """A tiny end-to-end run per new environment family (ALE, MuJoCo, Gymnasium discrete and
-continuous): training with shifts, interventions, diagnostics, evaluation, checkpoint, resume."""
+continuous, MinAtar): training with shifts, interventions, diagnostics, evaluation, checkpoint, resume."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ FAMILIES = {
     "gym_continuous": {"environment": {"name": "gymnasium", "task": "Pendulum-v1", "shift_type": "permute", "env_copies": 2,
                                        "gymnasium": {"normalize_obs": True, "normalize_reward": True, "max_episode_steps": 12}},
                        "model": {"enc_type": "mlp", "h_size": 16}},
+    "minatar": {"environment": {"name": "minatar", "task": "space_invaders", "shift_type": "game", "env_copies": 2,
+                                "minatar": {"games": ["space_invaders", "asterix", "seaquest"]}},
+                "model": {"enc_type": "minatar", "h_size": 16}},
 }  # fmt: skip
 
 
@@ -56,8 +59,8 @@ def family_config(family: str) -> dict:
 def test_every_method_and_metric_runs(family, tmp_path: Path):
     if family == "ale":
         pytest.importorskip("ale_py")
-    if family == "mujoco":
-        pytest.importorskip("mujoco")
+    if family in ("mujoco", "minatar"):
+        pytest.importorskip(family)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(family_config(family)))
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 0
@@ -81,8 +84,10 @@ def test_every_method_and_metric_runs(family, tmp_path: Path):
         # CleanRL defaults for MuJoCo: running observation statistics over every collected step
         assert float(state["model"]["obs_norm.count"]) == 4 * 32
         assert float(state["reward_scaler"]["moments"]["count"]) == 4 * 32
-    if family == "ale":
+    if family in ("ale", "minatar"):
         assert state["shift_state"]["game"] == 1
+    if family == "gym_continuous":  # the observation statistics follow the round's permutation
+        assert state["model"]["obs_norm.order"].tolist() == state["shift_state"]["tile_perm"]
 
 
 @pytest.mark.parametrize("family", ["mujoco", "gym_continuous"])
@@ -102,12 +107,12 @@ def test_resume_restores_statistics_and_restarts_episodes(family, tmp_path: Path
     second = Run(cfg, tmp_path / "run", seed=0)
     state = second.load_resume_state()
     second.restore(state)
-    assert second.start_epoch == 3 and second.shift_state == first.shift_state
-    for key, value in first.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[key]), key
-    if first.reward_scaler is not None:
-        assert torch.equal(first.reward_scaler.moments.var, second.reward_scaler.moments.var)
-        assert not second.reward_scaler.returns.any()  # episodes restarted, so do their returns
+    assert second.start_epoch == 3 and second.member.shift_state == first.member.shift_state
+    for key, value in first.member.model.state_dict().items():
+        assert torch.equal(value, second.member.model.state_dict()[key]), key
+    if first.member.reward_scaler is not None:
+        assert torch.equal(first.member.reward_scaler.moments.var, second.member.reward_scaler.moments.var)
+        assert not second.member.reward_scaler.returns.any()  # episodes restarted, so do their returns
     assert second.train(state) == "done"
     assert (tmp_path / "run" / "DONE").exists()
 

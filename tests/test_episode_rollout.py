@@ -51,45 +51,47 @@ def reference_gae(rewards: list[float], values: list[float], gamma: float, lam: 
 def test_a_batch_is_one_complete_episode_per_env_from_a_reset(tmp_path, family):
     run = make_run(tmp_path, family)
     for _ in range(2):  # the second batch starts while the envs are mid-episode after the first
-        ro, returns, lengths = run.collect_episode_batch()
-        active = ro.active.numpy()
+        ro, (returns,), (lengths,) = run.collect_episode_batch([0])
+        active = ro.active[:, 0].numpy()
         counts = active.sum(axis=0)
         for i in range(active.shape[1]):
             n = counts[i]
             assert active[:n, i].all() and not active[n:, i].any()  # one contiguous episode from row 0
-            done = (ro.terminated | ro.truncated).numpy()[:, i]
+            done = (ro.terminated | ro.truncated)[:, 0].numpy()[:, i]
             assert done[n - 1] and not done[: n - 1].any()  # complete, and only one
         # The env's own step counter ran from 0: every episode started at the batch's reset.
         assert sorted(lengths) == sorted(counts.tolist())
         assert len(returns) == active.shape[1]
-        np.testing.assert_allclose(sorted(returns), sorted(ro.rewards.sum(0).tolist()), rtol=1e-5)
+        np.testing.assert_allclose(sorted(returns), sorted(ro.rewards[:, 0].sum(0).tolist()), rtol=1e-5)
         assert ro.active.shape[0] == counts.max()  # nobody ran longer than the longest episode
 
 
 @pytest.mark.parametrize("family", list(ENVS))
 def test_gae_per_episode_matches_the_reference_with_final_value_zero(tmp_path, family):
     run = make_run(tmp_path, family)
-    ro, _, _ = run.collect_episode_batch()
+    ro, _, _ = run.collect_episode_batch([0])
     batch = ro.to_batch(run.ppo.gamma, run.ppo.gae_lambda)
-    expected = np.zeros(ro.rewards.shape, dtype=np.float64)
-    for i in range(ro.rewards.shape[1]):
-        n = int(ro.active[:, i].sum())
-        expected[:n, i] = reference_gae(ro.rewards[:n, i].tolist(), ro.values[:n, i].tolist(), run.ppo.gamma, run.ppo.gae_lambda)
-    assert not ro.truncated.any() and ro.terminated.sum() == ro.rewards.shape[1]  # time_limit terminal
-    np.testing.assert_allclose(batch.advantages.numpy(), expected[ro.active.numpy()], rtol=1e-5, atol=1e-5)
-    assert len(batch) == int(ro.active.sum())
-    assert torch.equal(batch.values, ro.values[ro.active])
+    rewards, values, active = ro.rewards[:, 0], ro.values[:, 0], ro.active[:, 0]
+    expected = np.zeros(rewards.shape, dtype=np.float64)
+    for i in range(rewards.shape[1]):
+        n = int(active[:, i].sum())
+        expected[:n, i] = reference_gae(rewards[:n, i].tolist(), values[:n, i].tolist(), run.ppo.gamma, run.ppo.gae_lambda)
+    assert not ro.truncated.any() and ro.terminated.sum() == rewards.shape[1]  # time_limit terminal
+    np.testing.assert_allclose(batch.advantages[0].numpy(), expected[active.numpy()], rtol=1e-5, atol=1e-5)
+    assert batch.lengths == [int(active.sum())]
+    assert torch.equal(batch.values[0], values[active])
 
 
 @pytest.mark.parametrize("family", list(ENVS))
 def test_an_epoch_gathers_whole_batches_until_buffer_size(tmp_path, family):
     run = make_run(tmp_path, family, buffer_size=200)
-    before = run.env_steps
-    batch, returns, lengths = run.collect()
-    assert len(batch) >= 200 and len(batch) == sum(lengths)  # every stored transition is in a finished episode
+    before = run.member.env_steps
+    batch, _, (lengths,) = run.collect()
+    (n,) = batch.lengths
+    assert n >= 200 and n == sum(lengths)  # every stored transition is in a finished episode
     assert len(lengths) % 3 == 0  # whole batches of one episode per env copy
     assert sum(lengths[:-3]) < 200  # it stopped after the batch that filled the buffer
-    assert run.env_steps - before == len(batch)  # env_steps counts what was really collected
+    assert run.member.env_steps - before == n  # env_steps counts what was really collected
 
 
 def test_time_limit_terminal_ends_procgen_after_201_steps_with_no_bootstrap():
@@ -120,10 +122,10 @@ class MinibatchSpy(Intervention):
 def test_update_skips_the_partial_last_minibatch(tmp_path):
     run = make_run(tmp_path, "gridworld", buffer_size=70)
     batch, _, _ = run.collect()
-    n = len(batch)
+    (n,) = batch.lengths
     assert n % 32, "pick a seed whose buffer is not a multiple of batch_size"
-    spy = MinibatchSpy(run.model)
-    run.interventions.append(spy)
+    spy = MinibatchSpy(run.member.model)
+    run.member.interventions.append(spy)
     run.update(batch)
     assert spy.sizes == [32] * (2 * (n // 32))  # num_passes 2, only full minibatches
 
@@ -174,7 +176,7 @@ def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
         stopped.train()
     resumed = Run(cfg, tmp_path / "cut", seed=0, device="cpu")
     state = resumed.load_resume_state()
-    assert state["next_epoch"] == 3  # shift point 3: saved after epoch 2
+    assert state[0]["next_epoch"] == 3  # shift point 3: saved after epoch 2
     resumed.train(state)
     full, cut = rows(tmp_path / "full" / "metrics.csv"), rows(tmp_path / "cut" / "metrics.csv")
     assert [r["epoch"] for r in cut] == ["0", "1", "2", "3", "4"] and cut == full
@@ -194,12 +196,12 @@ def test_continuous_actions_and_reward_scaling_collect_whole_episodes(tmp_path):
         "diagnostics": {"enabled": False},
     }
     run = Run(RunConfig.model_validate(raw), tmp_path / "pendulum", seed=1, device="cpu")
-    batch, returns, lengths = run.collect()
+    batch, _, (lengths,) = run.collect()
     assert lengths == [30, 30, 30, 30]  # two batches of one 30-step episode per env: >= 70 stored
-    assert len(batch) == 120 and run.env_steps == 120
-    assert batch.actions.shape == (120, 1) and batch.actions.dtype == torch.float32
-    assert float(run.reward_scaler.moments.count) == pytest.approx(120, abs=1e-3)  # only experience steps
-    stats = run.update(batch)
+    assert batch.lengths == [120] and run.member.env_steps == 120
+    assert batch.actions.shape == (1, 120, 1) and batch.actions.dtype == torch.float32
+    assert float(run.member.reward_scaler.moments.count) == pytest.approx(120, abs=1e-3)  # only experience steps
+    (stats,) = run.update(batch)
     assert np.isfinite(stats["p_loss"]) and np.isfinite(stats["v_loss"])
 
 

@@ -158,7 +158,7 @@ def test_frozen_layers_are_left_out():
 def capture_update_features(run: Run) -> list[torch.Tensor]:
     """Record the trunk features of every forward that builds a graph (the update's minibatches)."""
     seen: list[torch.Tensor] = []
-    forward = run.model.forward
+    forward = run.member.model.forward
 
     def recording(obs):
         out = forward(obs)
@@ -166,7 +166,7 @@ def capture_update_features(run: Run) -> list[torch.Tensor]:
             seen.append(out[2].detach().clone())
         return out
 
-    run.model.forward = recording
+    run.member.model.forward = recording
     return seen
 
 
@@ -174,8 +174,8 @@ def capture_update_features(run: Run) -> list[torch.Tensor]:
 def test_epoch_row_dead_dormant_and_weights_match_numpy(tmp_path, activation):
     run = grid_run(tmp_path, activation=activation)
     features = capture_update_features(run)
-    before = [w.double().numpy() for w in applied_weights(run.model)]
-    row = run.run_epoch(0)
+    before = [w.double().numpy() for w in applied_weights(run.member.model)]
+    (row,) = run.run_epoch(0)
     assert len(features) == 2 * 128 // 32  # passes x minibatches
     h = torch.cat(features).double().numpy()
 
@@ -187,7 +187,7 @@ def test_epoch_row_dead_dormant_and_weights_match_numpy(tmp_path, activation):
     else:
         assert math.isnan(row["dead_units"])
 
-    after = [w.double().numpy() for w in applied_weights(run.model)]
+    after = [w.double().numpy() for w in applied_weights(run.member.model)]
     assert row["weight_m"] == pytest.approx(np_rms(after), rel=1e-9)
     assert row["weight_diff"] == pytest.approx(np_rms([b - a for a, b in zip(before, after)]), rel=1e-9)
     assert row["weight_diff"] > 0
@@ -197,13 +197,13 @@ def test_dormant_units_sees_a_dormant_unit_whatever_the_activation(tmp_path):
     """A trunk unit whose incoming weights are zero outputs act(0) = const; with mish that is 0
     and the unit is dormant, although exact-zero counting (dead_units) is not defined for mish."""
     run = grid_run(tmp_path, activation="mish", h_size=16)
-    dense = run.model.blocks[-1].layer
+    dense = run.member.model.blocks[-1].layer
     run.ppo = run.ppo.model_copy(update={"lr": 1e-12})  # keep the zeroed units zero through the update
     run.optimizer = run.make_optimizer()
     with torch.no_grad():
         dense.weight[:4] = 0
         dense.bias[:4] = 0
-    row = run.run_epoch(0)
+    (row,) = run.run_epoch(0)
     assert math.isnan(row["dead_units"])
     assert row["dormant_units"] >= 4 / 16
 
@@ -231,7 +231,7 @@ def test_steps_per_s_counts_collection_and_update_but_not_evaluation(tmp_path, m
     run.update = advancing(run.update, 1.0)
     run.evaluate = advancing(run.evaluate, 500.0)
     run.ppo = run.ppo.model_copy(update={"test_interval": 3})
-    evaluated = run.run_epoch(0)  # epoch 0 is evaluated
-    plain = run.run_epoch(2)  # epoch 2 is not (1 ends round 1, 3 is the last)
+    (evaluated,) = run.run_epoch(0)  # epoch 0 is evaluated
+    (plain,) = run.run_epoch(2)  # epoch 2 is not (1 ends round 1, 3 is the last)
     assert evaluated["test_r"] is not None and plain["test_r"] is None
     assert evaluated["steps_per_s"] == plain["steps_per_s"] == 128 / 3.0

@@ -240,9 +240,9 @@ def test_a_run_with_injection_loads_back_with_load_agent(tmp_path: Path):
     agent = load_agent(run_dir)
     assert len(agent.injected.old) == 2
     obs = frames(shape=run.obs_shape)
-    run.model.eval()
+    run.member.model.eval()
     with torch.no_grad():
-        for a, b in zip(run.model(obs), agent(obs), strict=True):
+        for a, b in zip(run.member.model(obs), agent(obs), strict=True):
             assert torch.equal(a, b)
 
 

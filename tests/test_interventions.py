@@ -17,7 +17,7 @@ from plasticity_lab.interventions import REGISTRY, LossContext, TrainingPlan, bu
 from plasticity_lab.interventions import make_optimizer as runner_optimizer
 from plasticity_lab.interventions.base import validate_params
 from plasticity_lab.nets import build_model
-from plasticity_lab.nets.surgery import fresh_init, fresh_params, init_bound, param_layers, weight_param
+from plasticity_lab.nets.surgery import fresh_draws, fresh_init, fresh_params, init_bound, param_layers, weight_param
 
 B = 8
 
@@ -105,7 +105,7 @@ def test_cheap_draw_has_torchs_default_init_bounds():
         bound = init_bound(layer)
         assert bound == pytest.approx(1 / math.sqrt(weight_param(layer)[0].numel()))
         reference = fresh_init(layer)
-        cheap = [v for _, v in fresh_params(layer, cheap=True)]
+        cheap = [d.draw() for d in fresh_draws(layer)]
         for ref, val in zip(reference, cheap, strict=True):
             assert val.shape == ref.shape
             # torch's own draw and the cheap one fill the same interval
@@ -304,22 +304,6 @@ def test_w2_init_matches_numpy_and_ignores_permutations():
     assert l2.loss(fresh, ctx(frames())).item() > 0
 
 
-def test_parseval_value_and_gradient_match_numpy():
-    model = make_model()
-    iv = build("parseval", model, coef=0.01, scale=2.0)
-    expected = 0.0
-    for block in model.blocks:
-        w = block.layer.weight.detach().numpy().reshape(block.out_units, -1).astype(np.float64)
-        expected += np.sum((w @ w.T - 2.0 * np.eye(w.shape[0])) ** 2)
-    value = iv.loss(model, ctx(frames()))
-    assert value.item() == pytest.approx(0.01 * expected, rel=1e-5)
-    value.backward()
-    w = model.blocks[1].layer.weight.detach().numpy().reshape(64, -1).astype(np.float64)
-    grad = 0.01 * 4 * (w @ w.T - 2.0 * np.eye(64)) @ w  # d/dW ||W W^T - sI||_F^2 = 4 (W W^T - sI) W
-    np.testing.assert_allclose(model.blocks[1].layer.weight.grad.numpy().reshape(64, -1), grad, rtol=1e-4, atol=1e-8)
-    assert model.policy.weight.grad is None  # heads are exempt
-
-
 # ---------------------------------------------------------------------------- optimisers
 
 
@@ -369,7 +353,7 @@ ALL_LOSS_AND_STEP = {
     ({"norm": "layernorm", "spectral_norm": "encoder"}, ALL_LOSS_AND_STEP),
     ({"enc_type": "mlp", "norm": "rmsnorm"}, {**ALL_LOSS_AND_STEP, "inject": {}, "adam_beta": {}}),
     ({"enc_type": "conv11", "obs_shape": (11, 11, 3), "activation": "crelu"},  # no norm layers: no nap
-     {**{k: v for k, v in ALL_LOSS_AND_STEP.items() if k not in ("cbp", "nap")}, "trac": {}, "l2": {"decay_per_task": 0.5}}),
+     {**{k: v for k, v in ALL_LOSS_AND_STEP.items() if not REGISTRY[k].edits_weights}, "trac": {}, "l2": {"decay_per_task": 0.5}}),
     ({"spectral_norm": "all"}, {"redo": {"every": 1, "tau": 0.5}, "inject": {}, "shrink_perturb": {}, "kron": {}}),
     ({"norm": "layernorm"}, {"reset": {"parts": ["encoder", "policy", "value"]}, "l2": {}, "cbp": {"maturity_threshold": 0}}),
 ])
@@ -389,7 +373,8 @@ def test_a_composed_condition_trains_through_every_hook(cfg, spec):
     assert all(torch.isfinite(loss) for loss in losses)
     for n, p in model.named_parameters():
         assert torch.isfinite(p).all(), n
-        if n in start:
+        # TRAC's scale starts at 1e-8: three of its steps move weights below float32 resolution
+        if n in start and "trac" not in spec:
             assert not torch.equal(p, start[n]), n
 
 
@@ -403,7 +388,8 @@ STATEFUL = {
 def test_checkpoint_resume_matches_the_uninterrupted_run(swap):
     """The runner's order: intervention states, then model weights, then a fresh optimiser."""
     provider = any("optimizer" in REGISTRY[name].hooks() for name in swap)  # cbp provides one too
-    spec = {**{k: v for k, v in STATEFUL.items() if not (provider and k == "cbp")}, **swap}
+    sole = any(REGISTRY[name].needs_sole_updates for name in swap)  # TRAC: no weight edits beside it
+    spec = {**{k: v for k, v in STATEFUL.items() if not (provider and k == "cbp") and not (sole and REGISTRY[k].edits_weights)}, **swap}
 
     def run(model, ivs, opt, steps, shift_at=2):
         for step in steps:

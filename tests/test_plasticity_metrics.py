@@ -509,3 +509,15 @@ def test_cuda_tensors_stay_on_device():
     assert mask.is_cuda and mask.dtype == torch.bool
     conv = rand(1, (8, 4, 3, 3)).cuda()
     assert stable_rank(conv) == pytest.approx(np_stable_rank(conv.cpu().numpy()), rel=1e-9)
+
+
+def test_rank_measures_equal_the_separate_measures_from_one_decomposition():
+    from plasticity_lab.metrics.plasticity import rank_measures, singular_values
+
+    gen = torch.Generator().manual_seed(7)
+    for phi in (torch.randn(50, 12, generator=gen) @ torch.randn(12, 20, generator=gen), torch.zeros(5, 3), torch.randn(4, 9, generator=gen)):
+        out = rank_measures(phi, delta=0.05, eps=0.1)
+        assert out["effective_rank"] == effective_rank(phi)
+        assert out["srank"] == srank(phi, delta=0.05)
+        assert out["feature_rank"] == feature_rank(phi, eps=0.1)
+        assert torch.equal(out["singular_values"], singular_values(phi))

@@ -300,24 +300,25 @@ def test_difficulty_builds_hard_env() -> None:
 
 
 def test_evaluate_noop_maze_is_capped() -> None:
-    returns, lengths = evaluate(lambda obs: noop(len(obs)), EnvironmentConfig(task="maze_5"), 3, seed=0, shift=None)
-    assert np.array_equal(lengths, [200, 200, 200])
+    returns, lengths = evaluate(lambda obs, active: noop(obs.shape[1])[None], EnvironmentConfig(task="maze_5"), 3, seeds=[0], shifts=[None])
+    assert np.array_equal(lengths, [[200, 200, 200]])
     assert np.allclose(returns, -2.0)
 
 
 def test_evaluate_takes_first_episode_of_every_env() -> None:
     n, seed = 6, 11
-    calls = []
+    calls, actives = [], []
 
-    def policy(obs: np.ndarray) -> np.ndarray:
-        calls.append(obs.copy())
-        return inner(obs)
+    def policy(obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        calls.append(obs[0].copy())  # one member
+        actives.append(active[0].copy())
+        return inner(obs[0])[None]
 
     def inner(obs: np.ndarray) -> np.ndarray:
         # depends only on each frame, so it gives the same action whichever envs are batched
         return obs.reshape(len(obs), -1).sum(axis=1, dtype=np.int64) % 9
 
-    returns, lengths = evaluate(policy, EnvironmentConfig(task="coinrun_10"), n, seed=seed, shift=None)
+    (returns,), (lengths,) = evaluate(policy, EnvironmentConfig(task="coinrun_10"), n, seeds=[seed], shifts=[None])
 
     # Independent replay: the same test-level env and the same action stream.
     env = ProcgenVecEnv("coinrun_10", n, seed=seed, train=False)
@@ -334,5 +335,6 @@ def test_evaluate_takes_first_episode_of_every_env() -> None:
     assert np.all(first_len > 0)
     assert np.array_equal(lengths, first_len) and np.array_equal(returns, first_ret)
     assert len(calls) == lengths.max()  # stops as soon as every env has finished once
-    assert [len(c) for c in calls] == [int((lengths > t).sum()) for t in range(len(calls))]  # finished envs skip the network
+    assert all(len(c) == n for c in calls)  # the policy sees every env; finished ones repeat their last action
+    assert [int(a.sum()) for a in actives] == [int((lengths > t).sum()) for t in range(len(calls))]  # and which are still in
     assert lengths.min() < lengths.max()  # mixed lengths, so a short-episode bias would show

@@ -21,8 +21,9 @@ from PIL import Image
 from plasticity_lab.analysis import stats
 from plasticity_lab.analysis.aggregate import compare, curve_band, open_study
 from plasticity_lab.analysis.frames import read_epoch_csv
-from plasticity_lab.analysis.report import report
-from plasticity_lab.config import ConfigError
+from plasticity_lab.analysis.report import analysis_plan, report
+from plasticity_lab.cli import main
+from plasticity_lab.config import AnalysisConfig, ConfigError
 from plasticity_lab.experiment.logger import BASE_COLUMNS
 
 EPOCHS, SHIFTS, TEST_INTERVAL = 30, [10, 20], 5
@@ -95,7 +96,7 @@ def constant(value: float) -> Callable[[int], float]:
 # ------------------------------------------------------------------------------------- statistics
 def study_of(root: Path, **kwargs):
     return compare(open_study(root, **{k: v for k, v in kwargs.items() if k in ("baseline", "reference", "allow_mixed")}),
-                   **{k: v for k, v in kwargs.items() if k in ("final_window",)}, reps=REPS)
+                   AnalysisConfig(**{k: v for k, v in kwargs.items() if k in ("final_window",)}), reps=REPS)
 
 
 def test_table_mean_and_iqm_over_seeds_match_hand_computation(tmp_path):
@@ -156,13 +157,13 @@ def test_final_window_averages_the_last_ten_percent_of_evaluations_or_the_given_
     default = compare(study, reps=REPS)
     assert default.window == (27, 30) and default.evaluations == 3
     assert default.results["baseline"].test.value == pytest.approx((27 + 28 + 29) / 3)
-    assert compare(study, final_window=5, reps=REPS).results["baseline"].test.value == pytest.approx(27.0)
+    assert compare(study, AnalysisConfig(final_window=5), reps=REPS).results["baseline"].test.value == pytest.approx(27.0)
 
 
 def test_a_wide_final_window_is_clipped_to_the_last_task_and_says_so(tmp_path):
     root = write_study(tmp_path / "s", ["baseline"], test_interval=1)
     write_run(root, "baseline", 0, lambda e: float(e), test_interval=1)
-    comparison = compare(open_study(root), final_window=15, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=15), reps=REPS)
     assert comparison.window == (20, 30)  # not 15: the shift at epoch 20 starts the last task
     assert comparison.results["baseline"].test.value == pytest.approx(24.5)
     assert any("final window clipped to the last task (epochs 20-29)" in n for n in comparison.notes)
@@ -183,7 +184,7 @@ def test_per_round_view_measures_each_round_at_its_last_epoch(tmp_path):
     for condition, lv in levels.items():
         for seed in range(2):
             write_run(root, condition, seed, ramp(lv))  # evaluated every 5 epochs and at each round's last epoch
-    comparison = compare(open_study(root), final_window=1, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=1), reps=REPS)
     assert comparison.rounds == [(0, 10), (10, 20), (20, 30)]
     assert comparison.round_windows == [(9, 10), (19, 20), (29, 30)]
     ends = comparison.round_ends["baseline"]
@@ -287,7 +288,7 @@ def test_stopped_runs_are_counted_as_failed_with_a_sensitivity_line(tmp_path):
         write_run(root, "baseline", seed, constant(5.0))
     write_run(root, "method", 0, constant(6.0))
     write_run(root, "method", 1, constant(100.0), length=27)  # crashed at epoch 27 (no DONE, no live process)
-    comparison = compare(open_study(root), final_window=2, reps=REPS)
+    comparison = compare(open_study(root), AnalysisConfig(final_window=2), reps=REPS)
     assert comparison.window == (25, EPOCHS)
     method = comparison.results["method"]
     assert method.test.value == pytest.approx(6.0)  # the stopped seed's 100.0 never enters
@@ -355,6 +356,43 @@ def test_unknown_baseline_and_empty_directory_are_errors(tmp_path):
         open_study(tmp_path)
     with pytest.raises(ConfigError, match="--final-window 0: must be"):
         report(root, final_window=0)
+
+
+def plan_study(tmp_path, analysis: dict | None) -> Path:
+    root = write_study(tmp_path / "s", ["baseline", "method"], test_interval=1)
+    if analysis is not None:
+        config = yaml.safe_load((root / "config.yaml").read_text())
+        (root / "config.yaml").write_text(yaml.safe_dump({**config, "analysis": analysis}, sort_keys=False))
+    for seed in range(3):
+        write_run(root, "baseline", seed, lambda e: float(e), test_interval=1)
+        write_run(root, "method", seed, lambda e, s=seed: float(e) + 1 + 0.1 * s, test_interval=1)
+    return root
+
+
+def test_the_declared_analysis_plan_is_used_and_a_flag_overrides_it_visibly(tmp_path):
+    study = open_study(plan_study(tmp_path, {"final_window": 5, "equivalence_margin": 0.2}))
+    plan, text = analysis_plan(study)
+    assert (plan.final_window, plan.equivalence_margin, plan.primary) == (5, 0.2, "test_r")
+    assert "Declared in the study's config.yaml (analysis)" in text and "Overridden" not in text
+    assert compare(study, plan, reps=REPS).results["baseline"].test.value == pytest.approx(27.0)  # epochs 25-29
+    plan, text = analysis_plan(study, final_window=2, primary=None, equivalence_margin=0.2)
+    assert plan.final_window == 2 and "Overridden on the command line: --final-window 2 (declared: 5)." in text
+    assert "--equivalence-margin" not in text  # given, but the same as declared
+    _, text = analysis_plan(open_study(plan_study(tmp_path / "none", None)))
+    assert "declares no analysis section, so these are the defaults, not a plan fixed before the runs" in text
+
+
+def test_a_bad_analysis_plan_or_flag_is_a_one_line_error(tmp_path, capsys):
+    root = plan_study(tmp_path, {"primary": "score"})
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{root / 'config.yaml'}: analysis.primary: allowed:" in err, err
+    assert not (tmp_path / "rep").exists()
+    study = open_study(plan_study(tmp_path / "ok", {}))
+    with pytest.raises(ConfigError, match="--primary score: Input should be 'test_r'"):
+        analysis_plan(study, primary="score")
+    with pytest.raises(ConfigError, match="--equivalence-margin 2.0: Input should be less than 1"):
+        analysis_plan(study, equivalence_margin=2.0)
 
 
 def test_normalised_score_is_relative_to_the_reference_condition(tmp_path):
@@ -425,7 +463,8 @@ def test_summary_has_the_study_tables_and_names_incomplete_failed_and_mismatched
     assert f"6.05 [{6.05 - half:.2f}, {6.05 + half:.2f}] (n=2, weak)" in row
     assert "| 40.0% [40.0, 40.0] (n=2, weak) |" in row and "s0: 6.00, s1: 6.10" in row and f"seed_2 (14/{EPOCHS})" in row
     paired = next(line for line in summary.splitlines() if line.startswith("| method | 1.00"))
-    assert "+19.8%" in paired and "| 0.5 | 0.5 |" in paired  # (6.05 - 5.05) / 5.05; exact p of 2 seeds, Holm k=1
+    assert "+19.8%" in paired and "| 0.5 (sign-flip, exact) | 0.5 |" in paired  # (6.05 - 5.05) / 5.05; exact p of 2 seeds, Holm k=1
+    assert paired.endswith("| inconclusive | s0: +1.00, s1: +1.00 |")  # p 0.5: not shown, whatever the interval
     assert "s0: +1.00, s1: +1.00" in paired
     assert "method/seed_2 is incomplete (stopped: no DONE file and no live process): 14 of 30 epochs logged." in summary
     assert "baseline/seed_2 is left out of all curves and final values: trained for 40 epochs" in summary
@@ -435,6 +474,7 @@ def test_summary_has_the_study_tables_and_names_incomplete_failed_and_mismatched
     assert "conv1/" not in correlated and "probe_seconds" not in correlated
     assert "## Return at the end of each round" in summary and "## Seeds needed" in summary
     assert "| 0123456789ab v0.1.0 |" in summary  # the runs' code version, in the provenance table
+    assert "by `plab report` (code " in summary.splitlines()[2]  # and the report's own
 
 
 def test_comparisons_csv_holds_every_paired_number(mixed_report):
@@ -447,8 +487,12 @@ def test_comparisons_csv_holds_every_paired_number(mixed_report):
     assert (test["diff"], test["ci_low"], test["ci_high"]) == pytest.approx((1.0, 1.0, 1.0))
     assert (test["p"], test["p_holm"]) == pytest.approx((0.5, 0.5))
     assert test["rel_diff_pct"] == pytest.approx(100 / 5.05, rel=1e-5)
+    assert (test["role"], test["better"], test["verdict"]) == ("primary", "higher", "inconclusive")
+    assert test["test"].startswith("sign-flip, exact") and test["p_floor"] == pytest.approx(0.5)
     dead = table[table["metric"] == "dead_units"].iloc[0]
     assert dead["diff"] == pytest.approx(40.0 - 80.0)  # in percent, as the report shows dead units
+    assert (dead["role"], dead["better"]) == ("secondary", "lower")
+    assert dead["p_beats_baseline"] == pytest.approx(1.0)  # fewer dead units in both seeds: the method wins both
     for column in ("p", "p_holm", "rel_diff_pct", "rel_ci_low", "rel_ci_high", "iqm_diff", "p_beats_baseline", "ci_level"):
         assert column in table.columns
 

@@ -63,24 +63,24 @@ def test_initial_shift_permutes_only_for_permute():
 
 def test_round1_training_frames_are_a_tile_permutation_of_the_raw_frames(tmp_path):
     run = make_run(PROCGEN, tmp_path)
-    perm = run.shift_state.tile_perm
-    assert run.task_index == 0 and perm is not None and run.env.shift == run.shift_state
-    raw = unpermuted(run.env)
-    seen = run.env.observe_current()
+    perm = run.member.shift_state.tile_perm
+    assert run.member.task_index == 0 and perm is not None and run.member.env.shift == run.member.shift_state
+    raw = unpermuted(run.member.env)
+    seen = run.member.env.observe_current()
     assert not np.array_equal(seen, raw)
     assert np.array_equal(seen, permute_tiles(raw, perm))
     # Same seed, same round-1 permutation; another seed, another one.
-    assert make_run(PROCGEN, tmp_path, seed=0).shift_state == run.shift_state
-    assert make_run(PROCGEN, tmp_path, seed=1).shift_state != run.shift_state
+    assert make_run(PROCGEN, tmp_path, seed=0).member.shift_state == run.member.shift_state
+    assert make_run(PROCGEN, tmp_path, seed=1).member.shift_state != run.member.shift_state
 
 
 def test_round1_gridworld_cells_are_permuted(tmp_path):
     run = make_run(GRID, tmp_path)
-    perm = run.shift_state.tile_perm
+    perm = run.member.shift_state.tile_perm
     assert perm is not None and len(perm) == 9 * 9
-    raw = unpermuted(run.env)
-    assert np.array_equal(run.env.observe_current(), cell_permute(raw, perm))
-    assert not np.array_equal(run.env.observe_current(), raw)
+    raw = unpermuted(run.member.env)
+    assert np.array_equal(run.member.env.observe_current(), cell_permute(raw, perm))
+    assert not np.array_equal(run.member.env.observe_current(), raw)
 
 
 def test_evaluation_sees_the_round1_permutation(tmp_path):
@@ -88,28 +88,28 @@ def test_evaluation_sees_the_round1_permutation(tmp_path):
     seen: list[np.ndarray] = []
     sample = run.policy_sample
 
-    def spy(obs, gen):
+    def spy(obs, gen, needed=None):
         seen.append(obs.numpy().copy())
-        return sample(obs, gen)
+        return sample(obs, gen, needed)
 
     run.policy_sample = spy
     run.evaluate(0)
     # The evaluation env is built from seed eval_seed + epoch on the test levels.
-    test_env = make_env(run.env_cfg, run.ppo.test_episodes, seed=run.eval_seed, train=False)
-    assert np.array_equal(seen[0], permute_tiles(test_env.observe_current(), run.shift_state.tile_perm))
+    test_env = make_env(run.env_cfg, run.ppo.test_episodes, seed=run.member.eval_seed, train=False)
+    assert np.array_equal(seen[0][0], permute_tiles(test_env.observe_current(), run.member.shift_state.tile_perm))
 
 
 def test_a_restored_run_keeps_the_checkpointed_round1_state(tmp_path):
     original = make_run(PROCGEN, tmp_path, seed=0)
     original.run_epoch(0)
-    state = original.checkpoint_state(1, 0.0)
-    assert state["shift_state"]["tile_perm"] == original.shift_state.tile_perm.tolist()
+    state = original.checkpoint_state(original.member, 1, 0.0)
+    assert state["shift_state"]["tile_perm"] == original.member.shift_state.tile_perm.tolist()
     other = make_run(PROCGEN, tmp_path, seed=1)  # draws its own, different round-1 permutation
-    assert other.shift_state != original.shift_state
-    other.restore(state)
-    assert other.shift_state == original.shift_state and other.env.shift == original.shift_state
-    assert np.array_equal(other.env.observe_current(), original.env.observe_current())
+    assert other.member.shift_state != original.member.shift_state
+    other.restore([state])
+    assert other.member.shift_state == original.member.shift_state and other.member.env.shift == original.member.shift_state
+    assert np.array_equal(other.member.env.observe_current(), original.member.env.observe_current())
     # The next shift continues the original's sequence.
     original.shift()
     other.shift()
-    assert other.shift_state == original.shift_state and other.shift_state.round == 1
+    assert other.member.shift_state == original.member.shift_state and other.member.shift_state.round == 1

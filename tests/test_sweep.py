@@ -130,17 +130,17 @@ def test_a_failing_run_is_reported_and_the_others_finish(config, tmp_path):
 def test_crashed_attempts_are_retried_up_to_the_limit(tmp_path):
     from types import SimpleNamespace
 
-    from plasticity_lab.experiment.sweep import RunState, finish
+    from plasticity_lab.experiment.sweep import RunState, Task, finish
 
     state = RunState(SimpleNamespace(run_dir=tmp_path))
-    state.attempts = 1
-    assert finish(state, -9, retries=1) and state.status == "pending"
-    state.attempts = 2
-    assert not finish(state, -9, retries=1) and state.status == "failed" and "exit code -9 (killed by SIGKILL)" in state.error
+    task = Task([state], attempts=1)
+    assert finish(task, -9, retries=1) and state.status == "pending"
+    task.attempts = state.attempts = 2
+    assert not finish(task, -9, retries=1) and state.status == "failed" and "exit code -9 (killed by SIGKILL)" in state.error
     assert state.deaths == ["exit code -9 (killed by SIGKILL)"]
     assert (tmp_path / "FAILED").read_text().startswith("exit code -9 (killed by SIGKILL)")
     (tmp_path / "DONE").write_text("")
-    assert not finish(state, 0, retries=1) and state.status == "done"
+    assert not finish(task, 0, retries=1) and state.status == "done"
 
 
 def test_a_run_locked_by_a_live_process_is_refused(config, tmp_path):
@@ -166,3 +166,38 @@ def test_ray_backend_with_a_local_instance(config, local_study, tmp_path):
         for seed in (0, 1):
             got = rows(tmp_path / f"results/tiny_sweep/{cond}/seed_{seed}/metrics.csv")
             assert got == rows(local_study / cond / f"seed_{seed}/metrics.csv")
+
+
+def test_population_sweep_writes_the_same_runs_as_single_processes(config, local_study, tmp_path):
+    """--population: one process per condition (its seeds as one population), the same run
+    directories and files, each member's metrics those of its single run up to batched rounding
+    (tests/test_population.py checks the tolerance), run.json records the population."""
+    import json
+
+    states = sweep(config, seeds=[0, 1], workers=2, out_dir=tmp_path, population=True)
+    assert [s.status for s in states] == ["done"] * 4
+    study = tmp_path / "results/tiny_sweep"
+    for cond in CONDITIONS:
+        assert (study / cond / "population_seed_0.log").exists()
+        for seed in (0, 1):
+            run = study / cond / f"seed_{seed}"
+            assert (run / "train.log").resolve() == (study / cond / "population_seed_0.log").resolve()
+            got, single = rows(run / "metrics.csv"), rows(local_study / cond / f"seed_{seed}/metrics.csv")
+            assert [r["epoch"] for r in got] == [r["epoch"] for r in single]
+            assert got[0]["train_r"] == single[0]["train_r"]  # the first epoch's episodes: identical draws
+            assert json.loads((run / "run.json").read_text())["invocations"][-1]["population"] == 2
+    assert [s.status for s in sweep(config, seeds=[0, 1], workers=2, out_dir=tmp_path, population=True)] == ["skipped"] * 4
+
+
+def test_a_population_over_the_memory_limit_is_refused_before_anything_is_written(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"population of 3 members needs about .* members fit"):
+        sweep(config, seeds=[0, 1, 2], out_dir=tmp_path, population=True, overrides=["experiment.population_memory_gib=0.6"])
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_plain_view_summarises_a_running_population():
+    from plasticity_lab.experiment.sweep_view import running_summary
+
+    rows = [("baseline", s, "running", "12/250", "900", "1.50" if s % 2 else "0.50") for s in range(6)]
+    rows += [("mish", 0, "running", "3/250", "800", "-"), ("mish", 1, "done", "250/250", "-", "1.00")]
+    assert running_summary(rows) == ["baseline x6 seeds 12/250 mean test_r 1.00", "mish/seed_0 3/250 800 steps/s test_r -"]

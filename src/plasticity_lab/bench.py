@@ -62,30 +62,34 @@ def network_floor(run: Run, repeats: int) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def make_run(precision: str, device: str, root: Path, config: str = "hyperparams_quick.yaml") -> Run:
+def make_run(precision: str, device: str, root: Path, config: str = "hyperparams_quick.yaml", rollout: str = "fixed") -> Run:
     study = load_study(config)
     cfg = study.condition(study.conditions[0]).model_copy(deep=True)
-    # The toolkit's fast path, so figures stay comparable: fixed-length rollouts (the reproduction
-    # configs' episode-based collection varies per epoch; see bench/bench_rollout.py), and for the
-    # ProcGen default exactly 16 x 64 = 1024 transitions per epoch.
-    cfg.ppo_trainer.rollout = "fixed"
-    if config == "hyperparams_quick.yaml":
-        cfg.environment.env_copies = 16
+    # fixed: the toolkit's fast path, so figures stay comparable (for the ProcGen default exactly
+    # 16 x 64 = 1024 transitions per epoch); episodes: the reproduction configs' collection as the
+    # config has it (11 copies, whole episodes), timed per 1024 transitions.
+    if rollout == "fixed":
+        cfg.ppo_trainer.rollout = "fixed"
+        if config == "hyperparams_quick.yaml":
+            cfg.environment.env_copies = 16
     cfg.ppo_trainer.precision = precision
     cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
-    run = Run(cfg, root / precision, 0, device=device, label=f"bench-{precision}")
+    run = Run(cfg, root / f"{precision}-{rollout}", seed=0, device=device, label=f"bench-{precision}-{rollout}")
     run.shift()  # apply one shift (e.g. the tile permutation) so it is part of every step
     return run
 
 
 def time_epochs(run: Run, epochs: int) -> float:
+    """Median seconds per 1024 transitions of ``epochs`` epochs after a warm-up (an episode-based
+    epoch holds 1024 or more)."""
     times = []
     for epoch in range(epochs + WARMUP):
         _sync(run.device)
+        before = run.member.env_steps
         t0 = time.perf_counter()
         run.run_epoch(epoch + 1)
         _sync(run.device)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * 1024 / (run.member.env_steps - before))
     return statistics.median(times[WARMUP:])
 
 
@@ -118,6 +122,14 @@ def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") ->
         if precision == "bf16":
             results["ratio_bf16_floor_vs_fp32_floor"] = results["floor_bf16_s"] / results["floor_fp32_s"]
             print(f"bf16 floor / fp32 floor = {results['ratio_bf16_floor_vs_fp32_floor']:.2f}x")
+        episodes = make_run("fp32", device, Path(tmp), rollout="episodes")
+        runs["episodes"] = episodes
+        results["floor_episodes_s"] = network_floor(episodes, epochs)
+        results["epoch_episodes_s"] = time_epochs(episodes, epochs)
+        results["ratio_episodes_vs_floor"] = results["epoch_episodes_s"] / results["floor_episodes_s"]
+        print(f"[fp32, rollout: episodes, {episodes.env_cfg.env_copies} copies] {results['epoch_episodes_s']:.3f} s per 1024 "
+              f"transitions; floor ({episodes.env_cfg.env_copies}-frame rollout batches) {results['floor_episodes_s']:.3f} s; "
+              f"epoch / floor = {results['ratio_episodes_vs_floor']:.2f}x")
         results["eval_50_episodes_s"] = time_eval(fp32, 50)
         results["eval_fraction_of_epoch"] = results["eval_50_episodes_s"] / results["epoch_fp32_s"]
         print(f"test evaluation of 50 episodes: {results['eval_50_episodes_s']:.3f} s "

@@ -19,11 +19,13 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--name", required=True, help="experiment name: results go to OUT_DIR/results/NAME/")
     parser.add_argument("-p", "--hyperparams", default="hyperparams.yaml", help="config file (root names are looked up in configs/ too)")
     parser.add_argument("-c", "--condition", default=None, help="run only this condition (default: all, one after another)")
-    parser.add_argument("-s", "--seed", type=int, default=0, help="random seed (runs go to seed_<s>/)")
+    parser.add_argument("-s", "--seed", default="0", help="random seed (runs go to seed_<s>/); several: 0,1,2 (run one after another, or as one population)")
     parser.add_argument("-o", "--out_dir", default=".", help="output root (default: current directory)")
     parser.add_argument("-r", "--resume", action="store_true", help="continue existing runs from their latest checkpoint")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device (auto: CUDA when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--population", action="store_true",
+                        help="train the seeds of each condition as one population in this process (= experiment.population: true)")
     add_override_args(parser)
 
 
@@ -44,18 +46,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from plasticity_lab.config import load_study
-    from plasticity_lab.experiment.checkpoint import CheckpointError
     from plasticity_lab.experiment.determinism import set_deterministic
-    from plasticity_lab.experiment.runner import Run, pick_device
-    from plasticity_lab.experiment.study import check_unlocked, plan_runs, prepare_run_dir, run_lock, write_study_config
+    from plasticity_lab.experiment.population import check_population_fits, population_groups
+    from plasticity_lab.experiment.runner import pick_device
+    from plasticity_lab.experiment.study import check_unlocked, plan_runs
 
     study = load_study(args.hyperparams, overrides(args))
     conditions = [args.condition] if args.condition else None
-    specs = plan_runs(study, args.name, conditions, [args.seed], args.out_dir, args.resume)
+    seeds = list(dict.fromkeys(parse_int_list(args.seed, "-s")))
+    if not seeds:
+        raise ConfigError("-s: give at least one seed")
+    specs = plan_runs(study, args.name, conditions, seeds, args.out_dir, args.resume)
     for note in study.shadowed(conditions):
         print(note, flush=True)
     try:
-        device = str(pick_device(args.device))
+        device = pick_device(args.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     for spec in specs:
@@ -68,22 +73,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
-            continue
-        run = Run(spec.cfg, spec.run_dir, spec.seed, device=device, label=spec.label)
-        with run_lock(spec.run_dir):
-            try:
-                # checked before anything is written, so a refused resume leaves the run as it was
-                state = run.load_resume_state() if args.resume else None
-            except CheckpointError as err:
-                print(f"error: {err}", file=sys.stderr)
-                return EXIT_BAD_INPUT
-            write_study_config(study, args.out_dir, args.name)
-            prepare_run_dir(spec, run.hook_list(), device)
-            print(f"{spec.label}: {spec.run_dir} on {device}; hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
-            status = run.train(state)
-        if status == "interrupted":
-            print(f"{spec.label}: stopped; checkpoint written. Resume with the same command plus -r.", flush=True)
-            return 128 + int(run.stop_signal or signal.SIGINT)
+    if args.population or study.base.experiment.population:
+        groups = population_groups(specs, study.base.experiment.population_size, args.resume)
+        for group in groups:  # every refusal before any population starts
+            check_population_fits(group[0].cfg, len(group), device, f"{args.name}/{group[0].condition}")
+    else:
+        groups = [[spec] for spec in specs if not (spec.run_dir / "DONE").exists()]
+    for group in groups:
+        code = train_group(study, args, group, str(device))
+        if code:
+            return code
+    return 0
+
+
+def train_group(study, args: argparse.Namespace, group: list, device: str) -> int:
+    """Train ``group`` (the specs of one condition) as one run or one population; returns the
+    exit code (0, bad input, or 128 + the signal that stopped it)."""
+    import contextlib
+
+    from plasticity_lab.experiment.checkpoint import CheckpointError
+    from plasticity_lab.experiment.runner import Run
+    from plasticity_lab.experiment.study import prepare_run_dir, run_lock, write_study_config
+
+    run = Run(group[0].cfg, [s.run_dir for s in group], [s.seed for s in group], device=device, label=[s.label for s in group])
+    with contextlib.ExitStack() as locks:
+        for spec in group:
+            locks.enter_context(run_lock(spec.run_dir))
+        try:
+            # checked before anything is written, so a refused resume leaves the runs as they were
+            states = run.load_resume_state() if args.resume else None
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        write_study_config(study, args.out_dir, args.name)
+        for spec in group:
+            prepare_run_dir(spec, run.hook_list(), device, population=len(group))
+        what = group[0].label if len(group) == 1 else f"{group[0].condition} (population of {len(group)}: seeds {','.join(str(s.seed) for s in group)})"
+        print(f"{what}: {group[0].run_dir.parent if len(group) > 1 else group[0].run_dir} on {device}; "
+              f"hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
+        status = run.train(states)
+    if status == "interrupted":
+        print(f"{group[0].condition}: stopped; checkpoints written. Resume with the same command plus -r.", flush=True)
+        return 128 + int(run.stop_signal or signal.SIGINT)
     return 0
 
 
@@ -109,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true", help="accepted for clarity: a sweep always skips finished runs and resumes interrupted ones")
     sw.add_argument("--retries", type=int, default=1, help="re-attempts of a failed run (each resumes from its checkpoint)")
     sw.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    sw.add_argument("--population", action="store_true",
+                    help="train each condition's seeds as one population per process (= experiment.population: true); "
+                         "--workers counts populations")
     add_override_args(sw)
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                     help="cross the conditions with these values, e.g. --grid interventions.redo.tau=0.0,0.025,0.1 "
@@ -138,7 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--in-place", action="store_true",
                      help="write into RESULTS_DIR even when it is a committed reference study (regenerates its summary)")
     rep.add_argument("--final-window", type=int, default=None, metavar="N",
-                     help="final values average the last N test evaluations, within the last task (default: the last 10%%)")
+                     help="final values average the last N test evaluations, within the last task (default: the "
+                          "study's analysis.final_window, else the last 10%%)")
+    rep.add_argument("--primary", default=None, metavar="METRIC",
+                     help="metric whose verdicts are confirmatory and on which conditions are ranked (default: the "
+                          "study's analysis.primary, else test_r)")
+    rep.add_argument("--equivalence-margin", type=float, default=None, metavar="F",
+                     help="'equivalent' needs the difference shown within +-F x the baseline's mean (default: the "
+                          "study's analysis.equivalence_margin, else 0.1)")
     rep.add_argument("--baseline", default=None, metavar="NAME",
                      help="condition to compare against (default: experiment.baseline of RESULTS_DIR/config.yaml)")
     rep.add_argument("--reference", default=None, metavar="NAME",
@@ -161,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--final-window", type=int, default=None, metavar="N", help="as for plab report")
     pw.add_argument("--allow-mixed", action="store_true", help="as for plab report")
     pw.set_defaults(func=cmd_power)
+    cl = sub.add_parser("claims", help="regenerate a document's claim and per-round tables from a study's comparisons.csv")
+    cl.add_argument("claims", help="claims file (YAML: study, document, tables), e.g. docs/findings_claims.yaml")
+    cl.add_argument("--check", action="store_true", help="change nothing; exit 1 if the document's tables are out of date")
+    cl.set_defaults(func=cmd_claims)
     bench = sub.add_parser("bench", help="seconds per 1024 transitions vs. the pure network-compute floor")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
@@ -197,7 +242,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             args.config, name=args.name, conditions=conditions, seeds=seeds, workers=args.workers,
             backend=args.backend, address=args.address, out_dir=args.out_dir, retries=args.retries,
             device=args.device, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-            overrides=overrides(args), grid=args.grid,
+            overrides=overrides(args), grid=args.grid, population=True if args.population else None,
         )
     except KeyboardInterrupt:
         print("sweep interrupted; running runs wrote checkpoints. Re-run the same command to continue.")
@@ -206,9 +251,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 DEMO_CONFIG = "demo_gridworld.yaml"
-DEMO_FINAL_WINDOW = 3
-"""Test evaluations the demo's final and round-end values average: the last 10 epochs of a 25-epoch
-round, the window of docs/findings.md (the default, 10% of all evaluations, is the whole round)."""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -223,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     name = args.name or new_study_name(args.out_dir, "demo")
     states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
                    workers=args.workers, out_dir=args.out_dir)
-    html = report(study_dir(args.out_dir, name), final_window=DEMO_FINAL_WINDOW)
+    html = report(study_dir(args.out_dir, name))  # the analysis plan is the config's
     summary = (html.parent / "summary.md").read_text().splitlines()
     keep = False
     for line in summary:
@@ -253,6 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = report(
         args.results_dir, out=args.out, in_place=args.in_place, final_window=args.final_window, baseline=args.baseline,
         reference=args.reference, reps=args.reps, smooth=args.smooth, allow_mixed=args.allow_mixed,
+        primary=args.primary, equivalence_margin=args.equivalence_margin,
     )
     print(f"report: {path}")
     return 0
@@ -278,6 +321,17 @@ def cmd_power(args: argparse.Namespace) -> int:
         raise ConfigError(f"--power {args.power} / --alpha {args.alpha}: each must lie in (0, 1)")
     print(power_text(args.results_dir, effects, args.alpha, args.power, baseline=args.baseline,
                      allow_mixed=args.allow_mixed, final_window=args.final_window))
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    from plasticity_lab.analysis.claims import update
+
+    document, changed = update(args.claims, check=args.check)
+    if args.check:
+        print(f"{document}: {'out of date: run plab claims ' + args.claims if changed else 'up to date'}")
+        return 1 if changed else 0
+    print(f"{document}: {'tables regenerated' if changed else 'already up to date'}")
     return 0
 
 

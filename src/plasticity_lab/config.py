@@ -29,6 +29,8 @@ from plasticity_lab.interventions import validate_interventions
 ACTIVATIONS = ("relu", "leaky-relu", "mish", "gelu", "tanh", "crelu", "dff")
 NORMS = ("none", "layernorm", "rmsnorm")
 SPECTRAL_SCOPES = ("none", "encoder", "all", "penultimate")
+STUDY_SECTIONS = ("experiment", "analysis")
+"""Sections that hold for the whole study: a condition cannot override them."""
 
 
 class ConfigError(ValueError):
@@ -69,6 +71,12 @@ class ExperimentConfig(Strict):
     """`--set KEY=VALUE` overrides already applied to this config's settings (recorded, as given)."""
     grid: dict[str, GridCondition] = Field(default_factory=dict)
     """Condition name -> the condition and `--grid` values it was expanded from (plab sweep --grid)."""
+    population: bool = False
+    """Train the seeds of each condition as one population in one process (= --population); each seed still writes its own run directory."""
+    population_size: int | None = Field(None, ge=1)
+    """At most this many seeds per population (more seeds: several populations); null: all seeds of a condition."""
+    population_memory_gib: float | None = Field(None, gt=0)
+    """Memory a population may take (GiB, its estimate: README); null: 80% of the device's available memory."""
 
     @field_validator("conditions")
     @classmethod
@@ -111,6 +119,17 @@ class AleConfig(Strict):
         return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
 
 
+class MinatarConfig(Strict):
+    games: list[str] = Field(default_factory=list)
+    """Game sequence the `game` shift steps through (continual MinAtar); must start with the task. Empty: the task alone."""
+    sticky_actions: float = Field(0.1, ge=0, le=1)
+    """Probability that the previous action is repeated (the package's default, 0.1)."""
+    difficulty_ramping: bool = True
+    """Games speed up as an episode goes on (the package's default; Breakout and Freeway do not ramp)."""
+    max_episode_steps: int = Field(10_000, ge=1)
+    """Episode cap in agent steps (a truncation; the package has none, see docs/fidelity.md)."""
+
+
 class GymnasiumConfig(Strict):
     normalize_obs: bool = False
     """Standardise vector observations by running statistics (kept in the network's checkpoint)."""
@@ -145,9 +164,9 @@ class MujocoConfig(GymnasiumConfig):
 
 class EnvironmentConfig(Strict):
     name: Literal[ENV_NAMES] = "procgen"  # type: ignore[valid-type]
-    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id)."""
+    """Environment family: procgen (64x64 frames), gridworld (gather testbed), ale (Atari), mujoco, gymnasium (any task id), minatar (10x10 Atari-like games)."""
     task: str = "coinrun_100"
-    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1)."""
+    """procgen: GAME_K (train levels [0,K), test [10000,10000+K)); gridworld: gather_K; ale: a game (pong); mujoco/gymnasium: an id (Ant-v5, CartPole-v1); minatar: a game (breakout)."""
     shift_type: Literal[SHIFT_TYPES] = "permute"  # type: ignore[valid-type]
     """Distribution shift applied to train and test environments at every shift point."""
     shift_k: int | None = Field(None, ge=1)
@@ -166,6 +185,8 @@ class EnvironmentConfig(Strict):
     """mujoco only: normalisation, action bounding and physics-shift range."""
     gymnasium: GymnasiumConfig = Field(default_factory=GymnasiumConfig)
     """gymnasium only: normalisation and action bounding."""
+    minatar: MinatarConfig = Field(default_factory=MinatarConfig)
+    """minatar only: the game sequence, sticky actions, difficulty ramping and episode cap."""
 
     @model_validator(mode="after")
     def _task(self) -> EnvironmentConfig:
@@ -182,6 +203,8 @@ class EnvironmentConfig(Strict):
             )
         if self.shift_type in ("window", "expand") and not spec.num_levels:
             raise ValueError(f"shift_type: {self.shift_type!r} needs a level-based task")
+        if self.shift_type == "game" and spec.num_games < 2:
+            raise ValueError(f"shift_type: 'game' needs a sequence of at least 2 games in {self.name}.games")
         if self.time_limit == "terminal" and self.name not in ("procgen", "gridworld"):
             raise ValueError(f"time_limit: 'terminal' applies to procgen and gridworld only, not {self.name}")
         return self
@@ -192,8 +215,8 @@ class EnvironmentConfig(Strict):
 
 
 class ModelConfig(Strict):
-    enc_type: Literal["conv64", "nature", "conv11", "mlp"] = "conv64"
-    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), mlp (vectors or flattened image)."""
+    enc_type: Literal["conv64", "nature", "conv11", "minatar", "mlp"] = "conv64"
+    """Encoder: conv64 (ProcGen, DESIGN.md section 4), nature (Atari, Mnih et al. 2015), conv11 (small grids), minatar (MinAtar, Young & Tian 2019: conv 16 3x3, then dense h = 128 in the paper), mlp (vectors or flattened image)."""
     h_size: int = Field(256, ge=1)
     """Width of the dense trunk layer."""
     activation: Literal[ACTIVATIONS] = "relu"  # type: ignore[valid-type]
@@ -244,7 +267,7 @@ class PPOConfig(Strict):
     reset_optimizer_at_shift: bool = True
     """Re-create AdamW at every shift (the reference paper does, in every condition)."""
     precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocasts network compute (CPU with AVX-512-BF16 or CUDA); parameters stay fp32."""
+    """bf16: the encoder's linear and conv layers compute in bf16 (CPU with AVX-512-BF16 or CUDA), as autocast would; parameters, heads and spectral norm's sigma stay fp32."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, populate_by_name=True)
 
@@ -320,6 +343,34 @@ class LoggingConfig(Strict):
     """Weights & Biases tracking, off by default (metrics.csv and TensorBoard are always written)."""
 
 
+class AnalysisConfig(Strict):
+    """How ``plab report`` decides (issue 19), declared with the study before its runs so that the
+    window, the primary metric and the margin are not chosen after seeing the data. ``plab report``
+    flags override it, and the report says which did."""
+
+    final_window: int | None = Field(None, ge=1)
+    """Final values average the last N test evaluations of the last task (None: the last 10%)."""
+    primary: Literal["test_r", "train_r", "dead_units", "dormant_units"] = "test_r"
+    """Metric whose verdicts are confirmatory and on which methods are ranked against each other;
+    verdicts on the other compared metrics are secondary (exploratory)."""
+    equivalence_margin: float = Field(0.1, gt=0, lt=1)
+    """'equivalent' needs the paired difference shown (TOST) within +- this fraction of the
+    baseline's mean."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Level of every verdict's test, after Holm's adjustment."""
+
+
+def load_analysis(raw: dict[str, Any], source: str) -> AnalysisConfig | None:
+    """A study config's ``analysis`` section (None when it declares none), validated on its own so
+    that a study written by an older version of the schema still reports."""
+    if "analysis" not in raw:
+        return None
+    try:
+        return AnalysisConfig.model_validate(raw["analysis"])
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, "analysis", err)) from None
+
+
 class RunConfig(Strict):
     """The fully resolved config of one condition (what a run directory's config.yaml holds)."""
 
@@ -332,6 +383,8 @@ class RunConfig(Strict):
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     """Experiment trackers beyond metrics.csv and TensorBoard."""
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    """The study's analysis plan (read by plab report; one for the whole study, never per condition)."""
 
     @model_validator(mode="after")
     def _encoder_fits_env(self) -> RunConfig:
@@ -567,9 +620,10 @@ class StudyConfig:
             if not isinstance(dotted, str) or not dotted:
                 raise ConfigError(f"{self.source}: {prefix}: override keys must be dotted strings")
             section = dotted.split(".")[0]
-            if section not in RunConfig.model_fields or section == "experiment":
-                allowed = ", ".join(k for k in RunConfig.model_fields if k != "experiment")
-                raise ConfigError(f"{self.source}: {prefix}.{dotted}: unknown section (allowed: {allowed})")
+            if section not in RunConfig.model_fields or section in STUDY_SECTIONS:
+                allowed = ", ".join(k for k in RunConfig.model_fields if k not in STUDY_SECTIONS)
+                what = "holds for the whole study" if section in STUDY_SECTIONS else "unknown section"
+                raise ConfigError(f"{self.source}: {prefix}.{dotted}: {what} (allowed: {allowed})")
             try:
                 set_dotted(tree, dotted, value)
             except KeyError:

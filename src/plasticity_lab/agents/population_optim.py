@@ -19,6 +19,7 @@ clears the moments of re-initialised weights (``nets.surgery.assign``) clears on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -142,16 +143,25 @@ class PopulationAdamW:
 
 class MemberOptimizers:
     """One optimiser per member, built by ``factory(member parameters)`` (a method's own
-    optimiser); its steps reach the stacked parameters through the members' aliases."""
+    optimiser); its steps reach the stacked parameters through the members' aliases. A step of
+    member k runs inside ``contexts[k]()`` (the member's own global RNG stream: Kron draws
+    whether to update its preconditioners)."""
 
-    def __init__(self, members: Sequence[nn.Module], factory: Callable[[int, list[nn.Parameter]], torch.optim.Optimizer]) -> None:
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        factory: Callable[[int, list[nn.Parameter]], torch.optim.Optimizer],
+        contexts: Sequence[Callable[[], AbstractContextManager]] | None = None,
+    ) -> None:
         self.members = list(members)
         self.optimizers = [factory(k, [p for p in m.parameters()]) for k, m in enumerate(self.members)]
+        self.contexts = list(contexts) if contexts is not None else [nullcontext] * len(self.members)
 
     def step(self, active: torch.Tensor | None = None) -> None:
         for k, opt in enumerate(self.optimizers):
             if active is None or bool(active[k]):
-                opt.step()
+                with self.contexts[k]():
+                    opt.step()
 
     def member_view(self, k: int, member: nn.Module) -> torch.optim.Optimizer:
         return self.optimizers[k]

@@ -2,8 +2,8 @@
 
 Only numbers live here (figures.py draws them, report.py formats them), so each one can be checked
 against a hand computation. The statistics follow DESIGN.md section 7 (see analysis/stats.py):
-intervals valid at the study's n, comparisons paired by seed, Holm-adjusted p-values, correlations
-within condition. Runs that cannot be compared fairly are never averaged in silently: they are kept
+intervals valid at the study's n, comparisons paired by seed, Holm-adjusted p-values, verdicts
+worded from them alone (analysis/verdicts.py), correlations within condition. Runs that cannot be compared fairly are never averaged in silently: they are kept
 out with a reason, runs that failed are counted and shown in a sensitivity line, and every such
 decision is added to ``Comparison.notes``.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from plasticity_lab.analysis import stats
+from plasticity_lab.analysis import stats, verdicts
 from plasticity_lab.analysis.frames import ROW_KEYS, STATUS_RUNNING, StudyData, load_study
 from plasticity_lab.analysis.stats import Interval
-from plasticity_lab.config import ConfigError
+from plasticity_lab.config import AnalysisConfig, ConfigError
 
 DIAGNOSTICS_PREFIX = "diagnostics/"
 """Series from diagnostics.csv are stored under this prefix, so they never collide with metrics.csv."""
@@ -33,6 +33,10 @@ COMPARED = (
 """Final values compared with the baseline, seed by seed (comparisons.csv): returns, the training
 loop's unit statistics, and the probe's never-active fraction, activation rate and trunk-output
 effective rank where diagnostics ran (the study report's feature-analysis quantities)."""
+LOWER_IS_BETTER = ("dead_units", "dormant_units", DIAGNOSTICS_PREFIX + "overall/dead_frac")
+"""Compared metrics where less is better (fewer dead or dormant units)."""
+UNDIRECTED = (DIAGNOSTICS_PREFIX + "overall/activation_rate", DIAGNOSTICS_PREFIX + "dense/effective_rank")
+"""Compared metrics with no better direction: a difference is higher or lower, nothing beats."""
 CORRELATED = ("weight_m", "weight_diff", "grad_norm", "dead_units", "dormant_units", "entropy")
 """metrics.csv columns set against final test return."""
 CORRELATED_PROBES = ("overall/", "dense/", "trainability_ratio", "policy_churn", "value_churn")
@@ -104,11 +108,18 @@ class Study:
         return sorted(names, key=lambda n: n.startswith(DIAGNOSTICS_PREFIX))
 
 
+def direction(metric: str) -> int:
+    """+1 when a higher value of ``metric`` is better (returns), -1 when lower is, 0 when neither."""
+    return -1 if metric in LOWER_IS_BETTER else 0 if metric in UNDIRECTED else 1
+
+
 @dataclass
 class PairedComparison:
-    """One condition against the baseline on one metric, seed by seed."""
+    """One condition against another (the baseline, the reference, or any other condition when
+    methods are ranked) on one metric, seed by seed."""
 
     condition: str
+    against: str
     metric: str
     seeds: list[int]
     """Seeds with a final value in both conditions (the pairs)."""
@@ -121,13 +132,29 @@ class PairedComparison:
     relative: Interval
     """Change of the condition's mean relative to the baseline's, percent, Fieller interval."""
     win: Interval
-    """P(the condition beats the baseline in a seed), Clopper-Pearson interval."""
-    p: float
-    """Exact sign-flip test of mean difference 0."""
-    p_holm: float = math.nan
-    """Holm-adjusted over the conditions compared on this metric."""
+    """P(the condition beats the other in a seed) in the metric's direction (fewer dead units wins),
+    Clopper-Pearson interval; NaN for a metric without a better direction."""
+    test: stats.PairedTest
+    """Test of mean difference 0 (sign-flip, or paired t where the differences are skewed)."""
+    margin: float
+    """Equivalence margin, a fraction of the other condition's mean."""
+    margin_abs: float
+    """The same in the metric's units: margin x |the other condition's mean over the pairs|."""
+    p_equivalence: float
+    """Paired TOST of a difference within +-margin of the other condition's mean."""
     unpaired: list[int] = field(default_factory=list)
     """Seeds with a final value in one of the two conditions only (left out of the pairs)."""
+    p_holm: float = math.nan
+    """``test.p`` Holm-adjusted over the comparisons of its table (this metric's conditions, the
+    rounds of a row, or every pair of conditions)."""
+    p_equivalence_holm: float = math.nan
+    verdict: str = ""
+    """better / worse / equivalent / inconclusive (higher / lower without a direction): analysis.verdicts."""
+
+    @property
+    def p(self) -> float:
+        return self.test.p
+
 
 
 @dataclass
@@ -190,6 +217,8 @@ class Sensitivity:
 
 @dataclass
 class Comparison:
+    plan: AnalysisConfig
+    """The analysis plan the verdicts follow (the study's declared one, with any flags applied)."""
     horizon: int
     """Final values are taken from epochs before this one (the planned length unless no run reached it)."""
     window: tuple[int, int]
@@ -199,6 +228,8 @@ class Comparison:
     results: dict[str, ConditionResult]
     paired: dict[str, dict[str, PairedComparison]]
     """Metric -> condition -> comparison with the baseline."""
+    pairwise: list[PairedComparison]
+    """Every pair of conditions on the primary metric, Holm-adjusted over all pairs."""
     rounds: list[tuple[int, int]]
     """Epoch range [start, end) of each round (task) that ends within the horizon."""
     round_windows: list[tuple[int, int]]
@@ -441,14 +472,18 @@ def _evaluated(runs: list[Run], start: int, end: int) -> np.ndarray:
     return np.unique(np.concatenate(found)) if found else np.array([], dtype=int)
 
 
-def compare(study: Study, final_window: int | None = None, reps: int = 99_999, seed: int = 0) -> Comparison:
-    """Final values, paired comparisons, per-round view, correlations and sensitivity of a study.
+def compare(study: Study, plan: AnalysisConfig | None = None, reps: int = 99_999, seed: int = 0) -> Comparison:
+    """Final values, paired comparisons with verdicts, all pairs of conditions on the primary
+    metric, per-round view, correlations and sensitivity of a study.
 
-    ``final_window``: number of last test evaluations averaged for final values (default: the last
-    10% of the evaluations before the horizon), never reaching back before the last task's first
-    epoch. ``reps``: random sign patterns of a sign-flip test with more than 20 pairs (below,
-    every pattern is enumerated).
+    ``plan`` (default: AnalysisConfig's defaults): ``final_window``, the number of last test
+    evaluations averaged for final values (default: the last 10% of the evaluations before the
+    horizon), never reaching back before the last task's first epoch; the primary metric, the
+    equivalence margin and alpha of the verdicts. ``reps``: random sign patterns of a sign-flip
+    test with more than 20 pairs (below, every pattern is enumerated).
     """
+    plan = plan or AnalysisConfig()
+    final_window = plan.final_window
     notes = list(study.notes)
     horizon = _horizon(study, notes)
     pooled = [r for r in study.runs if r.excluded is None]
@@ -467,14 +502,14 @@ def compare(study: Study, final_window: int | None = None, reps: int = 99_999, s
     results = {
         condition: _condition_result(study, condition, eligible, start, horizon, last_task, notes) for condition in study.conditions
     }
-    paired = {metric: _paired(study, results, metric, reps, seed) for metric in COMPARED}
+    paired = {metric: _paired(study, results, metric, plan, reps, seed) for metric in COMPARED}
     paired = {metric: table for metric, table in paired.items() if table}
     _normalised(study, results)
     rounds, windows, round_ends = _round_view(study, results, horizon, count, notes)
     return Comparison(
-        horizon, (start, horizon), count, results, paired, rounds, windows, round_ends,
-        _round_loss(study, results, windows, reps, seed), _correlations(study, results),
-        _sensitivity(study, results, reps, seed), notes,
+        plan, horizon, (start, horizon), count, results, paired, _pairwise(results, plan, reps, seed), rounds, windows,
+        round_ends, _round_loss(study, results, windows, plan, reps, seed), _correlations(study, results),
+        _sensitivity(study, results, plan, reps, seed), notes,
     )
 
 
@@ -536,35 +571,78 @@ def _final_values(run: Run, start: int, horizon: int, last_task: int) -> dict[st
 
 
 def paired_comparison(
-    condition: str, metric: str, values: dict[int, float], base: dict[int, float], reps: int = 99_999, seed: int = 0,
+    condition: str, against: str, metric: str, values: dict[int, float], base: dict[int, float],
+    plan: AnalysisConfig, reps: int = 99_999, seed: int = 0,
 ) -> PairedComparison:
-    """``values`` vs ``base`` (seed -> final value), over the seeds both have."""
+    """``values`` (of ``condition``) vs ``base`` (of ``against``), seed -> final value, over the
+    seeds both have; Holm's adjustment and the verdict come from :func:`decide` over its table."""
     have = {s for s, v in values.items() if math.isfinite(v)}
     have_base = {s for s, v in base.items() if math.isfinite(v)}
     seeds = sorted(have & have_base)
     x = np.array([values[s] for s in seeds])
     y = np.array([base[s] for s in seeds])
     d = x - y
+    sign = direction(metric)
+    win = stats.win_rate(x, y) if sign > 0 else stats.win_rate(y, x) if sign < 0 else Interval(math.nan, n=len(d))
+    margin = plan.equivalence_margin
     return PairedComparison(
-        condition, metric, seeds, d, stats.mean_estimate(d), stats.iqm_estimate(d), stats.relative_change(x, y),
-        stats.win_rate(x, y), float(stats.sign_flip_p(d, reps, seed)) if len(d) else math.nan,
-        unpaired=sorted(have ^ have_base),
+        condition, against, metric, seeds, d, stats.mean_estimate(d), stats.iqm_estimate(d), stats.relative_change(x, y),
+        win, stats.paired_test(d, reps, seed), margin, margin * abs(float(y.mean())) if len(y) else math.nan,
+        float(stats.equivalence_p(x, y, margin)) if len(d) else math.nan, unpaired=sorted(have ^ have_base),
     )
 
 
-def _paired(study: Study, results: dict[str, ConditionResult], metric: str, reps: int, seed: int) -> dict[str, PairedComparison]:
+def decide(table: list[PairedComparison], alpha: float) -> None:
+    """Holm-adjust a table's tests (of a difference, of equivalence) over its rows, then word each
+    row's verdict (analysis.verdicts)."""
+    adjusted = zip(stats.holm([c.p for c in table]), stats.holm([c.p_equivalence for c in table]))
+    for c, (p_holm, p_equivalence_holm) in zip(table, adjusted):
+        c.p_holm, c.p_equivalence_holm = float(p_holm), float(p_equivalence_holm)
+        c.verdict = verdicts.verdict(c.diff.value, c.p_holm, c.p_equivalence_holm, direction(c.metric), alpha)
+
+
+def _paired(
+    study: Study, results: dict[str, ConditionResult], metric: str, plan: AnalysisConfig, reps: int, seed: int,
+) -> dict[str, PairedComparison]:
     """Every condition vs the baseline on ``metric``, Holm-adjusted across the conditions."""
     base = results.get(study.baseline)
     if base is None or not base.finals or not any(math.isfinite(v) for v in base.final(metric).values()):
         return {}
     table = {
-        condition: paired_comparison(condition, metric, result.final(metric), base.final(metric), reps, seed)
+        condition: paired_comparison(condition, study.baseline, metric, result.final(metric), base.final(metric), plan, reps, seed)
         for condition, result in results.items()
         if condition != study.baseline and result.finals and any(math.isfinite(v) for v in result.final(metric).values())
     }
-    for comparison, adjusted in zip(table.values(), stats.holm([c.p for c in table.values()])):
-        comparison.p_holm = float(adjusted)
+    decide(list(table.values()), plan.alpha)
     return table
+
+
+def _pairwise(
+    results: dict[str, ConditionResult], plan: AnalysisConfig, reps: int, seed: int,
+) -> list[PairedComparison]:
+    """Every pair of conditions on the primary metric, Holm-adjusted over all the pairs: the family
+    that a claim "X is best" (X chosen after seeing the data) implies."""
+    metric = plan.primary
+    finals = {c: r.final(metric) for c, r in results.items() if any(math.isfinite(v) for v in r.final(metric).values())}
+    names = list(finals)
+    table = [
+        paired_comparison(a, b, metric, finals[a], finals[b], plan, reps, seed)
+        for i, a in enumerate(names) for b in names[i + 1:]
+    ]
+    table = [c for c in table if c.seeds]
+    decide(table, plan.alpha)
+    return table
+
+
+def pairwise_verdicts(table: list[PairedComparison], condition: str) -> dict[str, str]:
+    """Other condition -> the verdict of ``condition`` against it, from the all-pairs table."""
+    out = {}
+    for c in table:
+        if c.condition == condition:
+            out[c.against] = c.verdict
+        elif c.against == condition:
+            out[c.condition] = verdicts.OPPOSITE.get(c.verdict, c.verdict)
+    return out
 
 
 def _normalised(study: Study, results: dict[str, ConditionResult]) -> None:
@@ -623,7 +701,7 @@ ROUND_LOSS_METRICS = ("train_r", "test_r")
 
 
 def _round_loss(
-    study: Study, results: dict[str, ConditionResult], windows: list[tuple[int, int]], reps: int, seed: int,
+    study: Study, results: dict[str, ConditionResult], windows: list[tuple[int, int]], plan: AnalysisConfig, reps: int, seed: int,
 ) -> dict[str, list[PairedComparison]]:
     """The baseline minus the reference condition (e.g. reset-all: a fresh network every round,
     which carries nothing across shifts) at the end of every round, seed by seed, on the
@@ -640,11 +718,10 @@ def _round_loss(
             return [{r.seed: window_mean(r.series[metric], a, b) for r in runs} for a, b in windows]
 
         base, reference = ends(study.baseline), ends(ref)
-        table = [paired_comparison(study.baseline, metric, base[k], reference[k], reps, seed) for k in range(len(windows))]
+        table = [paired_comparison(study.baseline, ref, metric, base[k], reference[k], plan, reps, seed) for k in range(len(windows))]
         if not any(c.seeds for c in table):
             continue
-        for c, adjusted in zip(table, stats.holm([c.p for c in table])):
-            c.p_holm = float(adjusted)
+        decide(table, plan.alpha)
         out[metric] = table
     return out
 
@@ -689,7 +766,9 @@ def _correlations(study: Study, results: dict[str, ConditionResult]) -> list[Cor
     return rows
 
 
-def _sensitivity(study: Study, results: dict[str, ConditionResult], reps: int, seed: int) -> Sensitivity | None:
+def _sensitivity(
+    study: Study, results: dict[str, ConditionResult], plan: AnalysisConfig, reps: int, seed: int,
+) -> Sensitivity | None:
     """When runs failed: every condition's mean and paired comparison with each failed run scored as
     the worst final test return of the study, so a method that crashes often cannot look better
     for it."""
@@ -706,11 +785,10 @@ def _sensitivity(study: Study, results: dict[str, ConditionResult], reps: int, s
     paired = {}
     if study.baseline in scored and scored[study.baseline]:
         paired = {
-            c: paired_comparison(c, "test_r", v, scored[study.baseline], reps, seed)
+            c: paired_comparison(c, study.baseline, "test_r", v, scored[study.baseline], plan, reps, seed)
             for c, v in scored.items() if c != study.baseline and v
         }
-        for comparison, adjusted in zip(paired.values(), stats.holm([c.p for c in paired.values()])):
-            comparison.p_holm = float(adjusted)
+        decide(list(paired.values()), plan.alpha)
     return Sensitivity(worst, means, paired, {c: len(f) for c, f in failed.items()})
 
 

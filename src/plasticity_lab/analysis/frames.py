@@ -29,11 +29,12 @@ ROW_KEYS = ("epoch", "env_steps", "wall_time", "task")
 """metrics.csv columns that describe the row rather than the agent."""
 NOT_COMPARED = (
     "run", "experiment.conditions", "experiment.baseline", "experiment.reference",
-    "experiment.num_sessions", "experiment.save_freq",
+    "experiment.num_sessions", "experiment.save_freq", "analysis",
 )
 """Config keys (and key prefixes) that may differ between runs of one study without changing what
 a run computes: the run's own name, seed and hooks; the condition table (its effect is in the
-resolved keys); report settings; the sweep's seed count; checkpoint cadence (resume is exact)."""
+resolved keys); report settings and the analysis plan (the study's config.yaml is the one read);
+the sweep's seed count; checkpoint cadence (resume is exact)."""
 STATUS_DONE, STATUS_RUNNING, STATUS_STOPPED, STATUS_NO_MARKER = "done", "running", "stopped", "all epochs, no DONE file"
 
 

@@ -19,21 +19,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from pydantic import ValidationError
+
+from plasticity_lab.analysis import verdicts
 from plasticity_lab.analysis.aggregate import (
     Comparison,
     PairedComparison,
     PowerAnalysis,
     Study,
     compare,
+    direction,
     epoch_range,
     open_study,
+    pairwise_verdicts,
     power_analysis,
     seed_list,
 )
 from plasticity_lab.analysis.figures import label, write_figures
 from plasticity_lab.analysis.frames import code_version_text
-from plasticity_lab.analysis.stats import CI_LEVEL, EXACT_SIGN_FLIP_MAX, WEAK_BELOW, Interval, min_sign_flip_pairs
-from plasticity_lab.config import ConfigError
+from plasticity_lab.analysis.stats import (
+    CI_LEVEL,
+    EXACT_SIGN_FLIP_MAX,
+    SKEW_ALPHA,
+    SKEW_TEST_MIN,
+    WEAK_BELOW,
+    Interval,
+    min_sign_flip_pairs,
+)
+from plasticity_lab.config import AnalysisConfig, ConfigError, load_analysis
 from plasticity_lab.experiment.study import is_reference_study, write_atomic
 
 REPORTS_DIR = "reports"
@@ -93,12 +106,16 @@ def report(
     reps: int = 99_999,
     smooth: int | None = None,
     allow_mixed: bool = False,
+    primary: str | None = None,
+    equivalence_margin: float | None = None,
 ) -> Path:
     """Write comparison_figures/, summary.md, comparisons.csv and report.html; returns report.html.
 
     Output goes to ``out`` (default: ``results_dir``; for a committed reference study
-    reports/<name>/ unless ``in_place``). ``final_window``: last test evaluations averaged for
-    final values (default: the last 10%, within the last task). ``baseline``/``reference``:
+    reports/<name>/ unless ``in_place``). ``final_window`` (last test evaluations averaged for
+    final values), ``primary`` and ``equivalence_margin`` override the study's declared analysis
+    plan (config.yaml's ``analysis``; default: the last 10% within the last task, test_r, 0.1),
+    and the report says which were overridden. ``baseline``/``reference``:
     conditions compared against / normalised by (default: config.yaml's experiment.baseline /
     experiment.reference). ``reps``: random sign patterns of sign-flip tests with more than 20
     pairs. ``smooth``: curve smoothing window in epochs (default: 1% of the planned epochs).
@@ -111,12 +128,13 @@ def report(
     root = Path(results_dir)
     target = output_dir(root, out, in_place)
     study = open_study(root, baseline, reference, allow_mixed)
-    comparison = compare(study, final_window=final_window, reps=reps)
+    plan, plan_text = analysis_plan(study, final_window=final_window, primary=primary, equivalence_margin=equivalence_margin)
+    comparison = compare(study, plan, reps=reps)
     power = power_analysis(study, comparison)
     smooth_epochs = smooth if smooth is not None else max(1, study.num_epochs // 100)
     target.mkdir(parents=True, exist_ok=True)
     figures = write_figures(study, comparison, target / "comparison_figures", smooth_epochs=smooth_epochs)
-    sections = _sections(study, comparison, power, figures, target)
+    sections = _sections(study, comparison, power, figures, target, plan_text, reps)
     title = f"Study report: {root.resolve().name}"
     write_atomic(target / "comparisons.csv", comparisons_frame(study, comparison).to_csv(index=False, float_format="%.6g"))
     write_atomic(target / "summary.md", _markdown(title, sections, target))
@@ -126,9 +144,34 @@ def report(
     write_atomic(html_path, _html(title, [*sections, commands, config]))
     if target != root:
         print(f"note: report of {root} written to {target}")
+    print(f"note: {plan_text}")
     for note in comparison.notes:
         print(f"note: {note}")
     return html_path
+
+
+def analysis_plan(study: Study, **flags: object) -> tuple[AnalysisConfig, str]:
+    """The study's declared analysis plan (config.yaml's ``analysis``) with the command-line
+    ``flags`` that are not None applied, and a sentence saying which was declared and which overridden."""
+    declared = load_analysis(study.data.config, str(study.root / "config.yaml"))
+    base = declared or AnalysisConfig()
+    given = {key: value for key, value in flags.items() if value is not None}
+    try:
+        plan = AnalysisConfig.model_validate({**base.model_dump(), **given})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = str(first["loc"][0])
+        raise ConfigError(f"--{key.replace('_', '-')} {given.get(key)}: {first['msg']}") from None
+    window = ("the last test evaluation" if plan.final_window == 1 else f"the last {plan.final_window} test evaluations"
+              if plan.final_window else "the last 10% of the test evaluations")
+    text = (f"Analysis plan: final values over {window}; primary metric {plan.primary}; equivalence margin "
+            f"+-{plan.equivalence_margin:.0%} of the baseline's mean; alpha {plan.alpha:g} after Holm's adjustment. ")
+    text += ("Declared in the study's config.yaml (analysis)." if declared else
+             "The study's config.yaml declares no analysis section, so these are the defaults, not a plan fixed before the runs.")
+    changed = [f"--{k.replace('_', '-')} {v} (declared: {getattr(base, k)})" for k, v in given.items() if v != getattr(base, k)]
+    if changed:
+        text += f" Overridden on the command line: {', '.join(changed)}."
+    return plan, text
 
 
 # ------------------------------------------------------------------------------------- numbers as text
@@ -172,29 +215,43 @@ def _window_text(study: Study, comparison: Comparison) -> str:
     )
 
 
-STATISTICS_TEXT = (
-    "Statistics (DESIGN.md section 7). The seed is the unit: runs of one seed share evaluation levels, shift "
-    "permutations and (where shapes match) initialisation across conditions, so every comparison with the baseline "
-    "uses per-seed differences (pairs). Every interval is a two-sided 95% interval with its n beside it: means use "
-    "Student's t; IQMs (interquartile means, rliable's definition) the Tukey-McLaughlin trimmed-mean interval; "
-    "changes in percent, normalised scores and round ratios Fieller's interval for a ratio of paired means "
-    "('unbounded' when the denominator is not clearly away from 0); P(beats baseline) the exact Clopper-Pearson "
-    "interval. Simulated coverage at n = 2, 3, 5, 10 is in the README. p is the exact sign-flip permutation test of "
-    f"the paired differences (all 2^n sign patterns up to n = {EXACT_SIGN_FLIP_MAX}); its smallest possible value is "
-    f"2/2^n, so fewer than {min_sign_flip_pairs(0.05)} pairs can never give p < 0.05. p (Holm) is adjusted over the "
-    f"table's comparisons. With fewer than {WEAK_BELOW} seeds an interval is marked weak and the seeds are listed."
-)
+def statistics_text(plan: AnalysisConfig, reps: int) -> str:
+    return (
+        "Statistics (DESIGN.md section 7). The seed is the unit: runs of one seed share evaluation levels, shift "
+        "permutations and (where shapes match) initialisation across conditions, so every comparison uses per-seed "
+        "differences (pairs). Every interval is a two-sided 95% interval with its n beside it: means use Student's t; "
+        "IQMs (interquartile means, rliable's definition) the Tukey-McLaughlin trimmed-mean interval; changes in "
+        "percent, normalised scores and round ratios Fieller's interval for a ratio of paired means ('unbounded' when "
+        "the denominator is not clearly away from 0); P(beats) the exact Clopper-Pearson interval, in the metric's "
+        "direction (fewer dead or dormant units beats). The README's simulated coverage names its conditions: these "
+        "intervals hold about 95% when the per-seed differences are roughly symmetric (normal scores, or skewed scores "
+        "with symmetric noise), but under-cover when the differences themselves are skewed (lognormal differences: "
+        "t 0.82-0.84, Fieller 0.90-0.94 at n = 3-10), and both tests below are then liberal. "
+        "p tests a mean difference of 0 with the sign-flip permutation test, which assumes the differences are "
+        f"symmetric: exact (all 2^n sign patterns) up to n = {EXACT_SIGN_FLIP_MAX}, smallest p 2/2^n, so fewer than "
+        f"{min_sign_flip_pairs(0.05)} pairs can never give p < 0.05; above, Monte Carlo over {reps} random patterns, "
+        f"smallest p 2/{reps + 1} = {2 / (reps + 1):.2g}. With {SKEW_TEST_MIN} or more pairs the differences are "
+        f"checked for skew (D'Agostino's skewtest); where its p < {SKEW_ALPHA:g}, p is the paired t test's instead. "
+        "Below that, symmetry is assumed. Each p says which test it is. p (Holm) is adjusted over its table's rows. "
+        f"Verdicts: better / worse only when p (Holm) <= {plan.alpha:g}, in the metric's direction (higher / lower "
+        "where a metric has none); equivalent only when the paired TOST (two one-sided t tests) shows the difference "
+        f"within +-{plan.equivalence_margin:.0%} of the compared-against condition's mean, Holm-adjusted; otherwise "
+        f"inconclusive, never 'no effect'. With fewer than {WEAK_BELOW} seeds an interval is marked weak and the seeds "
+        "are listed."
+    )
 
 
 def _sections(
     study: Study, comparison: Comparison, power: PowerAnalysis | None, figures: dict[str, Path], target: Path,
+    plan_text: str, reps: int,
 ) -> list[tuple[str, list[Block]]]:
     intro = [
         f"Results directory: {study.root}. Baseline: {study.baseline}. "
         f"Reference for normalised scores: {study.reference or 'none (set experiment.reference)'}. Shift points: "
         f"{', '.join(map(str, study.shift_points)) or 'none'}. Planned epochs: {study.num_epochs}.",
+        plan_text,
         _window_text(study, comparison),
-        STATISTICS_TEXT,
+        statistics_text(comparison.plan, reps),
     ]
     sections: list[tuple[str, list[Block]]] = [("Overview", intro)]
     if comparison.notes:
@@ -203,7 +260,7 @@ def _sections(
     def pick(*names: str) -> dict[str, Path]:
         return {caption: path for caption, path in figures.items() if path.name in names}
 
-    results: list[Block] = [_results_table(study, comparison), _paired_table(study, comparison)]
+    results: list[Block] = [_results_table(study, comparison), _paired_table(study, comparison), _verdict_table(comparison)]
     if comparison.sensitivity is not None:
         results.append(_sensitivity_table(study, comparison))
     results.append(Images(pick("test_reward_comparison.png", "dead_units_comparison.png", "summary_comparison.png",
@@ -213,6 +270,7 @@ def _sections(
         ("Return at the end of each round",
          [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]
          + ([_round_loss_table(study, comparison)] if comparison.round_loss else [])),
+        ("Method vs method: every pair of conditions", _pairwise_blocks(comparison)),
         ("Plasticity metrics vs. final test return", [_correlation_table(comparison), Images(pick("correlations.png"))]),
         ("Seeds needed", [_power_table(power) if power else "Needs paired final values of the baseline and another condition."]),
         ("Provenance", _provenance_blocks(study)),
@@ -263,27 +321,90 @@ def _results_table(study: Study, comparison: Comparison) -> Table:
     )
 
 
+def _test_name(c: PairedComparison) -> str:
+    """The test behind a p, short: 'sign-flip, exact', 'sign-flip, Monte Carlo' or 'paired t'."""
+    return c.test.test.split(" (")[0]
+
+
 def _paired_table(study: Study, comparison: Comparison) -> Table | str:
-    table = comparison.paired.get("test_r", {})
+    metric = comparison.plan.primary
+    table = comparison.paired.get(metric, {})
     if not table:
-        return f"No paired comparison: {study.baseline} and the other conditions share no seed with a final test return yet."
+        return f"No paired comparison: {study.baseline} and the other conditions share no seed with a final {label(metric)} yet."
     rows = []
     for condition, c in table.items():
         differences = dict(zip(c.seeds, c.differences))
         rows.append([
-            condition, _ci(c.diff), _ci(c.relative, "+.1f", "%"), _ci(c.iqm_diff), _p(c.p), _p(c.p_holm), _ci(c.win),
+            condition, _ci(c.diff), _ci(c.relative, "+.1f", "%"), _ci(c.iqm_diff), f"{_p(c.p)} ({_test_name(c)})",
+            _p(c.p_holm), f"{_p(c.p_equivalence_holm)} (+-{_num(c.margin_abs, '.3g')})", _ci(c.win), c.verdict,
             _seed_values(differences, "+.2f") if len(c.seeds) < WEAK_BELOW else "-",
         ])
+    better = "lower" if direction(metric) < 0 else "higher"
     return Table(
         ["Condition", f"Difference vs {study.baseline} [95% CI]", "Change [95% CI]", "IQM of differences [95% CI]",
-         "p (exact)", f"p (Holm, k={len(table)})", f"P(beats {study.baseline} in a seed) [95% CI]", "Per-seed differences"],
+         "p (test)", f"p (Holm, k={len(table)})", f"Equivalence p (Holm; margin)",
+         f"P(beats {study.baseline} in a seed) [95% CI]", "Verdict", "Per-seed differences"],
         rows,
-        f"Paired by seed: condition minus {study.baseline} in the same seed's final test return; n = seeds with both. "
-        "Change: relative to the baseline's mean (Fieller). p: exact sign-flip test; p (Holm): adjusted over the "
-        "table's rows. P(beats baseline in a seed): fraction of seeds where the condition's final return is higher, "
-        "Clopper-Pearson interval (never [1, 1] from a few seeds). All numbers, also for dead and dormant units, are "
-        "in comparisons.csv.",
+        f"Primary metric ({label(metric)}), paired by seed: condition minus {study.baseline} in the same seed's final "
+        "value; n = seeds with both. Change: relative to the baseline's mean (Fieller). p: the test named beside it "
+        "(see Statistics: sign-flip, exact or Monte Carlo, or the paired t test where the differences are skewed; "
+        "comparisons.csv has both and the skewness check); p (Holm): adjusted over the table's rows. Equivalence p: "
+        f"paired TOST of a difference within +-{comparison.plan.equivalence_margin:.0%} of the baseline's mean (the "
+        f"margin in the metric's units beside it), Holm-adjusted. P(beats): fraction of seeds where the condition's "
+        f"value is {better} (the metric's better direction), Clopper-Pearson interval (never [1, 1] from a few "
+        "seeds). Verdict: from these numbers alone (Statistics). All numbers, also for the other metrics, are in "
+        "comparisons.csv.",
     )
+
+
+def _verdict_table(comparison: Comparison) -> Table | str:
+    primary = comparison.plan.primary
+    metrics = sorted(comparison.paired, key=lambda m: m != primary)
+    conditions = list(dict.fromkeys(c for m in metrics for c in comparison.paired[m]))
+    if not conditions:
+        return "No verdicts: no paired comparison yet."
+    rows = []
+    for condition in conditions:
+        cells = []
+        for metric in metrics:
+            c = comparison.paired[metric].get(condition)
+            cells.append(f"{c.verdict} ({_num(c.relative.value, '+.1f')}%)" if c else "-")
+        rows.append([condition, *cells])
+    header = [f"{label(m)} ({'primary' if m == primary else 'secondary'}; {'lower' if direction(m) < 0 else 'no direction' if direction(m) == 0 else 'higher'} is better)"
+              for m in metrics]
+    return Table(
+        ["Condition", *header], rows,
+        "Verdict of each condition against the baseline per compared metric, with the change in percent; each "
+        "metric's column is Holm-adjusted over its conditions. Only the primary metric's verdicts are confirmatory: "
+        "the secondary columns are not adjusted across metrics and are exploratory. Metrics without a better "
+        "direction say higher or lower.",
+    )
+
+
+def _pairwise_blocks(comparison: Comparison) -> list[Block]:
+    table = comparison.pairwise
+    if not table:
+        return ["Needs two conditions with paired final values."]
+    metric = comparison.plan.primary
+    names = list(dict.fromkeys(n for c in table for n in (c.condition, c.against)))
+    best = [n for n in names if verdicts.best(n, pairwise_verdicts(table, n)) == "holds"]
+    decided = [c for c in table if c.verdict != verdicts.INCONCLUSIVE]
+    blocks: list[Block] = [
+        f"All {len(table)} pairs of the {len(names)} conditions on {label(metric)}, Holm-adjusted over every pair: "
+        "the family that a claim 'X is the best method' implies when X is chosen after seeing the data. "
+        + (f"Best: {best[0]}, better than every other condition." if best else "No condition is better than every other.")
+        + " A method-vs-method comparison made any other way (e.g. plab report --baseline X) is exploratory."
+    ]
+    if decided:
+        blocks.append(Table(
+            ["Condition", "vs", "Difference [95% CI]", "Change [95% CI]", "p (test)", f"p (Holm, k={len(table)})",
+             "Equivalence p (Holm)", "Verdict"],
+            [[c.condition, c.against, _ci(c.diff), _ci(c.relative, "+.1f", "%"), f"{_p(c.p)} ({_test_name(c)})",
+              _p(c.p_holm), _p(c.p_equivalence_holm), c.verdict] for c in decided],
+            "The pairs with a verdict other than inconclusive; every pair is in comparisons.csv (role 'all pairs').",
+        ))
+    blocks.append(f"{len(table) - len(decided)} of {len(table)} pairs are inconclusive.")
+    return blocks
 
 
 def _sensitivity_table(study: Study, comparison: Comparison) -> Table:
@@ -330,12 +451,13 @@ def _round_loss_table(study: Study, comparison: Comparison) -> Table:
     rows = []
     for metric, table in comparison.round_loss.items():
         n = max(len(c.seeds) for c in table)
-        rows.append([names.get(metric, metric), str(n)] + [f"{_ci(c.diff, '+.3g')}; p {_p(c.p_holm)}" for c in table])
+        rows.append([names.get(metric, metric), str(n)] + [f"{_ci(c.diff, '+.3g')}; p {_p(c.p_holm)}; {c.verdict}" for c in table])
     return Table(
         ["Return", "n"] + [f"round {k + 1}" for k in range(len(comparison.round_windows))], rows,
         f"Plasticity loss per round: {study.baseline} minus {study.reference} at each round's end (the windows of the "
         f"table above; training return averaged over the same epochs), paired by seed: mean difference with its 95% t "
-        f"interval, and the exact sign-flip p Holm-adjusted over the rounds of the row. {study.reference} carries "
+        f"interval, p (the test named in comparisons.csv) Holm-adjusted over the rounds of the row, and the verdict of "
+        f"{study.baseline} against {study.reference}. {study.reference} carries "
         f"nothing across a shift, so a difference that grows negative round after round is plasticity lost; round 1 "
         "precedes every shift. Every number of this table, with the seeds paired, is in comparisons.csv (metric "
         "train_r_round_K / test_r_round_K).",
@@ -349,7 +471,7 @@ def _correlation_table(comparison: Comparison) -> Table:
         rows.append([
             " = ".join(label(n) for n in row.names),
             _num(w.r) if math.isfinite(w.r) else f"n/a ({w.why_none})", _p(w.p), _p(row.within_holm), f"{w.n} runs, {w.groups} cond.",
-            _num(b.r) if math.isfinite(b.r) else f"n/a ({b.why_none})", _p(b.p), _p(row.between_holm), str(b.n),
+            f"{_num(b.r)} (uninformative)" if math.isfinite(b.r) else f"n/a ({b.why_none})", _p(b.p), _p(row.between_holm), str(b.n),
             "; ".join(f"{c} {seed_list(s)}" for c, s in row.runs.items()),
         ])
     return Table(
@@ -359,8 +481,10 @@ def _correlation_table(comparison: Comparison) -> Table:
         "Within: repeated-measures correlation (each run's final metric and final test return centred on its "
         "condition's means; df = runs - conditions - 1): does a run with more of the metric end with more return "
         "than other runs of its condition? Between: Pearson r of the conditions' means (n = conditions, however many "
-        "seeds). p (Holm): adjusted over the table's rows, per view. Series with identical final values in every run "
-        "share a row.",
+        "seeds), labelled uninformative: it rests on a handful of condition means, and conditions differ in much "
+        "more than this metric, so it supports no claim that the metric predicts return, nor that it does not. "
+        "p (Holm): adjusted over the table's rows, per view. Series with identical final values in every run share "
+        "a row.",
     )
 
 
@@ -440,41 +564,58 @@ def _commands_table(study: Study) -> Table:
 
 
 # ------------------------------------------------------------------------------------- data
+ROLES = ("primary", "secondary", "per round", "all pairs")
+"""comparisons.csv's ``role``: the declared primary metric vs the baseline (confirmatory), another
+metric vs the baseline (exploratory), the baseline vs the reference at each round's end (Holm over
+the rounds), and every pair of conditions on the primary metric (Holm over all pairs)."""
+
+
 def comparisons_frame(study: Study, comparison: Comparison) -> pd.DataFrame:
-    """comparisons.csv: one row per condition and compared metric, every number of the paired table;
-    with a reference condition also the per-round plasticity-loss rows (baseline vs reference,
-    metric ``train_r_round_K`` / ``test_r_round_K``)."""
+    """comparisons.csv: one row per condition and compared metric, every number of the paired table
+    and its verdict; with a reference condition the per-round plasticity-loss rows (baseline vs
+    reference, metric ``train_r_round_K`` / ``test_r_round_K``); and every pair of conditions on the
+    primary metric (``baseline`` is then the condition compared against)."""
     rows = []
     for metric, table in comparison.paired.items():
-        for c in table.values():
-            rows.append(_comparison_row(c, study.baseline))
+        role = ROLES[0] if metric == comparison.plan.primary else ROLES[1]
+        rows += [_comparison_row(c, role, comparison.plan.alpha) for c in table.values()]
     for metric, table in comparison.round_loss.items():
         for k, c in enumerate(table):
-            rows.append({**_comparison_row(c, study.reference), "metric": f"{metric}_round_{k + 1}"})
+            rows.append({**_comparison_row(c, ROLES[2], comparison.plan.alpha), "metric": f"{metric}_round_{k + 1}"})
+    rows += [_comparison_row(c, ROLES[3], comparison.plan.alpha) for c in comparison.pairwise]
     columns = [
-        "condition", "baseline", "metric", "n_pairs", "seeds", "diff", "ci_low", "ci_high", "p", "p_holm",
-        "rel_diff_pct", "rel_ci_low", "rel_ci_high", "iqm_diff", "iqm_ci_low", "iqm_ci_high",
-        "p_beats_baseline", "p_beats_ci_low", "p_beats_ci_high", "unpaired_seeds", "ci_level",
+        "condition", "baseline", "metric", "role", "verdict", "n_pairs", "seeds", "diff", "ci_low", "ci_high",
+        "test", "p", "p_floor", "p_holm", "p_sign_flip", "p_t", "skew_p", "equivalence_margin", "margin_low",
+        "margin_high", "p_equivalence", "p_equivalence_holm", "alpha", "better", "rel_diff_pct", "rel_ci_low",
+        "rel_ci_high", "iqm_diff", "iqm_ci_low", "iqm_ci_high", "p_beats_baseline", "p_beats_ci_low",
+        "p_beats_ci_high", "unpaired_seeds", "ci_level",
     ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def _comparison_row(c: PairedComparison, against: str) -> dict[str, object]:
+def _comparison_row(c: PairedComparison, role: str, alpha: float) -> dict[str, object]:
     return {
-        "condition": c.condition, "baseline": against, "metric": c.metric, "n_pairs": len(c.seeds),
-        "seeds": " ".join(map(str, c.seeds)), "diff": c.diff.value, "ci_low": c.diff.lo, "ci_high": c.diff.hi,
-        "p": c.p, "p_holm": c.p_holm, "rel_diff_pct": c.relative.value, "rel_ci_low": c.relative.lo,
-        "rel_ci_high": c.relative.hi, "iqm_diff": c.iqm_diff.value, "iqm_ci_low": c.iqm_diff.lo,
-        "iqm_ci_high": c.iqm_diff.hi, "p_beats_baseline": c.win.value, "p_beats_ci_low": c.win.lo,
-        "p_beats_ci_high": c.win.hi, "unpaired_seeds": " ".join(map(str, c.unpaired)), "ci_level": CI_LEVEL,
+        "condition": c.condition, "baseline": c.against, "metric": c.metric, "role": role, "verdict": c.verdict,
+        "n_pairs": len(c.seeds), "seeds": " ".join(map(str, c.seeds)), "diff": c.diff.value, "ci_low": c.diff.lo,
+        "ci_high": c.diff.hi, "test": c.test.test, "p": c.p, "p_floor": c.test.p_floor, "p_holm": c.p_holm,
+        "p_sign_flip": c.test.p_sign_flip, "p_t": c.test.p_t, "skew_p": c.test.skew_p, "equivalence_margin": c.margin,
+        "margin_low": -c.margin_abs, "margin_high": c.margin_abs, "p_equivalence": c.p_equivalence,
+        "p_equivalence_holm": c.p_equivalence_holm, "alpha": alpha,
+        "better": {1: "higher", -1: "lower", 0: "none"}[direction(c.metric)],
+        "rel_diff_pct": c.relative.value, "rel_ci_low": c.relative.lo, "rel_ci_high": c.relative.hi,
+        "iqm_diff": c.iqm_diff.value, "iqm_ci_low": c.iqm_diff.lo, "iqm_ci_high": c.iqm_diff.hi,
+        "p_beats_baseline": c.win.value, "p_beats_ci_low": c.win.lo, "p_beats_ci_high": c.win.hi,
+        "unpaired_seeds": " ".join(map(str, c.unpaired)), "ci_level": CI_LEVEL,
     }
 
 
 def power_text(results_dir: str | Path, effects: tuple[float, ...], alpha: float, power: float,
                baseline: str | None = None, allow_mixed: bool = False, final_window: int | None = None) -> str:
-    """``plab power``: the seeds-needed table of a study as Markdown."""
+    """``plab power``: the seeds-needed table of a study as Markdown (final values as the study's
+    declared analysis plan, or ``final_window``, say)."""
     study = open_study(results_dir, baseline, None, allow_mixed)
-    comparison = compare(study, final_window=final_window)
+    plan, _ = analysis_plan(study, final_window=final_window)
+    comparison = compare(study, plan)
     analysis = power_analysis(study, comparison, effects, alpha, power)
     if analysis is None:
         raise ConfigError(f"{results_dir}: no paired final test returns of {study.baseline} and another condition yet")
@@ -485,13 +626,21 @@ def power_text(results_dir: str | Path, effects: tuple[float, ...], alpha: float
 
 
 # ------------------------------------------------------------------------------------- rendering
+def _report_version() -> str:
+    """The code that computed the report's numbers (the runs' own versions are in Provenance)."""
+    from plasticity_lab.experiment.provenance import code_version
+
+    return f"code {code_version_text(code_version())}"
+
+
+
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _markdown(title: str, sections: list[tuple[str, list[Block]]], root: Path) -> str:
     """Figures are linked relative to ``root``, the directory summary.md is written to."""
-    out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `plab report`.", ""]
+    out = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by `plab report` ({_report_version()}).", ""]
     for heading, blocks in sections:
         out += [f"## {heading}", ""]
         for block in blocks:
@@ -564,5 +713,5 @@ def _html(title: str, sections: list[tuple[str, list[Block]]]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<link rel="icon" href="data:,"><title>{html.escape(title)}</title><style>{STYLE}</style></head>\n'
         f"<body><h1>{html.escape(title)}</h1>\n<p class=\"caption\">Generated {time.strftime('%Y-%m-%d %H:%M:%S')} "
-        "by plab report.</p>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"by plab report ({html.escape(_report_version())}).</p>\n" + "\n".join(body) + "\n</body></html>\n"
     )

@@ -6,12 +6,14 @@ simulation at n = 2, 3, 5 and 10. Runs of one seed share evaluation levels, shif
 (where shapes match) initialisation across conditions, so a comparison between conditions uses the
 per-seed differences (a paired design), never two independent samples.
 
-Libraries do the work where one fits: scipy.stats (t quantiles, the exact sign-flip permutation
-test, Clopper-Pearson intervals, Pearson's r), statsmodels (Holm's adjustment, t-test power) and
-rliable (the IQM is its ``aggregate_iqm``, the 25% trimmed mean). Written here, each with the
-reason: the trimmed mean's interval (scipy has Yuen's trimmed t only for two independent samples,
-and ``mstats.trimmed_mean_ci`` rounds the trim count differently from the IQM), Fieller's interval
-of a ratio of paired means, and the repeated-measures correlation (no installed library has it).
+Libraries do the work where one fits: scipy.stats (t quantiles, the sign-flip permutation test,
+the paired t test, D'Agostino's skewness test, Clopper-Pearson intervals, Pearson's r),
+statsmodels (Holm's adjustment, t-test power) and rliable (the IQM is its ``aggregate_iqm``, the
+25% trimmed mean). Written here, each with the reason: the trimmed mean's interval (scipy has
+Yuen's trimmed t only for two independent samples, and ``mstats.trimmed_mean_ci`` rounds the trim
+count differently from the IQM), Fieller's interval of a ratio of paired means, the equivalence
+test against a margin relative to the baseline's mean (statsmodels' ``ttost_paired`` takes the
+margin as a known number), and the repeated-measures correlation (no installed library has it).
 
 Every function takes one sample along the last axis, so the coverage simulations can pass
 thousands of samples at once.
@@ -20,6 +22,7 @@ thousands of samples at once.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,6 +190,100 @@ def sign_flip_p(differences: np.ndarray, resamples: int = 99_999, seed: int = 0)
         n_resamples=np.inf if exact else resamples, rng=None if exact else np.random.default_rng(seed),
     )
     return np.minimum(np.asarray(result.pvalue, dtype=float), 1.0)
+
+
+def sign_flip_label(n: int, resamples: int) -> str:
+    """What a sign-flip p over ``n`` pairs is: exact or Monte Carlo, with its draws and floor.
+
+    scipy adds the observed pattern to the random ones (p = (count + 1) / (draws + 1) per side), so
+    a Monte Carlo two-sided p is never below 2 / (draws + 1); an exact one never below 2 / 2^n."""
+    if n <= EXACT_SIGN_FLIP_MAX:
+        return f"sign-flip, exact (all {2**n} patterns, p >= {2 / 2**n:.2g})"
+    return f"sign-flip, Monte Carlo ({resamples} random patterns, p >= {2 / (resamples + 1):.2g})"
+
+
+def paired_t_p(differences: np.ndarray) -> np.ndarray:
+    """Two-sided p of the paired t test of mean difference 0 along the last axis (scipy's
+    ttest_1samp); NaN below 2 pairs or when every difference is 0."""
+    d = np.asarray(differences, dtype=float)
+    if d.shape[-1] < 2:
+        return np.full(d.shape[:-1], np.nan)
+    with warnings.catch_warnings():  # identical differences: scipy warns and returns p 0 (or NaN for all 0)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(stats.ttest_1samp(d, 0.0, axis=-1).pvalue, dtype=float)
+
+
+SKEW_TEST_MIN = 8
+"""scipy's skewtest (D'Agostino's test of zero skewness) needs at least 8 values: with fewer pairs
+the symmetry the sign-flip test assumes cannot be checked."""
+SKEW_ALPHA = 0.05
+"""Differences whose skewtest p is below this count as skewed."""
+
+
+def skewness_p(differences: np.ndarray) -> np.ndarray:
+    """p of D'Agostino's skewness test along the last axis; NaN below SKEW_TEST_MIN values."""
+    d = np.asarray(differences, dtype=float)
+    if d.shape[-1] < SKEW_TEST_MIN:
+        return np.full(d.shape[:-1], np.nan)
+    with warnings.catch_warnings():  # constant differences: no skewness to test (NaN)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(stats.skewtest(d, axis=-1).pvalue, dtype=float)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The test of mean paired difference 0 that a verdict rests on, and the check that chose it."""
+
+    p: float
+    test: str
+    """Which test ``p`` is (sign_flip_label, or 'paired t' with the reason)."""
+    p_sign_flip: float
+    p_t: float
+    skew_p: float
+    """skewtest p of the differences; NaN below SKEW_TEST_MIN pairs (symmetry not checkable)."""
+    p_floor: float
+    """Smallest p the chosen test can give with these pairs and draws (0 for the t test)."""
+
+
+def paired_test(differences: np.ndarray, resamples: int = 99_999, seed: int = 0) -> PairedTest:
+    """The sign-flip test, unless the differences are shown skewed: then the paired t test.
+
+    The sign-flip test is exact only if, under the null, each difference is as likely to be
+    positive as negative with the same size: symmetric differences. Skewed differences with mean 0
+    are not symmetric about 0, so it would test the wrong null; the t test targets the mean itself
+    and is robust to skew at moderate n. Whether the differences are skewed is decided by
+    D'Agostino's skewtest at SKEW_ALPHA, which needs SKEW_TEST_MIN pairs; below that symmetry is
+    assumed, and the report says so.
+    """
+    d = _finite(differences)
+    n = len(d)
+    p_sign_flip = float(sign_flip_p(d, resamples, seed)) if n else math.nan
+    p_t, skew = float(paired_t_p(d)), float(skewness_p(d))
+    if skew < SKEW_ALPHA and math.isfinite(p_t):
+        return PairedTest(p_t, f"paired t (differences skewed, skewtest p {skew:.2g})", p_sign_flip, p_t, skew, 0.0)
+    floor = 2 / 2**n if n <= EXACT_SIGN_FLIP_MAX else 2 / (resamples + 1)
+    return PairedTest(p_sign_flip, sign_flip_label(n, resamples), p_sign_flip, p_t, skew, floor if n else math.nan)
+
+
+def equivalence_p(x: np.ndarray, y: np.ndarray, margin: float) -> np.ndarray:
+    """p of the paired TOST that mean(x) - mean(y) lies within +-margin |mean(y)|, along the last axis.
+
+    Two one-sided paired t tests (Schuirmann's TOST), p = the larger: mean(x - (1 - m s) y) > 0
+    and mean(x - (1 + m s) y) < 0 with s = sign(mean(y)). Testing these combinations, rather than
+    mean(x - y) against +-m |mean(y)| as a fixed number (statsmodels' ttost_paired), carries the
+    baseline mean's own uncertainty: p <= alpha exactly when Fieller's 1 - 2 alpha interval of
+    mean(x) / mean(y) lies within [1 - m, 1 + m] (for mean(y) > 0). statsmodels' ``transform=log``
+    variant is a ratio of geometric means and needs positive scores, which returns are not.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape[-1] < 2:
+        return np.full(x.shape[:-1], np.nan)
+    s = np.sign(y.mean(axis=-1, keepdims=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        above = stats.ttest_1samp(x - (1 - margin * s) * y, 0.0, axis=-1, alternative="greater").pvalue
+        below = stats.ttest_1samp(x - (1 + margin * s) * y, 0.0, axis=-1, alternative="less").pvalue
+    return np.maximum(np.asarray(above, dtype=float), np.asarray(below, dtype=float))
 
 
 def min_sign_flip_pairs(alpha: float) -> int:

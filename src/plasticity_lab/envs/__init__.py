@@ -8,10 +8,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from plasticity_lab.envs.registry import EnvSpec, env_spec, make_env
+from plasticity_lab.envs.registry import EnvSpec, env_spec, make_env, make_population_env
 from plasticity_lab.envs.shifts import ShiftState
 
-__all__ = ["EnvSpec", "env_spec", "make_env", "first_episodes", "first_episode_steps", "evaluate"]
+__all__ = ["EnvSpec", "env_spec", "make_env", "make_population_env", "first_episodes", "first_episode_steps", "evaluate"]
 
 
 class EpisodeStep(NamedTuple):
@@ -26,41 +26,46 @@ class EpisodeStep(NamedTuple):
     results: list[Any]  # each member's StepResult, or None where the member was not stepped
 
 
-def first_episode_steps(policy: Any, envs: Sequence[Any]) -> Iterator[EpisodeStep]:
-    """Step every env of every member's ``envs[k]`` until each has finished its first episode
-    (counted from its current state), yielding every step.
+def first_episode_steps(policy: Any, envs: Any) -> Iterator[EpisodeStep]:
+    """Step every env of every member of the population environment ``envs``
+    (:mod:`plasticity_lab.envs.population`) until each has finished its first episode (counted
+    from its current state), yielding every step.
 
-    ``policy(obs)`` gets the observations of all members (K, n, ...) and returns actions for all
-    rows; rows of finished envs are ignored (those envs repeat their last action, discrete or
-    continuous alike, and are not part of the data). A member whose envs have all finished is not
+    ``policy(obs, active)`` gets the observations of all members (K, n, ...) and which envs are
+    still in their first episode (bool (K, n)) and returns actions for all rows; rows of finished
+    envs are ignored (those envs repeat their last action, discrete or continuous alike, and are
+    not part of the data). A member whose envs have all finished is not
     stepped again. The episode cap bounds the loop.
     """
-    finished = np.zeros((len(envs), envs[0].num_envs), dtype=bool)
+    finished = np.zeros((envs.members, envs.num_envs), dtype=bool)
     actions: np.ndarray | None = None
-    obs = np.stack([env.observe_current() for env in envs])
+    obs = envs.observe_current()
     while not finished.all():
         active = ~finished
-        chosen = np.asarray(policy(obs))
+        chosen = np.asarray(policy(obs, active))
         if actions is None:
             actions = np.zeros_like(chosen)
         actions[active] = chosen[active]
-        results = [env.step(actions[k]) if active[k].any() else None for k, env in enumerate(envs)]
+        stepping = [k for k in range(envs.members) if active[k].any()]
+        stepped = envs.step(actions[stepping], stepping)
+        results: list[Any] = [None] * envs.members
+        for k, res in zip(stepping, stepped):
+            results[k] = res
         yield EpisodeStep(active, obs, actions.copy(), results)
         obs = obs.copy()
-        for k, res in enumerate(results):
-            if res is not None:
-                finished[k] |= (res.terminated | res.truncated) & active[k]
-                obs[k] = res.obs
+        for k, res in zip(stepping, stepped):
+            finished[k] |= (res.terminated | res.truncated) & active[k]
+            obs[k] = res.obs
 
 
-def first_episodes(policy: Any, envs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def first_episodes(policy: Any, envs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Return and length (K, n) of exactly the first episode of every env of every member.
 
     Taking one episode per env avoids the bias towards short episodes that collecting "the first
     N finished" would have.
     """
-    returns = np.zeros((len(envs), envs[0].num_envs), dtype=np.float32)
-    lengths = np.zeros((len(envs), envs[0].num_envs), dtype=np.int64)
+    returns = np.zeros((envs.members, envs.num_envs), dtype=np.float32)
+    lengths = np.zeros((envs.members, envs.num_envs), dtype=np.int64)
     for step in first_episode_steps(policy, envs):
         for k, res in enumerate(step.results):
             if res is None:
@@ -78,11 +83,8 @@ def evaluate(
     TEST levels/layouts (ProcGen, gridworld) or fresh seeds (ALE, Gymnasium), member k with its
     own ``seeds[k]`` under ``shifts[k]``; returns are raw scores. ``policy`` as in
     :func:`first_episode_steps`."""
-    envs = []
+    envs = make_population_env(cfg, num_episodes, seeds, train=False, shifts=shifts)
     try:
-        for seed, shift in zip(seeds, shifts):
-            envs.append(make_env(cfg, num_episodes, seed, train=False, shift=shift))
         return first_episodes(policy, envs)
     finally:
-        for env in envs:
-            env.close()
+        envs.close()

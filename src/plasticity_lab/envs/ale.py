@@ -36,7 +36,7 @@ from ale_py import roms
 
 from plasticity_lab.envs.base import StepResult, finish_episodes
 from plasticity_lab.envs.registry import EnvSpec
-from plasticity_lab.envs.shifts import ShiftState, gather_image, image_tile_source, map_actions
+from plasticity_lab.envs.shifts import ShiftState, game_sequence, gather_image, image_tile_source, map_actions
 
 FRAME = 84
 FULL_ACTIONS = 18
@@ -63,11 +63,7 @@ class AleSettings:
     @classmethod
     def from_config(cls, cfg: Any) -> AleSettings:
         a = cfg.ale
-        games = tuple(a.games) if a.games else (cfg.task,)
-        if games[0] != cfg.task:
-            raise ValueError(f"ale.games must start with the task {cfg.task!r} (got {games[0]!r})")
-        for game in games:
-            check_game(game)
+        games = game_sequence(cfg.task, a.games, check_game, "ale.games")
         flavours = tuple((int(m), int(d)) for m, d in a.flavours) if a.flavours else ()
         if cfg.shift_type == "flavour" and not flavours:
             flavours = all_flavours(games[0])

@@ -15,6 +15,7 @@ the punishing objects; ``none`` changes nothing. Training layouts are [0, K), te
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,16 @@ def make(cfg: Any, num_envs: int, seed: int, train: bool, shift: ShiftState | No
     )  # fmt: skip
 
 
+def make_population(
+    cfg: Any, num_envs: int, seeds: Sequence[int], train: bool, shifts: Sequence[ShiftState | None]
+) -> GridGatherPopulation:
+    """Every member's ``num_envs`` environments in one array program (see :class:`GridGatherPopulation`)."""
+    return GridGatherPopulation(
+        cfg.task, num_envs, seeds, train, shifts, size=cfg.grid_size, episode_steps=cfg.episode_steps,
+        time_limit=cfg.time_limit,
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Layouts:
     """Walls, object values (+1 / -1 / 0) and start cell of a contiguous range of layout ids."""
@@ -80,8 +91,224 @@ def make_layouts(first: int, count: int, size: int, good: int, bad: int) -> Layo
     return Layouts(walls, objects, start)
 
 
+class GridGatherPopulation:
+    """``num_envs`` gather episodes for each of K population members, stepped together.
+
+    Member k's environments are rows ``[k * num_envs, (k + 1) * num_envs)`` of every state array;
+    each member has its own random stream (its layout draws), shift state, cell and action
+    permutation, so member k behaves exactly as a single environment built with ``seeds[k]``
+    (:class:`GridGatherVecEnv` is a population of one). Members at the same round share their
+    layouts (no copy); members on different layout ranges (while a shift reaches them one by
+    one) are looked up in a concatenation.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        num_envs: int,
+        seeds: Sequence[int],
+        train: bool = True,
+        shifts: Sequence[ShiftState | None] | None = None,
+        size: int = 9,
+        episode_steps: int = 50,
+        good: int = 6,
+        bad: int = 3,
+        time_limit: str = "truncate",
+    ) -> None:
+        if time_limit not in TIME_LIMITS:
+            raise ValueError(f"time_limit must be one of {', '.join(TIME_LIMITS)}, got {time_limit!r}")
+        self.time_limit = time_limit
+        self.task, self.num_envs, self.train = task, num_envs, train
+        self.members = len(seeds)
+        self.num_layouts = parse_gather_task(task)
+        self.size, self.episode_steps, self.good, self.bad = size, episode_steps, good, bad
+        self.num_actions = GRID_ACTIONS
+        self.num_tiles = size * size
+        self.obs_shape = (size, size, 3)
+        rows = self.members * num_envs
+        self.rngs = [np.random.default_rng(seed) for seed in seeds]
+        self.block = np.repeat(np.arange(self.members), num_envs)
+        self.layout_idx = np.zeros(rows, dtype=np.int64)
+        self.pos = np.zeros((rows, 2), dtype=np.int64)
+        self.objects = np.zeros((rows, size, size), dtype=np.int8)
+        self.steps = np.zeros(rows, dtype=np.int64)
+        self.returns = np.zeros(rows, dtype=np.float32)
+        self.shifts: list[ShiftState] = [ShiftState()] * self.members
+        self.member_layouts: list[Layouts | None] = [None] * self.members
+        self._keys: list[tuple | None] = [None] * self.members
+        self.cell_perm: np.ndarray | None = None  # (K, cells), or None: no member permutes
+        self.action_perm: np.ndarray | None = None  # (K, actions)
+        shifts = shifts or [None] * self.members
+        for k, state in enumerate(shifts):
+            self.apply_shift(k, state or ShiftState())
+
+    def rows(self, k: int) -> slice:
+        return slice(k * self.num_envs, (k + 1) * self.num_envs)
+
+    def member(self, k: int) -> GridGatherVecEnv:
+        """Member ``k``'s environments as a VecEnv (views of this population's state)."""
+        return GridGatherVecEnv.view(self, k)
+
+    # ------------------------------------------------------------------ configuration
+    def apply_shift(self, k: int, state: ShiftState) -> None:
+        """Member ``k`` takes the round's configuration; a new layout range or difficulty starts
+        its new episodes."""
+        for name, perm, size in (("tile_perm", state.tile_perm, self.num_tiles), ("action_perm", state.action_perm, GRID_ACTIONS)):
+            if perm is not None and len(perm) != size:
+                raise ValueError(f"{name} has {len(perm)} entries, this grid needs {size}")
+        first, count = level_range(self.num_layouts, state, self.train)
+        bad = self.bad * (2 if state.hard else 1)
+        key = (first, count, bad)
+        self.shifts[k] = state
+        self.cell_perm = self._set_perm(self.cell_perm, k, state.tile_perm, self.num_tiles)
+        self.cell_shown_at = None if self.cell_perm is None else np.argsort(self.cell_perm, axis=1)  # input cell -> output cell
+        self.action_perm = self._set_perm(self.action_perm, k, state.action_perm, GRID_ACTIONS)
+        if self._keys[k] != key:
+            shared = next((self.member_layouts[j] for j in range(self.members) if self._keys[j] == key), None)
+            self._keys[k] = key
+            self.member_layouts[k] = shared or make_layouts(first, count, self.size, self.good, bad)
+            self._index_layouts()
+            self._reset(np.arange(self.rows(k).start, self.rows(k).stop))
+
+    def _set_perm(self, current: np.ndarray | None, k: int, perm: np.ndarray | None, size: int) -> np.ndarray | None:
+        if current is None:
+            if perm is None:
+                return None
+            current = np.tile(np.arange(size), (self.members, 1))
+        current[k] = np.arange(size) if perm is None else perm
+        return current
+
+    def _index_layouts(self) -> None:
+        """The layouts every row is looked up in: the shared ones, or a concatenation with each
+        member's offset."""
+        if None in self.member_layouts:
+            return
+        distinct = list({id(lay): lay for lay in self.member_layouts}.values())
+        if len(distinct) == 1:
+            self.layouts, self.offset = distinct[0], np.zeros(self.members, dtype=np.int64)
+            return
+        self.layouts = Layouts(*(np.concatenate([getattr(lay, f) for lay in self.member_layouts]) for f in ("walls", "objects", "start")))
+        self.offset = np.cumsum([0] + [len(lay.start) for lay in self.member_layouts[:-1]])
+
+    def restart(self, members: Sequence[int]) -> None:
+        """A fresh episode in every env of ``members`` (episode-based collection starts every batch this way)."""
+        self._reset(np.concatenate([np.arange(self.rows(k).start, self.rows(k).stop) for k in members]))
+
+    def _reset(self, idx: np.ndarray) -> None:
+        """New episodes in rows ``idx`` (ascending), each member drawing its layouts from its own stream."""
+        blocks = self.block[idx]
+        for k in np.unique(blocks):
+            rows = idx[blocks == k]
+            layouts = self.member_layouts[k]
+            chosen = self.rngs[k].integers(0, len(layouts.start), len(rows))
+            self.layout_idx[rows] = chosen
+            self.pos[rows] = layouts.start[chosen]
+            self.objects[rows] = layouts.objects[chosen]
+        self.steps[idx] = 0
+        self.returns[idx] = 0.0
+
+    # ------------------------------------------------------------------ observation
+    def render(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Frames of ``rows`` (all by default), each member's cell permutation applied: output
+        cell j shows input cell perm[j], so the walls and objects are gathered through the
+        permutation and the agent drawn at the cell that shows its position."""
+        index = np.arange(self.members * self.num_envs)[rows]
+        n, cells = len(index), self.num_tiles
+        walls = self.layouts.walls[self.offset[self.block[index]] + self.layout_idx[index]].reshape(n, cells)
+        objects = self.objects[index].reshape(n, cells)
+        agent = self.pos[index, 0] * self.size + self.pos[index, 1]
+        if self.cell_perm is not None:
+            perm = self.cell_perm[self.block[index]]
+            walls, objects = (np.take_along_axis(a, perm, axis=1) for a in (walls, objects))
+            agent = self.cell_shown_at[self.block[index], agent]
+        obs = np.zeros((n, cells, 3), dtype=np.uint8)
+        obs[..., 0] = walls * 255
+        obs[..., 1] = (objects > 0) * 255
+        obs[..., 2] = (objects < 0) * 255
+        obs[np.arange(n), agent] = 255
+        return obs.reshape(n, self.size, self.size, 3)
+
+    def observe_current(self) -> np.ndarray:
+        """(K, num_envs, size, size, 3) frames of every member."""
+        return self.render().reshape(self.members, self.num_envs, *self.obs_shape)
+
+    # ------------------------------------------------------------------ dynamics
+    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> list[StepResult]:
+        """One step of every env of ``members`` (default: all), ``actions[j]`` for member
+        ``members[j]``; returns each stepped member's StepResult."""
+        members = list(range(self.members)) if members is None else list(members)
+        actions = np.asarray(actions, dtype=np.int64).reshape(len(members), -1)
+        if actions.shape[1] != self.num_envs or actions.min() < 0 or actions.max() >= GRID_ACTIONS:
+            raise ValueError(f"actions must be ({self.num_envs},) integers in [0, {GRID_ACTIONS}) per member")
+        if len(members) == self.members:
+            rows = np.arange(self.members * self.num_envs)
+        else:
+            rows = np.concatenate([np.arange(self.rows(k).start, self.rows(k).stop) for k in members])
+        actions = actions.reshape(-1)
+        if self.action_perm is not None:
+            actions = self.action_perm[self.block[rows], actions]
+        pos = self.pos[rows]
+        target = pos + MOVES[actions]
+        inside = np.all((target >= 0) & (target < self.size), axis=1)
+        target = np.where(inside[:, None], target, pos)
+        layout = self.offset[self.block[rows]] + self.layout_idx[rows]
+        blocked = self.layouts.walls[layout, target[:, 0], target[:, 1]]
+        pos = np.where(blocked[:, None], pos, target)
+        self.pos[rows] = pos
+        reward = self.objects[rows, pos[:, 0], pos[:, 1]].astype(np.float32)
+        self.objects[rows, pos[:, 0], pos[:, 1]] = 0
+        self.steps[rows] += 1
+        self.returns[rows] += reward
+        terminated = ~np.any(self.objects[rows] > 0, axis=(1, 2))  # every good object collected
+        capped = ~terminated & (self.steps[rows] >= self.episode_steps)
+        if self.time_limit == "terminal":  # the reference gridworld: `steps >= step_limit` is a terminal
+            terminated, truncated = terminated | capped, np.zeros_like(capped)
+        else:
+            truncated = capped
+        done = terminated | truncated
+        episode_return = np.where(done, self.returns[rows], 0.0).astype(np.float32)
+        episode_length = np.where(done, self.steps[rows], 0)
+        final_obs = self.render(rows) if truncated.any() else None
+        if done.any():
+            self._reset(rows[done])
+        obs = self.render(rows)
+        out = []
+        for j in range(len(members)):
+            part = slice(j * self.num_envs, (j + 1) * self.num_envs)
+            cut = truncated[part]
+            out.append(StepResult(
+                obs=obs[part], reward=reward[part], terminated=terminated[part], truncated=cut,
+                final_obs=final_obs[part] if final_obs is not None and cut.any() else None,
+                episode_return=episode_return[part], episode_length=episode_length[part],
+            ))  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_state(self, k: int) -> dict[str, Any]:
+        rows = self.rows(k)
+        return {
+            "rng": self.rngs[k].bit_generator.state, "layout_idx": self.layout_idx[rows].copy(), "pos": self.pos[rows].copy(),
+            "objects": self.objects[rows].copy(), "steps": self.steps[rows].copy(), "returns": self.returns[rows].copy(),
+            "shift": self.shifts[k].to_dict(),
+        }
+
+    def set_state(self, k: int, state: dict[str, Any]) -> None:
+        self.apply_shift(k, ShiftState.from_dict(state["shift"]))
+        self.rngs[k].bit_generator.state = state["rng"]
+        rows = self.rows(k)
+        for name in ("layout_idx", "pos", "objects", "steps", "returns"):
+            getattr(self, name)[rows] = state[name]
+
+    def close(self) -> None:
+        """Nothing to release (interface parity with ProcgenVecEnv)."""
+
+
 class GridGatherVecEnv:
-    """``num_envs`` gather episodes stepped together; the interface of ``ProcgenVecEnv``."""
+    """``num_envs`` gather episodes stepped together; the interface of ``ProcgenVecEnv``.
+
+    One member of a :class:`GridGatherPopulation` (its own population of one when built
+    directly); its state arrays are views of the population's rows.
+    """
 
     def __init__(
         self,
@@ -96,117 +323,51 @@ class GridGatherVecEnv:
         bad: int = 3,
         time_limit: str = "truncate",
     ) -> None:
-        if time_limit not in TIME_LIMITS:
-            raise ValueError(f"time_limit must be one of {', '.join(TIME_LIMITS)}, got {time_limit!r}")
-        self.time_limit = time_limit
-        self.task, self.num_envs, self.train = task, num_envs, train
-        self.num_layouts = parse_gather_task(task)
-        self.size, self.episode_steps, self.good, self.bad = size, episode_steps, good, bad
-        self.num_actions = GRID_ACTIONS
-        self.num_tiles = size * size
-        self.obs_shape = (size, size, 3)
-        self.rng = np.random.default_rng(seed)
-        self.layout_idx = np.zeros(num_envs, dtype=np.int64)
-        self.pos = np.zeros((num_envs, 2), dtype=np.int64)
-        self.objects = np.zeros((num_envs, size, size), dtype=np.int8)
-        self.steps = np.zeros(num_envs, dtype=np.int64)
-        self.returns = np.zeros(num_envs, dtype=np.float32)
-        self.apply_shift(shift or ShiftState())
+        population = GridGatherPopulation(task, num_envs, [seed], train, [shift], size, episode_steps, good, bad, time_limit)
+        self._attach(population, 0)
 
-    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def view(cls, population: GridGatherPopulation, k: int) -> GridGatherVecEnv:
+        env = cls.__new__(cls)
+        env._attach(population, k)
+        return env
+
+    def _attach(self, population: GridGatherPopulation, k: int) -> None:
+        self.population, self.k = population, k
+        self.task, self.num_envs, self.train = population.task, population.num_envs, population.train
+        self.num_actions, self.num_tiles, self.obs_shape = population.num_actions, population.num_tiles, population.obs_shape
+        rows = population.rows(k)
+        self.layout_idx, self.pos, self.objects = population.layout_idx[rows], population.pos[rows], population.objects[rows]
+        self.steps, self.returns = population.steps[rows], population.returns[rows]
+
+    @property
+    def layouts(self) -> Layouts:
+        return self.population.member_layouts[self.k]
+
+    @property
+    def shift(self) -> ShiftState:
+        return self.population.shifts[self.k]
+
     def apply_shift(self, state: ShiftState) -> None:
-        """Take the round's configuration; a new layout range or difficulty starts new episodes."""
-        for name, perm, size in (("tile_perm", state.tile_perm, self.num_tiles), ("action_perm", state.action_perm, GRID_ACTIONS)):
-            if perm is not None and len(perm) != size:
-                raise ValueError(f"{name} has {len(perm)} entries, this grid needs {size}")
-        first, count = level_range(self.num_layouts, state, self.train)
-        bad = self.bad * (2 if state.hard else 1)
-        key = (first, count, bad)
-        rebuild = getattr(self, "_layout_key", None) != key
-        self.shift = state
-        self.cell_perm = state.tile_perm
-        self.action_perm = state.action_perm
-        if rebuild:
-            self._layout_key = key
-            self.layouts = make_layouts(first, count, self.size, self.good, bad)
-            self._reset(np.arange(self.num_envs))
+        self.population.apply_shift(self.k, state)
 
     def restart(self) -> None:
-        """A fresh episode in every env (episode-based collection starts every batch this way)."""
-        self._reset(np.arange(self.num_envs))
-
-    def _reset(self, idx: np.ndarray) -> None:
-        chosen = self.rng.integers(0, len(self.layouts.start), len(idx))
-        self.layout_idx[idx] = chosen
-        self.pos[idx] = self.layouts.start[chosen]
-        self.objects[idx] = self.layouts.objects[chosen]
-        self.steps[idx] = 0
-        self.returns[idx] = 0.0
-
-    # ------------------------------------------------------------------ observation
-    def _render(self) -> np.ndarray:
-        walls = self.layouts.walls[self.layout_idx]
-        obs = np.zeros((self.num_envs, self.size, self.size, 3), dtype=np.uint8)
-        obs[..., 0] = walls * 255
-        obs[..., 1] = (self.objects > 0) * 255
-        obs[..., 2] = (self.objects < 0) * 255
-        obs[np.arange(self.num_envs), self.pos[:, 0], self.pos[:, 1]] = 255
-        if self.cell_perm is not None:
-            # one gather over the batch: output cell j shows input cell perm[j]
-            flat = obs.reshape(self.num_envs, self.num_tiles, 3)
-            obs = flat[:, self.cell_perm].reshape(obs.shape)
-        return obs
+        self.population.restart([self.k])
 
     def observe_current(self) -> np.ndarray:
-        return self._render()
+        return self.population.render(self.population.rows(self.k))
 
-    # ------------------------------------------------------------------ dynamics
     def step(self, actions: np.ndarray) -> StepResult:
         actions = np.asarray(actions, dtype=np.int64)
-        if actions.shape != (self.num_envs,) or actions.min() < 0 or actions.max() >= GRID_ACTIONS:
+        if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must be ({self.num_envs},) integers in [0, {GRID_ACTIONS})")
-        if self.action_perm is not None:
-            actions = self.action_perm[actions]
-        target = self.pos + MOVES[actions]
-        inside = np.all((target >= 0) & (target < self.size), axis=1)
-        target = np.where(inside[:, None], target, self.pos)
-        rows = np.arange(self.num_envs)
-        blocked = self.layouts.walls[self.layout_idx, target[:, 0], target[:, 1]]
-        self.pos = np.where(blocked[:, None], self.pos, target)
-        reward = self.objects[rows, self.pos[:, 0], self.pos[:, 1]].astype(np.float32)
-        self.objects[rows, self.pos[:, 0], self.pos[:, 1]] = 0
-        self.steps += 1
-        self.returns += reward
-        terminated = ~np.any(self.objects > 0, axis=(1, 2))  # every good object collected
-        capped = ~terminated & (self.steps >= self.episode_steps)
-        if self.time_limit == "terminal":  # the reference gridworld: `steps >= step_limit` is a terminal
-            terminated, truncated = terminated | capped, np.zeros_like(capped)
-        else:
-            truncated = capped
-        done = terminated | truncated
-        episode_return = np.where(done, self.returns, 0.0).astype(np.float32)
-        episode_length = np.where(done, self.steps, 0)
-        final_obs = self._render() if truncated.any() else None
-        if done.any():
-            self._reset(np.flatnonzero(done))
-        return StepResult(
-            obs=self._render(), reward=reward, terminated=terminated, truncated=truncated,
-            final_obs=final_obs, episode_return=episode_return, episode_length=episode_length,
-        )
+        return self.population.step(actions[None], [self.k])[0]
 
-    # ------------------------------------------------------------------ checkpoints
     def get_state(self) -> dict[str, Any]:
-        return {
-            "rng": self.rng.bit_generator.state, "layout_idx": self.layout_idx.copy(), "pos": self.pos.copy(),
-            "objects": self.objects.copy(), "steps": self.steps.copy(), "returns": self.returns.copy(),
-            "shift": self.shift.to_dict(),
-        }
+        return self.population.get_state(self.k)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.apply_shift(ShiftState.from_dict(state["shift"]))
-        self.rng.bit_generator.state = state["rng"]
-        for name in ("layout_idx", "pos", "objects", "steps", "returns"):
-            getattr(self, name)[...] = state[name]
+        self.population.set_state(self.k, state)
 
     def close(self) -> None:
         """Nothing to release (interface parity with ProcgenVecEnv)."""

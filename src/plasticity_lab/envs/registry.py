@@ -1,7 +1,8 @@
 """The environment families and what each declares about itself.
 
 Every family is a module with two functions, ``spec(cfg) -> EnvSpec`` and
-``make(cfg, num_envs, seed, train, shift) -> VecEnv``, listed in :data:`FAMILIES` with the
+``make(cfg, num_envs, seed, train, shift) -> VecEnv`` (optionally a third, ``make_population``,
+for a population's environments in one program), listed in :data:`FAMILIES` with the
 optional dependency extra that provides its simulator. The config validator, the network
 builder and the training loop ask the spec (observation shape and type, discrete or continuous
 actions, supported shifts, fitting encoders) instead of knowing any family, so a new environment
@@ -36,6 +37,7 @@ FAMILIES: dict[str, Family] = {
     "ale": Family("plasticity_lab.envs.ale", ("ale_py", "gymnasium"), extra="ale"),
     "mujoco": Family("plasticity_lab.envs.mujoco", ("mujoco", "gymnasium"), extra="mujoco"),
     "gymnasium": Family("plasticity_lab.envs.gym_vector", ("gymnasium",), extra="gymnasium"),
+    "minatar": Family("plasticity_lab.envs.minatar", ("minatar",), extra="minatar"),
 }
 ENV_NAMES = tuple(FAMILIES)
 
@@ -97,3 +99,17 @@ def make_env(cfg: Any, num_envs: int, seed: int, train: bool = True, shift: Any 
     if num_envs <= 0:
         raise ValueError(f"num_envs must be positive, got {num_envs}")
     return family(cfg.name).make(cfg, num_envs, seed, train, shift)
+
+
+def make_population_env(cfg: Any, num_envs: int, seeds: Any, train: bool = True, shifts: Any = None) -> Any:
+    """The environments of a population, member k built with ``seeds[k]`` under ``shifts[k]``
+    (see :mod:`plasticity_lab.envs.population`)."""
+    if num_envs <= 0:
+        raise ValueError(f"num_envs must be positive, got {num_envs}")
+    shifts = list(shifts) if shifts is not None else [None] * len(seeds)
+    module = family(cfg.name)
+    if hasattr(module, "make_population"):
+        return module.make_population(cfg, num_envs, list(seeds), train, shifts)
+    from plasticity_lab.envs.population import EnvList
+
+    return EnvList([module.make(cfg, num_envs, seed, train, shift) for seed, shift in zip(seeds, shifts)])

@@ -9,6 +9,7 @@ always shift together.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ class ShiftState:
     level_extra: int = 0
     hard: bool = False
     game: int = 0
-    """Index into the environment's game sequence (ALE ``game`` shift)."""
+    """Index into the environment's game sequence (ALE and MinAtar ``game`` shift)."""
     flavour: int = 0
     """Index into the environment's (mode, difficulty) list (ALE ``flavour`` shift)."""
     friction: float = 1.0
@@ -191,6 +192,18 @@ def next_shift(
     elif shift_type in PHYSICS_SHIFTS:
         fields[shift_type] = float(np.exp(rng.uniform(np.log(low), np.log(high))))
     return ShiftState.from_dict(fields)
+
+
+def game_sequence(task: str, games: Sequence[str], check: Callable[[str], None], key: str) -> tuple[str, ...]:
+    """The games a ``game`` shift steps through (state ``game`` indexes it): ``games``, read from
+    config key ``key``, which must start with the task, or the task alone when empty; ``check``
+    raises a one-line error for a game the family does not have (ALE, MinAtar)."""
+    sequence = tuple(games) if games else (task,)
+    if sequence[0] != task:
+        raise ValueError(f"{key} must start with the task {task!r} (got {sequence[0]!r})")
+    for game in sequence:
+        check(game)
+    return sequence
 
 
 def level_range(num_levels: int, state: ShiftState, train: bool) -> tuple[int, int]:

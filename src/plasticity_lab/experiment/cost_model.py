@@ -53,9 +53,6 @@ PROBE_CHUNK = 256
 EPISODE_OVERSHOOT = 1.5
 """Transitions of an epoch of ``rollout: episodes`` per ``buffer_size`` (it collects complete
 episodes until at least buffer_size; 1.0-2.2x measured on CoinRun, BENCHMARKS.md)."""
-SVDS_PER_LAYER = 3
-"""Singular-value decompositions of a layer's probe features (effective rank, srank, feature rank);
-the trunk adds one for ``spectra.npz``."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +69,7 @@ ENV_COSTS: dict[str, EnvCost] = {
     "ale": EnvCost(step=8e-4, make=0.3),  # frame skip 4 + preprocessing; ROM load per copy
     "mujoco": EnvCost(step=6e-4, make=1e-2),  # Ant: physics + Gymnasium wrappers per copy
     "gymnasium": EnvCost(step=6e-4, make=1e-2),  # any task: priced like MuJoCo (classic control is cheaper)
+    "minatar": EnvCost(step=1e-5, make=1e-3),  # pure Python, one object per copy (provisional)
 }
 """Per-family environment costs (measured with ``plab bench --diagnostics --config``)."""
 
@@ -85,7 +83,8 @@ class NetworkShape:
     activations: int
     """Elements of all blocks' activations."""
     svd_work: float
-    """Sum of ``cols^2`` over a probe's feature decompositions (times the frame count: their cost)."""
+    """Sum of ``cols^2`` over a probe's feature decompositions, one per layer for its three rank
+    measures and the spectrum (times the frame count: their cost)."""
     weight_svd_work: float
     """Sum of ``rows x cols^2`` over the weight matrices a probe decomposes (stable ranks)."""
 
@@ -109,7 +108,7 @@ class NetworkShape:
         return cls(
             macs=float(macs),
             activations=sum(a.numel() for a in acts),
-            svd_work=float(SVDS_PER_LAYER * sum(w * w for w in widths) + widths[-1] ** 2),
+            svd_work=float(sum(w * w for w in widths)),
             weight_svd_work=float(sum(max(r, c) * min(r, c) ** 2 for r, c in matrices)),
         )
 

@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import scalar
 
 from plasticity_lab.agents.population_optim import (
     MemberOptimizers,
@@ -39,7 +41,7 @@ from plasticity_lab.agents.population_optim import (
 from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
-from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_env
+from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_population_env
 from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
@@ -56,6 +58,7 @@ from plasticity_lab.metrics.plasticity import (
     weight_rms,
 )
 from plasticity_lab.nets import ActorCritic, build_model
+from plasticity_lab.nets.layers import compute_dtype
 from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
@@ -105,10 +108,12 @@ class Member:
         self.gen.manual_seed(int(seeds[1]))
         self.shift_rng = np.random.default_rng(int(seeds[2]))
         self.eval_seed = int(seeds[3])
-        self.env = make_env(run.env_cfg, run.env_cfg.env_copies, seed=int(seeds[2]) + 1, train=True)
+        self.env_seed = int(seeds[2]) + 1
+        self.env: Any = None
+        """The member's training environments (a view of the population's, set by the run)."""
         # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
-        self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=self.env.num_tiles)
-        self.env.apply_shift(self.shift_state)
+        self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=run.spec.num_tiles)
+        self.model.follow_input_order(self.shift_state.tile_perm)  # statistics per raw feature under permute
         self.reward_scaler = (
             RewardScaler(run.env_cfg.env_copies, run.ppo.gamma, run.opts.reward_clip)
             if run.opts and run.opts.normalize_reward else None
@@ -151,22 +156,23 @@ class Run:
     """A population of runs of one condition, one per seed, trained in lockstep; ``Run(cfg,
     run_dir, seed)`` is a single run (a population of one).
 
-    ``run_dirs``, ``seeds`` and ``labels`` are per member (a single value: one member).
+    ``run_dir``, ``seed`` and ``label`` are per member: a list, or a single value for one member.
     """
 
     def __init__(
         self,
         cfg: RunConfig,
-        run_dirs: Path | Sequence[Path],
-        seeds: int | Sequence[int],
+        run_dir: Path | Sequence[Path],
+        seed: int | Sequence[int],
         device: str = "auto",
         label: str | Sequence[str] = "",
     ) -> None:
-        single = isinstance(seeds, int)
-        seeds = [seeds] if single else list(seeds)
-        run_dirs = [Path(run_dirs)] if single else [Path(d) for d in run_dirs]
+        single = isinstance(seed, int)
+        seeds = [seed] if single else list(seed)
+        run_dirs = [Path(run_dir)] if single else [Path(d) for d in run_dir]
+        label = label if single or not isinstance(label, str) else [label] * len(seeds)
         labels = [label] if isinstance(label, str) else list(label)
-        labels = [lab or d.name for lab, d in zip(labels if len(labels) == len(seeds) else [""] * len(seeds), run_dirs)]
+        labels = [lab or d.name for lab, d in zip(labels, run_dirs)]
         if len(run_dirs) != len(seeds) or not seeds:
             raise ValueError("a population needs one run directory per seed")
         self.cfg = cfg
@@ -181,12 +187,16 @@ class Run:
         self.normalize_obs = bool(self.opts and self.opts.normalize_obs)
         self.plan = TrainingPlan.from_config(cfg)
         self.members = [Member(self, k, seed, d, lab) for k, (seed, d, lab) in enumerate(zip(seeds, run_dirs, labels))]
+        self.envs = make_population_env(self.env_cfg, self.env_cfg.env_copies, [m.env_seed for m in self.members], train=True)
+        for k, member in enumerate(self.members):
+            member.env = self.envs.member(k)
+            member.env.apply_shift(member.shift_state)
         self.net = PopulationNetwork([m.model for m in self.members])
         self.optimizer = self.make_optimizer()
         self.steps_per_env = self.ppo.buffer_size // self.env_cfg.env_copies
         self.start_epoch = 0
         self.columns = BASE_COLUMNS + [k for iv in self.members[0].interventions for k in iv.stat_keys]
-        self.autocast = self.ppo.precision == "bf16"
+        self.low_precision = torch.bfloat16 if self.ppo.precision == "bf16" else None
         self.stop_signal: int | None = None
         self.current_epoch = 0
 
@@ -212,7 +222,8 @@ class Run:
             return PopulationAdamW(self.net.trainable(), **settings)
         slot = self.members[0].interventions.index(provider)
         return MemberOptimizers(
-            [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings)
+            [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings),
+            [m.own_rng for m in self.members],
         )
 
     def optimizer_view(self, member: Member) -> Any:
@@ -226,7 +237,8 @@ class Run:
         return [f"{iv.name}:{hook}" for iv in self.members[0].interventions for hook in iv.hooks()]
 
     def amp(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+        """The network's compute precision (``ppo_trainer.precision``) for the loop's forwards."""
+        return compute_dtype(self.low_precision)
 
     def follow_structure(self) -> None:
         """After hooks that may change the networks' structure (injection): re-stack, carrying
@@ -313,12 +325,15 @@ class Run:
                             member.ckpt_dir / f"task_{member.task_index}.pt")
 
     # ------------------------------------------------------------------ experience
-    def policy_sample(self, obs: torch.Tensor, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, ...]:
+    def policy_sample(
+        self, obs: torch.Tensor, generators: Sequence[torch.Generator], needed: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """Actions, their log-probabilities and the values of ``obs`` (K, N, ...), member k's
-        actions drawn from ``generators[k]``."""
+        actions drawn from ``generators[k]`` (one draw per row, ``needed`` or not, so a member's
+        stream does not depend on how it is computed)."""
         with torch.no_grad():
             with self.amp():
-                head, values, _ = self.net(obs)
+                head, values, _ = self.net(obs, None if needed is None else torch.from_numpy(needed).to(self.device))
             dist = self.net.distribution(head)
             actions = dist.sample(generators)
             return actions, dist.log_prob(actions), values.float()
@@ -374,7 +389,7 @@ class Run:
         lengths: list[list[int]] = [[] for _ in range(K)]
         finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(K)]
         generators = [m.gen for m in self.members]
-        obs = torch.from_numpy(np.stack([m.env.observe_current() for m in self.members])).to(self.device)
+        obs = torch.from_numpy(self.envs.observe_current()).to(self.device)
         rewards = np.zeros((K, envs), dtype=np.float32)
         terminated = np.zeros((K, envs), dtype=bool)
         truncated = np.zeros((K, envs), dtype=bool)
@@ -383,9 +398,7 @@ class Run:
             ro.obs[t] = obs
             actions, log_probs, values = self.policy_sample(obs, generators)
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
-            actions_np = actions.cpu().numpy()
-            for k, member in enumerate(self.members):
-                res = member.env.step(actions_np[k])
+            for k, (member, res) in enumerate(zip(self.members, self.envs.step(actions.cpu().numpy()))):
                 rewards[k], terminated[k], truncated[k], next_obs[k] = member.scaled_reward(res), res.terminated, res.truncated, res.obs
                 done = res.terminated | res.truncated
                 if done.any():
@@ -417,7 +430,8 @@ class Run:
             needing = [k for k in range(K) if stored[k] < self.ppo.buffer_size]
             if not needing:
                 break
-            batch, batch_returns, batch_lengths = self.collect_episode_batch(needing)
+            ro, batch_returns, batch_lengths = self.collect_episode_batch(needing)
+            batch = ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda)
             for j, k in enumerate(needing):
                 rows[k].append(batch.member_rows(j))
                 stored[k] += batch.lengths[j]
@@ -428,28 +442,33 @@ class Run:
         per_member = [tuple(torch.cat(parts) for parts in zip(*member_rows)) for member_rows in rows]
         return Batch.from_member_rows(per_member), returns, lengths
 
-    def collect_episode_batch(self, members: list[int]) -> tuple[Batch, list[list[float]], list[list[int]]]:
+    def collect_episode_batch(self, members: list[int]) -> tuple[Rollout, list[list[float]], list[list[int]]]:
         """One complete episode from every env copy of each member in ``members``, all started by
-        a reset and run together; an env that finished waits for the others. The network sees
-        the whole population (members not collecting, and finished envs, are computed and
-        discarded), so every member's draws depend on its own stream only."""
+        a reset and run together; an env that finished waits for the others. Column j of the
+        rollout is member ``members[j]``, env i of it that env's episode, ``active`` marks its
+        steps. The network sees the whole population (members not collecting, and finished envs,
+        are computed and discarded), so every member's draws depend on its own stream only."""
         chosen = [self.members[k] for k in members]
+        self.envs.restart(members)
         for member in chosen:
-            member.env.restart()
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()
         sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
         generators = [m.gen for m in chosen]
         obs_full = np.zeros((self.size, self.env_cfg.env_copies, *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
 
-        def policy(frames: np.ndarray) -> np.ndarray:
-            obs_full[members] = frames
-            with torch.no_grad(), self.amp():
-                head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device))
-            index = torch.tensor(members, device=self.device)
-            dist = self.net.distribution(head.index_select(0, index))
-            actions = dist.sample(generators)
-            sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
+        index = torch.tensor(members, device=self.device)
+
+        needed = np.zeros(obs_full.shape[:2], dtype=bool)
+
+        def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
+            obs_full[members], needed[members] = frames, active
+            with torch.no_grad():
+                with self.amp():
+                    head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device), torch.from_numpy(needed).to(self.device))
+                dist = self.net.distribution(head.index_select(0, index), index)
+                actions = dist.sample(generators)
+                sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
             return actions.cpu().numpy()
 
         keys = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")
@@ -458,7 +477,7 @@ class Run:
         returns: list[list[float]] = [[] for _ in range(n)]
         lengths: list[list[int]] = [[] for _ in range(n)]
         finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(n)]
-        for t, step in enumerate(first_episode_steps(policy, [m.env for m in chosen])):
+        for t, step in enumerate(first_episode_steps(policy, MemberSubset(self.envs, members))):
             log_probs, values = sampled.pop()
             active = step.active
             rewards = np.zeros(active.shape, dtype=np.float32)
@@ -490,7 +509,7 @@ class Run:
             last_values=torch.zeros(stacked["values"].shape[1:], device=self.device),  # every episode ends inside the batch
         )
         self.bootstrap_truncated(ro.next_values, finals, members)
-        return ro.to_batch(self.ppo.gamma, self.ppo.gae_lambda), returns, lengths
+        return ro, returns, lengths
 
     # ------------------------------------------------------------------ learning
     def update(self, batch: Batch) -> list[dict[str, float]]:
@@ -508,13 +527,15 @@ class Run:
             last_perms.append(perms[-1])
         steps = max(len(o) for o in orders)
         uniform = all(len(o) == steps for o in orders)
-        rows = torch.arange(K, device=dev).unsqueeze(1)
+        width = obs.shape[1]
+        offsets = torch.arange(K, device=dev).unsqueeze(1) * width  # member k's rows in the flattened batch
+        flat = [c.flatten(0, 1) for c in (obs, actions, old_logp, adv, rets)]
         sums = {key: torch.zeros(K, dtype=torch.float64, device=dev) for key in
                 ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
         unit_abs_sum = None  # for dormant_units
-        loss_hooks = [[iv for iv in m.interventions if "loss" in iv.hooks()] for m in self.members]
-        step_hooks = [[iv for iv in m.interventions if "after_step" in iv.hooks()] for m in self.members]
+        loss_hooks = [[iv for iv in m.interventions if iv.uses("loss")] for m in self.members]
+        step_hooks = [[iv for iv in m.interventions if iv.uses("after_step")] for m in self.members]
         trainable = list(self.net.trainable().values())
         for i in range(steps):
             if uniform:
@@ -522,10 +543,11 @@ class Run:
             else:
                 active = torch.tensor([i < len(o) for o in orders], device=dev)
                 mb = torch.stack([o[i] if i < len(o) else torch.zeros(p.batch_size, dtype=torch.long, device=dev) for o in orders])
-            mb_obs = obs[rows, mb]
+            index = (mb + offsets).flatten()
+            mb_obs, mb_actions, mb_logp, mb_adv, mb_rets = (c.index_select(0, index).view(K, p.batch_size, *c.shape[1:]) for c in flat)
             with self.amp():
                 head, values, features = self.net(mb_obs)
-            parts = ppo_loss(self.net.distribution(head), values, actions[rows, mb], old_logp[rows, mb], adv[rows, mb], rets[rows, mb], p.clip_param)
+            parts = ppo_loss(self.net.distribution(head), values, mb_actions, mb_logp, mb_adv, mb_rets, p.clip_param)
             member_loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
             weight = torch.ones(K, device=dev) if active is None else active.float()
             loss = (member_loss * weight).sum()
@@ -557,7 +579,7 @@ class Run:
             for key, value in stats.items():
                 sums[key] += value.detach().double() * weight
             taken += weight
-            abs_sum = (features.detach().abs().double() * weight.view(K, 1, 1)).sum(dim=1)
+            abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float64) * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         means = {key: (value / taken).tolist() for key, value in sums.items()}
         outs = []
@@ -593,6 +615,7 @@ class Run:
                 scale_range=self.env_cfg.mujoco.scale_range,
             )
             member.env.apply_shift(member.shift_state)
+            member.model.follow_input_order(member.shift_state.tile_perm)
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
             member.task_index += 1
@@ -614,8 +637,8 @@ class Run:
             gen.manual_seed(member.eval_seed + epoch)
             generators.append(gen)
 
-        def policy(frames: np.ndarray) -> np.ndarray:
-            return self.policy_sample(torch.from_numpy(frames).to(self.device), generators)[0].cpu().numpy()
+        def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
+            return self.policy_sample(torch.from_numpy(frames).to(self.device), generators, active)[0].cpu().numpy()
 
         self.net.train(False)
         try:
@@ -728,6 +751,20 @@ class Run:
         return status
 
 
+class MemberSubset:
+    """Some members of a population environment, as a population environment of their own."""
+
+    def __init__(self, envs: Any, members: Sequence[int]) -> None:
+        self.envs, self.index = envs, list(members)
+        self.members, self.num_envs = len(self.index), envs.num_envs
+
+    def observe_current(self) -> np.ndarray:
+        return self.envs.observe_current()[self.index]
+
+    def step(self, actions: np.ndarray, members: Sequence[int]) -> list[Any]:
+        return self.envs.step(actions, [self.index[j] for j in members])
+
+
 def population_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The progress line of a population: the members' mean of each shown value."""
     out: dict[str, Any] = {}
@@ -754,15 +791,21 @@ class MemberLogs:
         self.metrics.write(row)
         scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
                    and not (isinstance(row[key], float) and math.isnan(row[key]))}
-        for key, value in scalars.items():
-            self.writer.add_scalar(key, value, epoch)
+        self.scalars(scalars, epoch)
         if self.tracker is not None:
             self.tracker.log(scalars, epoch)
 
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """One TensorBoard event holding every scalar of the step (the same records as one
+        ``add_scalar`` per value, which costs a queue round trip each: ~80 us, 20 per epoch, per
+        member of a population)."""
+        if values:
+            merged = Summary(value=[v for key, value in values.items() for v in scalar(key, value).value])
+            self.writer._get_file_writer().add_summary(merged, step)
+
     def probe(self, epoch: int, task: int, result: Any) -> None:
         probed = self.diagnostics.log(epoch, task, result.stats, result.spectrum)
-        for key, value in probed.items():
-            self.writer.add_scalar(key, value, epoch)
+        self.scalars(probed, epoch)
         if self.tracker is not None:
             self.tracker.log(probed, epoch)
 

@@ -116,9 +116,10 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
+def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str, population: int = 1) -> None:
     """Create the run directory and write its resolved config.yaml and run.json (once); every
-    invocation appends its command, device, start time and code version to run.json."""
+    invocation appends its command, device, start time, code version and population size (the
+    members trained together in that process; 1 = a single run) to run.json."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     cfg_doc = spec.cfg.to_yaml_dict()
     cfg_doc["experiment"]["conditions"] = {spec.condition: spec.cfg.experiment.conditions[spec.condition]}
@@ -130,7 +131,7 @@ def prepare_run_dir(spec: RunSpec, hooks: list[str], device: str) -> None:
     info["invocations"].append(
         {"command": shlex.join(sys.argv), "device": device, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
          "overrides": spec.cfg.experiment.overrides,
-         "code": code_version()}
+         "code": code_version(), "population": population}
     )
     write_atomic(info_path, json.dumps(info, indent=2))
 

@@ -1,8 +1,12 @@
-"""Sweeps: conditions x seeds, each run in its own process, locally or as Ray tasks.
+"""Sweeps: conditions x seeds, each run (or each condition's population) in its own process,
+locally or as Ray tasks.
 
-Every run is the ordinary ``plab train ... -r`` command in a child process, so a crash in one run
+Every task is the ordinary ``plab train ... -r`` command in a child process, so a crash in one
 cannot take the others down, re-running a sweep skips finished runs and resumes interrupted ones
-from their checkpoints, and the run directories look exactly like those of ``train.py``.
+from their checkpoints, and the run directories look exactly like those of ``train.py``. With
+``--population`` (or ``experiment.population: true``) a task is a condition's unfinished seeds
+trained as one population (``plab train -s 0,1,... --population``); ``--workers`` still counts
+processes, so W populations train at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
+from plasticity_lab.experiment.population import check_population_fits
+from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
 
@@ -61,12 +67,32 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code} ({name})" if name else f"exit code {code}"
 
 
-def train_command(spec: RunSpec, config_path: Path, out_dir: Path, device: str, threads: int) -> list[str]:
+def train_command(specs: list[RunSpec], config_path: Path, out_dir: Path, device: str, threads: int, population: bool) -> list[str]:
     return [
-        sys.executable, "-m", "plasticity_lab.cli", "train", "-n", spec.name, "-p", str(config_path),
-        "-c", spec.condition, "-s", str(spec.seed), "-o", str(out_dir), "-r",
-        "--device", device, "--threads", str(threads),
+        sys.executable, "-m", "plasticity_lab.cli", "train", "-n", specs[0].name, "-p", str(config_path),
+        "-c", specs[0].condition, "-s", ",".join(str(s.seed) for s in specs), "-o", str(out_dir), "-r",
+        "--device", device, "--threads", str(threads), *(["--population"] if population else []),
     ]
+
+
+@dataclass
+class Task:
+    """What one child process trains: one run, or a population (several runs of one condition)."""
+
+    states: list[RunState]
+    attempts: int = 0
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        return [s.spec for s in self.states]
+
+    @property
+    def log_path(self) -> Path:
+        """A run's log in its directory; a population's beside its members' directories."""
+        first = self.states[0].spec
+        if len(self.states) == 1:
+            return first.run_dir / LOG_NAME
+        return first.run_dir.parent / f"population_seed_{first.seed}.log"
 
 
 def tail(path: Path, lines: int = 3) -> str:
@@ -94,66 +120,79 @@ class LocalBackend:
     def threads(self) -> int:
         return len(self.slots[0])
 
-    def run(self, states: list[RunState], command: Callable[[RunSpec], list[str]], retries: int, view: SweepView) -> None:
-        queue = deque(states)
-        running: dict[int, tuple[RunState, subprocess.Popen]] = {}
+    def run(self, tasks: list[Task], command: Callable[[Task], list[str]], retries: int, view: SweepView, states: list[RunState]) -> None:
+        queue = deque(tasks)
+        running: dict[int, tuple[Task, subprocess.Popen]] = {}
         try:
             while queue or running:
                 for slot in range(self.workers):
                     if slot not in running and queue:
-                        state = queue.popleft()
-                        running[slot] = (state, self._launch(state, command(state.spec), self.slots[slot]))
-                for slot, (state, proc) in list(running.items()):
+                        task = queue.popleft()
+                        running[slot] = (task, self._launch(task, command(task), self.slots[slot]))
+                for slot, (task, proc) in list(running.items()):
                     code = proc.poll()
                     if code is None:
                         continue
                     del running[slot]
-                    if finish(state, code, retries):
-                        view.retrying(state, retries)
-                        queue.appendleft(state)
+                    if finish(task, code, retries):
+                        view.retrying(task.states[0], retries)
+                        queue.appendleft(task)
                 view.refresh(states)
                 time.sleep(0.5)
         except KeyboardInterrupt:
             for _, proc in running.values():
                 proc.send_signal(signal.SIGINT)  # each run checkpoints and exits
-            for state, proc in running.values():
+            for task, proc in running.values():
                 proc.wait()
-                state.status, state.error = "failed", "interrupted (resume with the same command)"
+                for state in task.states:
+                    state.status, state.error = "failed", "interrupted (resume with the same command)"
             raise
 
     @staticmethod
-    def _launch(state: RunState, cmd: list[str], cores: list[int]) -> subprocess.Popen:
-        start_attempt(state)
-        with open(state.spec.run_dir / LOG_NAME, "a") as log:  # the child keeps its own copy
+    def _launch(task: Task, cmd: list[str], cores: list[int]) -> subprocess.Popen:
+        start_attempt(task)
+        with open(task.log_path, "a") as log:  # the child keeps its own copy
             return subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: os.sched_setaffinity(0, cores),
             )
 
 
-def start_attempt(state: RunState) -> None:
-    state.attempts += 1
-    state.status, state.started = "running", time.monotonic()
-    state.spec.run_dir.mkdir(parents=True, exist_ok=True)
-    (state.spec.run_dir / FAILED_NAME).unlink(missing_ok=True)
+def start_attempt(task: Task) -> None:
+    task.attempts += 1
+    for state in task.states:
+        state.attempts = task.attempts
+        state.status, state.started = "running", time.monotonic()
+        state.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        (state.spec.run_dir / FAILED_NAME).unlink(missing_ok=True)
+        log = state.spec.run_dir / LOG_NAME
+        if len(task.states) > 1 and not log.exists():  # a member's log is its population's
+            log.symlink_to(os.path.relpath(task.log_path, state.spec.run_dir))
 
 
-def finish(state: RunState, code: int | None, retries: int) -> bool:
-    """Record a finished attempt (``code`` None: Ray lost it); returns True when the run should
-    be tried again. A run given up gets a FAILED file saying why."""
-    if code == 0 and (state.spec.run_dir / "DONE").exists():
-        state.status, state.error = "done", ""
+def finish(task: Task, code: int | None, retries: int) -> bool:
+    """Record a finished attempt (``code`` None: Ray lost it); returns True when the task should
+    be tried again (its unfinished runs resume; finished ones are skipped). A run given up gets
+    a FAILED file saying why."""
+    detail = tail(task.log_path)
+    unfinished = [s for s in task.states if not (code == 0 and (s.spec.run_dir / "DONE").exists())]
+    for state in task.states:
+        if state not in unfinished:
+            state.status, state.error = "done", ""
+    if not unfinished:
         return False
-    detail = tail(state.spec.run_dir / LOG_NAME)
-    state.error = f"{state.error}; " if state.error.startswith("ray:") else ""
-    state.error += f"{describe_exit(code)}: {detail}"
-    if state.attempts <= retries and code != EXIT_BAD_INPUT:  # bad input cannot succeed on retry
-        state.status = "pending"
-        state.deaths.append(describe_exit(code))
-        return True
-    state.status = "failed"
-    write_atomic(state.spec.run_dir / FAILED_NAME, f"{state.error}\nattempts: {state.attempts}\n")
-    return False
+    retry = task.attempts <= retries and code != EXIT_BAD_INPUT  # bad input cannot succeed on retry
+    for state in unfinished:
+        state.error = f"{state.error}; " if state.error.startswith("ray:") else ""
+        state.error += f"{describe_exit(code)}: {detail}"
+        if retry:
+            state.status = "pending"
+            state.deaths.append(describe_exit(code))
+        else:
+            state.status = "failed"
+            write_atomic(state.spec.run_dir / FAILED_NAME, f"{state.error}\nattempts: {state.attempts}\n")
+    task.states = unfinished if retry else task.states
+    return retry
 
 
 class RayBackend:
@@ -176,23 +215,24 @@ class RayBackend:
     def threads(self) -> int:
         return self.cpus
 
-    def run(self, states: list[RunState], command: Callable[[RunSpec], list[str]], retries: int, view: SweepView) -> None:
+    def run(self, tasks: list[Task], command: Callable[[Task], list[str]], retries: int, view: SweepView, states: list[RunState]) -> None:
         ray = self.ray
-        task = ray.remote(execute_run).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+        remote = ray.remote(execute_run).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
         pending: dict = {}
 
-        def submit(state: RunState) -> None:
-            start_attempt(state)
-            pending[task.remote(command(state.spec), str(state.spec.run_dir / LOG_NAME))] = state
+        def submit(task: Task) -> None:
+            start_attempt(task)
+            pending[remote.remote(command(task), str(task.log_path))] = task
 
-        for state in states:
-            submit(state)
+        for task in tasks:
+            submit(task)
         try:
             self._drain(pending, submit, retries, states, view)
         except KeyboardInterrupt:
-            for ref, state in pending.items():
-                ray.cancel(ref)  # SIGINT to the task's worker: the run checkpoints and exits
-                state.status, state.error = "failed", "interrupted (resume with the same command)"
+            for ref, task in pending.items():
+                ray.cancel(ref)  # SIGINT to the task's worker: the runs checkpoint and exit
+                for state in task.states:
+                    state.status, state.error = "failed", "interrupted (resume with the same command)"
             raise
 
     def _drain(self, pending: dict, submit: Callable, retries: int, states: list[RunState], view: SweepView) -> None:
@@ -200,15 +240,16 @@ class RayBackend:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
-                state = pending.pop(ref)
+                task = pending.pop(ref)
                 try:
                     code = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a lost node or worker is a failed attempt
                     code = None
-                    state.error = f"ray: {type(exc).__name__}: {exc}"
-                if finish(state, code, retries):
-                    view.retrying(state, retries)
-                    submit(state)
+                    for state in task.states:
+                        state.error = f"ray: {type(exc).__name__}: {exc}"
+                if finish(task, code, retries):
+                    view.retrying(task.states[0], retries)
+                    submit(task)
             view.refresh(states)
 
 
@@ -222,7 +263,7 @@ def is_main_thread() -> bool:
 
 
 def execute_run(cmd: list[str], log_path: str) -> int:
-    """Run one training command, appending its output to the run's log (used by Ray tasks)."""
+    """Run one training command, appending its output to its log (used by Ray tasks)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -263,12 +304,15 @@ def sweep(
     gpus_per_run: float = 0.0,
     overrides: Sequence[str] = (),
     grid: Sequence[str] = (),
+    population: bool | None = None,
 ) -> list[RunState]:
     """Run every (condition, seed) not finished yet; returns the final state of each run.
 
     ``overrides`` (``--set``) change the base settings of every condition; ``grid``
     (``--grid KEY=V1,V2``) crosses the chosen conditions with the values (see
     :meth:`StudyConfig.with_grid`). Both are baked into the frozen config every run reads.
+    ``population`` (default: ``experiment.population``) trains each condition's unfinished seeds
+    as populations of at most ``experiment.population_size`` members, one process each.
     """
     study = load_study(config, overrides)
     name = name or Path(study.source).stem
@@ -291,6 +335,22 @@ def sweep(
         if (state.spec.run_dir / "DONE").exists():
             state.status = "skipped"
     todo = [s for s in states if s.status == "pending"]
+    population = study.base.experiment.population if population is None else population
+    if population:
+        try:
+            target = pick_device(device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        size = study.base.experiment.population_size
+        by_condition: dict[str, list[RunState]] = {}
+        for state in todo:
+            by_condition.setdefault(state.spec.condition, []).append(state)
+        tasks = [Task(group[i : i + (size or len(group))]) for group in by_condition.values()
+                 for i in range(0, len(group), size or len(group))]
+        for task in tasks:  # every refusal before anything starts
+            check_population_fits(task.specs[0].cfg, len(task.states), target, f"{name}/{task.specs[0].condition}")
+    else:
+        tasks = [Task([state]) for state in todo]
     if backend == "local":
         runner: LocalBackend | RayBackend = LocalBackend(workers)
     elif backend == "ray":
@@ -308,11 +368,13 @@ def sweep(
                      log_path=study_dir(out_dir, name) / "sweep.log")
     for note in study.shadowed(conditions):
         view.event(note)
+    unit = f"{len(tasks)} populations" if population else "runs"
     view.event(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
-               f"backend {backend}, {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
+               f"backend {backend}, {unit} {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
-        runner.run(todo, lambda spec: train_command(spec, config_path, out_dir, device, threads), retries, view)
+        runner.run(tasks, lambda task: train_command(task.specs, config_path, out_dir, device, threads, population),
+                   retries, view, states)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -47,6 +47,26 @@ def run_progress(state: RunState) -> dict[str, Any]:
     return {"epoch": epoch, "steps_per_s": float(sps) if sps else None, "test_r": float(tests[-1]) if tests else None}
 
 
+def running_summary(rows: list[tuple]) -> list[str]:
+    """One entry per running run, or per condition where more than three of its runs are running
+    together (a population: the epoch range and mean test return of its members)."""
+    by_condition: dict[str, list[tuple]] = {}
+    for row in rows:
+        if row[2] == "running":
+            by_condition.setdefault(row[0], []).append(row)
+    out = []
+    for condition, running in by_condition.items():
+        if len(running) <= 3:
+            out += [f"{c}/seed_{s} {e} {sps} steps/s test_r {t}" for c, s, st, e, sps, t in running]
+            continue
+        epochs = sorted((r[3] for r in running), key=lambda e: int(e.split("/")[0]))
+        tests = [float(r[5]) for r in running if r[5] != "-"]
+        mean = f"{sum(tests) / len(tests):.2f}" if tests else "-"
+        span = epochs[0] if epochs[0] == epochs[-1] else f"{epochs[0]}..{epochs[-1]}"
+        out.append(f"{condition} x{len(running)} seeds {span} mean test_r {mean}")
+    return out
+
+
 class SweepView:
     """The live table (or plain lines), plus the sweep's events (start, retries, failures,
     summary) printed and appended to ``log_path`` for other terminals."""
@@ -101,9 +121,8 @@ class SweepView:
             self.last_plain = now
             self.last_status = {s.spec.label: s.status for s in states}
             rows, eta = self._rows(states)
-            running = [f"{c}/seed_{s} {e} {sps} steps/s test_r {t}" for c, s, st, e, sps, t in rows if st == "running"]
             finished = sum(r[2] in ("done", "skipped") for r in rows)
-            print(f"[sweep] {finished}/{len(rows)} finished, ETA {eta}; running: {'; '.join(running) or '-'}", flush=True)
+            print(f"[sweep] {finished}/{len(rows)} finished, ETA {eta}; running: {'; '.join(running_summary(rows)) or '-'}", flush=True)
 
     def event(self, message: str) -> None:
         """A line for the sweep's log: printed (above the live table) and appended to log_path."""

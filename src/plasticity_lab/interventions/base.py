@@ -18,8 +18,11 @@ if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
 HOOKS = ("optimizer_settings", "optimizer", "loss", "after_step", "periodic", "at_shift")
-SETTINGS = frozenset({"lr", "betas", "weight_decay"})
-"""The optimiser settings the runner passes (``ppo_trainer`` lr, adam_betas, weight_decay)."""
+SETTINGS = frozenset({"lr", "betas", "weight_decay", "coupled_weight_decay"})
+"""The optimiser settings: the runner passes ``ppo_trainer`` lr, adam_betas and weight_decay
+(AdamW's decoupled decay, theta <- theta - lr*wd*theta); ``coupled_weight_decay`` is Adam's L2
+(wd*theta added to the gradient before the moments, torch.optim.Adam's ``weight_decay``), set
+only by ``l2: {coupled: true}`` and 0 when absent."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,12 @@ class Intervention:
     the optimiser at shifts even when ``ppo_trainer.reset_optimizer_at_shift`` asks for a new one."""
     settings_changed: ClassVar[frozenset[str]] = frozenset()
     """The optimiser settings ``optimizer_settings`` changes."""
+    edits_weights: ClassVar[bool] = False
+    """The method changes parameter values outside the optimiser's step (resets, shrinking,
+    projections, unit recycling)."""
+    needs_sole_updates: ClassVar[bool] = False
+    """The optimiser's state assumes that only its own steps move the weights (TRAC scales the
+    displacement from its reference weights), so no method that ``edits_weights`` may run beside it."""
     settings_used: ClassVar[frozenset[str]] = SETTINGS
     """The settings the optimiser that ``optimizer`` builds applies (a method changing another
     one cannot be combined with it: the change would be silently ignored)."""
@@ -90,12 +99,29 @@ class Intervention:
         self.plan = plan
 
     @classmethod
+    def settings_changed_by(cls, params: BaseModel) -> frozenset[str]:
+        """The settings ``optimizer_settings`` changes with these parameters."""
+        return cls.settings_changed
+
+    @classmethod
+    def initialize(cls, params: BaseModel, model: torch.nn.Module) -> None:
+        """Re-initialise the layers the method governs, when the method is defined for another
+        initialisation than the network's (Parseval: orthogonal). :func:`build_interventions`
+        calls it for every method before building any, so methods that record initial weights
+        (L2 Init, NaP) record these; the baseline's initialisation is untouched."""
+
+    @classmethod
     def check_config(cls, params: BaseModel, cfg: RunConfig) -> None:
         """Refuse a run configuration the method cannot act on (a one-line ValueError)."""
 
     @classmethod
     def hooks(cls) -> list[str]:
         return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h)]
+
+    def uses(self, hook: str) -> bool:
+        """Whether the loop must call ``hook`` on this instance (a method whose hook does
+        nothing with its parameters says so, e.g. soft S&P's loss without anchors)."""
+        return hook in self.hooks()
 
     def optimizer_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The optimiser settings with this method's changes. Applied before any optimiser is
@@ -161,7 +187,12 @@ def validate_params(name: str, raw: Any) -> BaseModel:
 
 
 def build_interventions(spec: dict[str, dict[str, Any]], model: torch.nn.Module, plan: TrainingPlan) -> list[Intervention]:
-    return [REGISTRY[name](validate_params(name, raw), model, plan) for name, raw in spec.items()]
+    """The methods of ``spec`` on ``model``: every method's :meth:`Intervention.initialize` first,
+    then the methods in ``spec``'s order (the order their hooks run in)."""
+    params = {name: validate_params(name, raw) for name, raw in spec.items()}
+    for name, p in params.items():
+        REGISTRY[name].initialize(p, model)
+    return [REGISTRY[name](p, model, plan) for name, p in params.items()]
 
 
 def resolve_optimizer(interventions: list[Intervention], defaults: dict[str, Any]) -> tuple[Intervention | None, dict[str, Any]]:
@@ -179,9 +210,24 @@ def resolve_optimizer(interventions: list[Intervention], defaults: dict[str, Any
 
 
 def make_optimizer(model: torch.nn.Module, interventions: list[Intervention], defaults: dict[str, Any]) -> torch.optim.Optimizer:
-    """One network's optimiser: the one a method provides, else AdamW (:func:`resolve_optimizer`)."""
+    """One network's optimiser: the one a method provides, else AdamW, or torch's Adam where a
+    coupled weight decay (L2 in the gradient) is set (:func:`resolve_optimizer`)."""
     provider, settings = resolve_optimizer(interventions, defaults)
     params = list(model.parameters())
     if provider is not None:
         return provider.optimizer(params, settings)
-    return torch.optim.AdamW(params, **settings)
+    cls, kwargs = torch_adam(settings)
+    return cls(params, **kwargs)
+
+
+def torch_adam(settings: dict[str, Any]) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """torch's optimiser for ``settings`` and its keyword arguments: AdamW (decoupled decay), or
+    Adam with the coupled decay as its ``weight_decay`` where one is set. Both kinds at once have
+    no torch optimiser (the config refuses them: ``l2``'s check)."""
+    settings = dict(settings)
+    coupled = settings.pop("coupled_weight_decay", 0.0)
+    if not coupled:
+        return torch.optim.AdamW, settings
+    if settings["weight_decay"]:
+        raise ValueError("a coupled and a decoupled weight decay cannot both be set")
+    return torch.optim.Adam, {**settings, "weight_decay": coupled}

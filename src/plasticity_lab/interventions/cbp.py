@@ -15,10 +15,11 @@ the block's output on the minibatch just trained on and eta = ``decay``:
 * units older than ``maturity_threshold`` steps are eligible; replacement_rate * #eligible is added
   to a per-block accumulator and its integer part is the number replaced now (lowest corrected
   utility among the eligible first);
-* a replaced unit's mean contribution (corrected f times the weights reading it) is added to the
-  bias of every layer reading it, and then those weights are zeroed, so the output keeps its mean
-  on recent data; its incoming weights are drawn as the network's initialiser draws them, its bias
-  is 0, norm scale/offset 1/0; its per-entry optimiser state, step count included, is cleared
+* the weights reading a replaced unit are zeroed (with ``bias_compensation: true``, its mean
+  contribution, corrected f times those weights, is first added to every reader's bias, so the
+  output keeps its mean on recent data: what gnt.py intends; by default nothing is added, what
+  gnt.py does and the paper's runs did); its incoming weights are drawn as the network's
+  initialiser draws them, its bias is 0, norm scale/offset 1/0; its per-entry optimiser state, step count included, is cleared
   (:class:`EntrywiseAdamW`, which the runner builds when cbp is on, as AdamGnT), so its next step
   is a first Adam step; u, f and the age restart at 0.
 
@@ -51,10 +52,17 @@ class EntrywiseAdamW(torch.optim.Optimizer):
     ~6.5x an ordinary Adam step (beta1 0.9, beta2 0.999) and stay above it for ~100 steps.
     :func:`plasticity_lab.nets.surgery.assign` clears every state tensor of a parameter's shape,
     the count included, so a recycled entry's next step is a first step. Otherwise the update is
-    torch.optim.AdamW's (decoupled weight decay; eps added to the bias-corrected sqrt(v))."""
+    torch.optim.AdamW's (decoupled weight decay; eps added to the bias-corrected sqrt(v)), with
+    ``coupled_weight_decay`` * theta added to the gradient first where set (Adam's L2, what
+    AdamGnT and loss-of-plasticity's PPO apply)."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], weight_decay: float, eps: float = 1e-8) -> None:
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps))
+    def __init__(
+        self, params, lr: float, betas: tuple[float, float], weight_decay: float,
+        coupled_weight_decay: float = 0.0, eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, coupled_weight_decay=coupled_weight_decay, eps=eps,
+        ))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -74,9 +82,10 @@ class EntrywiseAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 steps, m, v = state["entry_steps"], state["exp_avg"], state["exp_avg_sq"]
                 steps.add_(1)
+                grad = p.grad.add(p, alpha=group["coupled_weight_decay"]) if group["coupled_weight_decay"] else p.grad
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m.lerp_(grad, 1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 bias1 = 1 - torch.pow(beta1, steps)
                 bias2 = 1 - torch.pow(beta2, steps)
                 p.addcdiv_(m / bias1, (v.sqrt() / bias2.sqrt()).add_(group["eps"]), value=-group["lr"])
@@ -127,14 +136,16 @@ class CbpParams(Params):
     """Decay of the running utility and mean activation (1: frozen, no bias correction)."""
     maturity_threshold: int = Field(10000, ge=0)
     """Optimiser steps a unit must survive before it can be replaced."""
-    bias_compensation: bool = True
-    """Move a replaced unit's mean contribution into its readers' biases (GnT's intent); false is
-    what lop/algos/gnt.py actually does (it clears the mean before using it)."""
+    bias_compensation: bool = False
+    """Move a replaced unit's mean contribution into its readers' biases (GnT's intent). False
+    (default) is what lop/algos/gnt.py does, so what the paper's runs did: it clears the mean
+    before using it and adds 0."""
 
 
 @register
 class ContinualBackprop(Intervention):
     name = "cbp"
+    edits_weights = True
     Params = CbpParams
     stat_keys = ("cbp_replaced_units",)
 

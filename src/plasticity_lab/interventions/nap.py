@@ -56,6 +56,7 @@ def projection_groups(model: nn.Module) -> list[list[torch.Tensor]]:
 @register
 class NormalizeProject(Intervention):
     name = "nap"
+    edits_weights = True
     Params = Params
 
     def __init__(self, params, model, plan):

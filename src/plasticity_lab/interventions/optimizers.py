@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from plasticity_lab.interventions.base import Intervention, Params, register
+from plasticity_lab.interventions.base import Intervention, Params, register, torch_adam
 
 
 L2_DEFAULT_COEF = 1e-3
@@ -25,28 +25,47 @@ L2_DEFAULT_COEF = 1e-3
 
 class L2Params(Params):
     coef: float | None = Field(None, ge=0)
-    """AdamW (decoupled) weight decay; 1e-3 when neither this nor decay_per_task is given."""
+    """Weight decay; 1e-3 when neither this nor decay_per_task is given."""
     decay_per_task: float | None = Field(None, gt=0, lt=1)
     """Instead of coef: the fraction the weights lose over one round (task) from weight decay
     alone, 1 - (1 - lr*wd)^steps with steps the round's optimiser steps, so a strength means the
-    same at any protocol length."""
+    same at any protocol length (decoupled decay only)."""
+    coupled: bool = False
+    """False: AdamW's decoupled decay (theta <- theta - lr*coef*theta beside the Adam step). True:
+    L2 in the gradient, coef*theta added before Adam's moments (torch.optim.Adam's
+    ``weight_decay``; the settings key ``coupled_weight_decay``), as loss-of-plasticity's PPO."""
 
     @model_validator(mode="after")
     def _one_strength(self) -> L2Params:
         if self.coef is not None and self.decay_per_task is not None:
             raise ValueError("give coef or decay_per_task, not both")
+        if self.coupled and self.decay_per_task is not None:
+            raise ValueError("decay_per_task assumes decoupled decay; give coef with coupled: true")
         return self
 
 
 @register
 class L2(Intervention):
-    """Weight decay towards zero: the optimiser's (decoupled) weight_decay set to coef, or to
-    the value that removes decay_per_task of the weights over a round, (1 - (1 - d)^(1/steps)) / lr
-    with steps = TrainingPlan.updates_per_round and lr the optimiser's learning rate."""
+    """Weight decay towards zero: the optimiser's decoupled weight_decay set to coef, or to the
+    value that removes decay_per_task of the weights over a round, (1 - (1 - d)^(1/steps)) / lr
+    with steps = TrainingPlan.updates_per_round and lr the optimiser's learning rate; or, with
+    ``coupled``, its coupled_weight_decay (L2 in the gradient) set to coef."""
 
     name = "l2"
     Params = L2Params
-    settings_changed = frozenset({"weight_decay"})
+    settings_changed = frozenset({"weight_decay", "coupled_weight_decay"})
+
+    @classmethod
+    def settings_changed_by(cls, params):
+        return frozenset({"coupled_weight_decay" if params.coupled else "weight_decay"})
+
+    @classmethod
+    def check_config(cls, params, cfg):
+        if params.coupled and cfg.ppo_trainer.weight_decay:
+            raise ValueError(
+                f"interventions.l2.coupled: ppo_trainer.weight_decay {cfg.ppo_trainer.weight_decay} is a decoupled decay "
+                "already; use one kind of weight decay"
+            )
 
     def optimizer_settings(self, settings):
         p = self.params
@@ -54,7 +73,7 @@ class L2(Intervention):
             coef = L2_DEFAULT_COEF if p.coef is None else p.coef
         else:  # log1p/expm1: steps are ~1e5, so (1 - d)^(1/steps) is within 1e-5 of 1
             coef = -math.expm1(math.log1p(-p.decay_per_task) / self.plan.updates_per_round) / settings["lr"]
-        return {**settings, "weight_decay": coef}
+        return {**settings, "coupled_weight_decay" if p.coupled else "weight_decay": coef}
 
 
 class AdamBetaParams(Params):
@@ -127,22 +146,29 @@ class TracParams(Params):
 class Trac(Intervention):
     """TRAC (Muppidi et al. 2024): a parameter-free scale on AdamW's displacement from the
     reference weights (the weights at its first step: the initial ones), tuned online, wrapped
-    around the runner's AdamW. TRAC is made for a stream of tasks without restarts, so its
+    around the runner's AdamW (torch's Adam where ``l2`` sets a coupled decay). TRAC is made for a stream of tasks without restarts, so its
     optimiser (anchor, scale and AdamW moments) is kept across shifts whatever
     ``reset_optimizer_at_shift`` says. Its per-step log goes to os.devnull (the package appends a
-    line to a file at every step)."""
+    line to a file at every step).
+
+    TRAC reads every change of the weights as its own scaled displacement from the reference, so a
+    method that edits weights outside the optimiser (S&P, resets, ReDo, NaP, CBP) would corrupt its
+    scale: such combinations are config errors. Injection adds parameters (each takes its value at
+    its first step as reference) and freezes old ones without editing them, so it combines."""
 
     name = "trac"
     Params = TracParams
     keeps_optimizer = True
+    needs_sole_updates = True
 
     def optimizer(self, params, settings):
         from trac_optimizer import start_trac
 
         p = self.params
-        wrapped = start_trac(os.devnull, torch.optim.AdamW, betas=tuple(p.betas), s_prev=p.s_prev, eps=p.eps)
+        base, kwargs = torch_adam(settings)
+        wrapped = start_trac(os.devnull, base, betas=tuple(p.betas), s_prev=p.s_prev, eps=p.eps)
         cls = type(f"Checkpointable{wrapped.__name__}", (TracCheckpointing, wrapped), {})
-        return cls(params, **settings)
+        return cls(params, **kwargs)
 
 
 class KronCheckpointing:
@@ -198,7 +224,7 @@ class KronMethod(Intervention):
     name = "kron"
     Params = KronParams
     settings_changed = frozenset({"lr"})
-    settings_used = frozenset({"lr", "weight_decay"})
+    settings_used = frozenset({"lr", "weight_decay"})  # no Adam betas, no coupled decay
 
     def optimizer_settings(self, settings):
         return {**settings, "lr": self.params.lr}

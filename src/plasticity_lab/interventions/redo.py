@@ -28,6 +28,7 @@ class RedoParams(Params):
 @register
 class Redo(Intervention):
     name = "redo"
+    edits_weights = True
     Params = RedoParams
     stat_keys = ("redo_reset_units",)
 

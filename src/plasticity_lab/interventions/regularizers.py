@@ -6,11 +6,17 @@ theta_0 taken when the intervention is built and kept in its checkpoint state.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
+from torch import nn
+from torch.nn.utils import parametrize
 
 from plasticity_lab.interventions.anchors import ParamAnchors
 from plasticity_lab.interventions.base import Intervention, Params, register
+from plasticity_lab.nets.layers import width_factor
+from plasticity_lab.nets.surgery import weight_param
 
 
 def _sorted_flat(t: torch.Tensor) -> torch.Tensor:
@@ -76,27 +82,58 @@ class W2Init(AnchoredRegularizer):
         return self.params.coef * torch.linalg.vector_norm(diff)
 
 
+REFERENCE_WIDTH = 64
+"""The width at which Chung et al. tuned lambda: their code scales it by (64 / width)^2, as
+||W W^T - s I||_F^2 sums width^2 entries."""
+
+
 class ParsevalParams(Params):
     coef: float = Field(1e-3, ge=0)
-    """Penalty weight."""
-    scale: float = Field(1.0, gt=0)
-    """s in ||W W^T - s I||_F^2: the squared singular value the rows are pushed towards."""
+    """lambda at width 64 (the paper's code: 1e-3 on MetaWorld and the gridworld, 1e-4 on CARL)."""
+    scale: float = Field(2.0, gt=0)
+    """s in ||W W^T - s I||_F^2, the squared singular value the rows are pushed towards, and the
+    squared gain of the governed layers' orthogonal initialisation (the paper's code: gain sqrt(2), s = 2)."""
 
 
 @register
 class Parseval(Intervention):
-    """Parseval regularisation (Chung et al. 2024): coef * sum over hidden layers of
-    ||W W^T - s I||_F^2 with W reshaped to (out, -1), keeping each layer's rows orthogonal so
-    gradients keep flowing. The heads are exempt (as in the paper); spectral-norm layers are
-    penalised on the weight they apply."""
+    """Parseval regularisation (Chung et al. 2024; code ``wechu/parseval_reg``, ``agent.py``):
+    coef * sum over the hidden layers of (64 / width)^2 ||W W^T - s I||_F^2, with W reshaped to
+    (out, -1) and width the features the layer's block outputs (a concatenating activation's
+    doubled width, as their ``net_width``), keeping each layer's rows orthogonal so gradients keep
+    flowing. The heads are exempt (as in the paper).
+
+    As in their code, the governed layers start orthogonal with gain sqrt(s) and bias 0, so the
+    penalty starts at its minimum with zero gradient (0 wherever out <= fan_in; on torch's default
+    init it would mostly inflate the weights). Only this condition is re-initialised
+    (:meth:`initialize`). A spectral-norm layer applies W / sigma, whose largest singular value is
+    1, so its target is 1 (an orthogonal W / sigma has every singular value 1 at the start)."""
 
     name = "parseval"
     Params = ParsevalParams
 
+    @classmethod
+    @torch.no_grad()
+    def initialize(cls, params, model):
+        for block in model.blocks:
+            layer = block.layer
+            weight = weight_param(layer)
+            nn.init.orthogonal_(weight, math.sqrt(params.scale))
+            if layer.bias is not None:
+                layer.bias.zero_()
+            if parametrize.is_parametrized(layer, "weight"):  # sigma's vectors for the new weight, as torch's constructor
+                norm = layer.parametrizations.weight[0]
+                norm._power_method(norm._reshape_weight_to_matrix(weight), 15)
+
+    def target(self, layer: nn.Module) -> float:
+        return 1.0 if parametrize.is_parametrized(layer, "weight") else self.params.scale
+
     def loss(self, model, ctx):
+        factor = width_factor(model.cfg.activation)
         total = 0.0
         for block in model.blocks:
             w = block.layer.weight.flatten(1)
             eye = torch.eye(w.shape[0], device=w.device, dtype=w.dtype)
-            total = total + (w @ w.T - self.params.scale * eye).pow(2).sum()
+            width = block.out_units * factor
+            total = total + (REFERENCE_WIDTH / width) ** 2 * (w @ w.T - self.target(block.layer) * eye).pow(2).sum()
         return self.params.coef * total

@@ -17,7 +17,7 @@ from torch import nn
 
 from plasticity_lab.interventions.anchors import ParamAnchors
 from plasticity_lab.interventions.base import Intervention, Params, register
-from plasticity_lab.nets.surgery import assign, fresh_params, param_layers
+from plasticity_lab.nets.surgery import FreshDraw, assign, fresh_draws, fresh_params, param_layers
 
 Part = Literal["encoder", "policy", "value"]
 
@@ -38,6 +38,7 @@ class Reset(Intervention):
     keeps its optimiser across shifts does not push fresh weights with stale momentum."""
 
     name = "reset"
+    edits_weights = True
     Params = ResetParams
 
     def at_shift(self, model, optimizer):
@@ -61,6 +62,7 @@ class ShrinkPerturb(Intervention):
     """Shrink and perturb (Ash & Adams 2020) at every shift: theta <- shrink*theta + perturb*theta_fresh."""
 
     name = "shrink_perturb"
+    edits_weights = True
     Params = ShrinkPerturbParams
 
     @torch.no_grad()
@@ -123,16 +125,22 @@ class SoftShrinkPerturb(Intervention):
     """
 
     name = "soft_shrink_perturb"
+    edits_weights = True
     Params = SoftShrinkPerturbParams
 
     def __init__(self, params, model, plan):
         super().__init__(params, model, plan)
         self.anchors = ParamAnchors(model, torch.clone) if params.target == "init" else None
+        self._draws_key: tuple[int, ...] | None = None
+        self._draw_list: list[FreshDraw] = []
         if params.shrink_per_task is None:
             self.shrink, self.perturb = params.shrink, params.perturb
         else:
             self.shrink = params.shrink_per_task ** (1.0 / plan.updates_per_round)
             self.perturb = params.perturb_ratio * (1.0 - self.shrink)
+
+    def uses(self, hook):
+        return hook != "loss" or self.anchors is not None
 
     def loss(self, model, ctx):
         """No loss term: with target=init, sees a parameter created during the run (an injected
@@ -141,15 +149,23 @@ class SoftShrinkPerturb(Intervention):
             self.anchors.pairs()
         return None
 
+    def _draws(self, model) -> list[FreshDraw]:
+        """The fresh draws of every trainable parameter, kept while the network's parameters
+        stay the same (this runs at every step of every population member)."""
+        key = tuple(id(p) for p in model.parameters())
+        if key != self._draws_key:
+            self._draws_key = key
+            self._draw_list = [d for layer in param_layers(model) for d in fresh_draws(layer) if d.param.requires_grad]
+        return self._draw_list
+
     @torch.no_grad()
     def after_step(self, model, optimizer):
         if self.anchors is not None:
-            targets = self.anchors.pairs()
-        else:
-            targets = [pair for layer in param_layers(model) for pair in fresh_params(layer, cheap=True)]
-        for param, target in targets:
-            if param.requires_grad:
+            for param, target in self.anchors.pairs():
                 param.mul_(self.shrink).add_(target, alpha=self.perturb)
+            return
+        for draw in self._draws(model):
+            draw.param.mul_(self.shrink).add_(draw.draw(), alpha=self.perturb)
 
     def state_dict(self):
         return {"theta0": self.anchors.state_dict()} if self.anchors is not None else {}

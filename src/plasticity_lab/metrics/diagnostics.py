@@ -34,10 +34,7 @@ from plasticity_lab.metrics.plasticity import (
     dead_fraction_from_counts,
     dormant_fraction_from_scores,
     dormant_scores_from_mean_abs,
-    effective_rank,
-    feature_rank,
-    singular_values,
-    srank,
+    rank_measures,
     stable_rank,
     unit_activity,
 )
@@ -198,9 +195,9 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
     for name, acc in zip(names, accs):
         stats.update(_unit_stats(name, acc.active, acc.scores(), n))
         phi = acc.features()
-        stats[f"{name}/effective_rank"] = effective_rank(phi)
-        stats[f"{name}/srank"] = srank(phi)
-        stats[f"{name}/feature_rank"] = feature_rank(phi)
+        ranks = rank_measures(phi)
+        for measure in ("effective_rank", "srank", "feature_rank"):
+            stats[f"{name}/{measure}"] = ranks[measure]
         stats[f"{name}/feature_norm"] = float(torch.linalg.vector_norm(phi, dim=1).mean())
         stats[f"{name}/feature_var"] = float(phi.var(dim=0, unbiased=False).mean())
     all_active = torch.cat([acc.active for acc in accs])
@@ -208,7 +205,7 @@ def probe_network(model: nn.Module, frames: np.ndarray, chunk: int = 256) -> Pro
     dense = accs[-1]
     return ProbeResult(
         stats=stats,
-        spectrum=singular_values(dense.features()).cpu().numpy(),
+        spectrum=ranks["singular_values"].cpu().numpy(),
         unit_rates=(dense.active.double() / n).cpu().numpy(),
         logits=torch.cat(logits),
         values=torch.cat(values),

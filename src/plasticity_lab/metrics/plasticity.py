@@ -47,6 +47,7 @@ __all__ = [
     "activation_rate_from_counts",
     "REDO_TAU",
     "REFERENCE_DEAD_RULES",
+    "rank_measures",
     "reference_dead_units",
     "reference_dead_units_per_member",
     "weight_rms",
@@ -141,7 +142,10 @@ def effective_rank(features: Any) -> float:
     spectrum to normalise and returns ``0.0``.  Inputs with more than two dimensions are
     flattened to ``(n, -1)``.
     """
-    s = _singular_values(features, "effective_rank")
+    return _effective_rank_of(_singular_values(features, "effective_rank"))
+
+
+def _effective_rank_of(s: torch.Tensor) -> float:
     total = s.sum()
     if not bool(total > 0):
         return 0.0
@@ -164,8 +168,12 @@ def srank(features: Any, delta: float = 0.01) -> float:
     """
     if not 0.0 <= float(delta) < 1.0:
         raise ValueError(f"srank: delta must be in [0, 1), got {delta}")
+    return _srank_of(_singular_values(features, "srank"), delta)
+
+
+def _srank_of(s: torch.Tensor, delta: float) -> float:
     # on the CPU: CUDA's floating-point cumsum has no deterministic kernel (experiment.deterministic)
-    s = _singular_values(features, "srank").cpu()
+    s = s.cpu()
     cumulative = torch.cumsum(s, dim=0)
     total = cumulative[-1]  # the same sum the cumulative sums reach, so k <= len(s) always
     if not bool(total > 0):
@@ -190,8 +198,23 @@ def feature_rank(features: Any, eps: float = 0.01) -> float:
     if float(eps) < 0:
         raise ValueError(f"feature_rank: eps must be >= 0, got {eps}")
     x = _as_matrix(features, "feature_rank")
-    s = torch.linalg.svdvals(x) / math.sqrt(x.shape[0])
-    return float((s > float(eps)).sum().item())
+    return _feature_rank_of(torch.linalg.svdvals(x), x.shape[0], eps)
+
+
+def _feature_rank_of(s: torch.Tensor, n: int, eps: float) -> float:
+    return float((s / math.sqrt(n) > float(eps)).sum().item())
+
+
+def rank_measures(features: Any, delta: float = 0.01, eps: float = 0.01) -> dict[str, Any]:
+    """:func:`effective_rank`, :func:`srank` and :func:`feature_rank` of one ``(n, d)`` feature
+    matrix and its ``singular_values``, from a single decomposition (a probe computes all three
+    for every layer)."""
+    x = _as_matrix(features, "rank_measures")
+    s = torch.linalg.svdvals(x)
+    return {
+        "effective_rank": _effective_rank_of(s), "srank": _srank_of(s, delta),
+        "feature_rank": _feature_rank_of(s, x.shape[0], eps), "singular_values": s,
+    }
 
 
 # --------------------------------------------------------------------------- unit activity
@@ -387,7 +410,8 @@ def reference_dead_units_per_member(activations: torch.Tensor, activation: str) 
         raise ValueError(f"reference_dead_units_per_member: expected (K, n, units), got {tuple(activations.shape)}")
     if rule is None:
         return torch.full((activations.shape[0],), float("nan"), dtype=torch.float64, device=activations.device)
-    return rule(activations.detach()).flatten(1).to(torch.float64).mean(1)
+    dead = rule(activations.detach()).flatten(1)
+    return torch.count_nonzero(dead, dim=1).to(torch.float64) / dead.shape[1]
 
 
 # --------------------------------------------------------------------------- weights

@@ -9,13 +9,14 @@ architecture.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
-from plasticity_lab.nets.layers import make_activation, make_norm, spectral_norm, width_factor
+from plasticity_lab.nets.layers import affine, compute_dtype, make_activation, make_norm, spectral_norm, width_factor
 from plasticity_lab.nets.normalization import ObsNormalizer
 
 if TYPE_CHECKING:  # the config imports the networks' users, never the reverse at run time
@@ -36,7 +37,7 @@ class Block(nn.Module):
         return self.layer.out_channels if isinstance(self.layer, nn.Conv2d) else self.layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.layer(x)))
+        return self.act(self.norm(affine(self.layer, x)))
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class ActorCritic(nn.Module):
         "conv64": [(32, 4, 2, 1), (64, 4, 2, 1), (128, 4, 2, 1), (128, 4, 2, 1)],
         "nature": [(32, 8, 4, 0), (64, 4, 2, 0), (64, 3, 1, 0)],
         "conv11": [(32, 3, 1, 1), (64, 3, 2, 1)],
+        "minatar": [(16, 3, 1, 0)],
         "mlp": [],
     }
 
@@ -161,6 +163,13 @@ class ActorCritic(nn.Module):
                 links.append(UnitLink(i, tuple(self.heads), 1, copies))
         return links
 
+    def follow_input_order(self, perm: Sequence[int] | None) -> None:
+        """The environment now shows vector input entry j as its raw feature ``perm[j]`` (a
+        ``permute`` shift; None: unpermuted): the running statistics follow their features.
+        Image inputs carry no statistics, so nothing changes for them."""
+        if self.obs_norm is not None:
+            self.obs_norm.set_order(perm)
+
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, C) frames -> float (N, C, H, W) in [0, 1]; vectors -> standardised."""
         if self.obs_norm is not None:
@@ -189,14 +198,14 @@ class ActorCritic(nn.Module):
     def outputs(self, acts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, value) from the blocks' activations (for probes that already computed them).
 
-        The heads (and injected heads) always run in fp32: under bf16 autocast only the encoder is
+        The heads (and injected heads) always run in fp32: in bf16 (autocast, or :func:`compute_dtype`) only the encoder is
         bf16, because a bf16 value has a spacing of 0.0625 for |V| in [8, 16), coarser than
         ProcGen's -0.01 step reward.
         """
         def full(x: torch.Tensor) -> torch.Tensor:  # bf16 encoder output -> fp32; fp32/fp64 kept
             return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
-        with torch.autocast(acts[-1].device.type, enabled=False):
+        with torch.autocast(acts[-1].device.type, enabled=False), compute_dtype(None):
             features = full(acts[-1])
             logits, value = self.policy(features), self.value(features)
             if self.injected is not None:

@@ -8,9 +8,45 @@ maps), and the layernorm it is compared with has per-channel gains only.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
+
+COMPUTE_DTYPE: ContextVar[torch.dtype | None] = ContextVar("compute_dtype", default=None)
+"""The dtype the encoder's affine layers compute in (None: their parameters' own, fp32)."""
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Run the encoder's linear and conv layers in ``dtype`` (``precision: bf16``) while inside.
+
+    Written out instead of ``torch.autocast`` because autocast does not reach into
+    ``torch.func.vmap``: a population's batched linear and conv layers would silently stay fp32.
+    The policy is autocast's for these layers (inputs, weights and biases cast to ``dtype``, the
+    output in ``dtype``); everything else runs in the dtype it is given (norms accept bf16
+    inputs with fp32 parameters), and the heads are fp32 (:meth:`ActorCritic.outputs`).
+    """
+    token = COMPUTE_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        COMPUTE_DTYPE.reset(token)
+
+
+def affine(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a Linear or Conv2d (spectral-normalised or not), in :data:`COMPUTE_DTYPE`."""
+    dtype = COMPUTE_DTYPE.get()
+    if dtype is None:
+        return layer(x)
+    weight = layer.weight.to(dtype)  # a parametrization computes W / sigma in fp32 first
+    bias = layer.bias.to(dtype) if layer.bias is not None else None
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x.to(dtype), weight, bias)
+    return nn.functional.linear(x.to(dtype), weight, bias)
 
 
 class CReLU(nn.Module):

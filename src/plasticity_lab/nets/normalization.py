@@ -7,11 +7,20 @@ evaluation, probe sets and interventions see observations exactly as training do
 statistics change only through :meth:`ObsNormalizer.update`, called by the training loop on the
 observations it collects; they are not parameters, so no optimiser or intervention touches them.
 
+Under a ``permute`` shift the environment shows its raw features in another order each round.
+The statistics belong to the raw features, not to input positions, so the normaliser keeps them
+in raw order and is told the order the environment presents (:meth:`ObsNormalizer.set_order`):
+input j is standardised with raw feature ``order[j]``'s statistics, which is normalising before
+permuting. The environment knows nothing of the network; the training loop, which holds both,
+passes the shift's permutation on.
+
 Written here rather than taken from gymnasium's ``RunningMeanStd`` because the statistics must
 be torch buffers of the module (state_dict, device moves) and gymnasium is an optional extra.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,16 +56,33 @@ class RunningMoments(nn.Module):
 
 class ObsNormalizer(RunningMoments):
     """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` once statistics exist; the identity
-    before the first update (and for runs that never update it)."""
+    before the first update (and for runs that never update it). Vector observations (D,): the
+    statistics are per raw feature and input j is raw feature ``order[j]`` (identity until
+    :meth:`set_order`)."""
 
     def __init__(self, shape: tuple[int, ...], clip: float = 10.0) -> None:
         super().__init__(shape)
         self.clip = clip
+        self.register_buffer("order", torch.arange(shape[0]))
+
+    @torch.no_grad()
+    def set_order(self, perm: Sequence[int] | None) -> None:
+        """Input j now shows raw feature ``perm[j]`` (None: the raw order). In place, so a
+        population's stacked buffer sees it."""
+        order = torch.arange(len(self.order)) if perm is None else torch.tensor(perm, dtype=torch.long)
+        if order.shape != self.order.shape:
+            raise ValueError(f"observation order has {len(order)} entries, the observation {len(self.order)}")
+        self.order.copy_(order)
+
+    def update(self, batch: torch.Tensor) -> None:
+        """Merge a batch of presented observations into their raw features' statistics."""
+        batch = batch.reshape(-1, *self.mean.shape)
+        super().update(batch[:, torch.argsort(self.order).to(batch.device)])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # A select instead of branching on count.item(): no host sync per forward, and a
         # population's vmapped forward cannot branch on one member's data.
         obs = obs.float()
-        mean = self.mean.to(obs.dtype)
-        std = (self.var + EPS).sqrt().to(obs.dtype)
+        mean = self.mean[self.order].to(obs.dtype)
+        std = (self.var[self.order] + EPS).sqrt().to(obs.dtype)
         return torch.where(self.count > 0, ((obs - mean) / std).clamp(-self.clip, self.clip), obs)

@@ -72,6 +72,7 @@ class PopulationNetwork:
                 raise ValueError(f"population member {k} has another architecture than member 0")
         where: dict[nn.Parameter, tuple[str, int]] = {}
         params: dict[str, torch.Tensor] = {}
+        self._grad_aliases: list[tuple[nn.Parameter, torch.Tensor]] = []
         for name, _ in self.members[0].named_parameters():
             member_params = [dict(m.named_parameters())[name] for m in self.members]
             stacked = torch.stack([p.detach() for p in member_params])
@@ -84,6 +85,7 @@ class PopulationNetwork:
                 p.data = params[name].data[k]
                 if trainable:
                     p.grad = params[name].grad[k]
+                    self._grad_aliases.append((p, p.grad))
         buffers: dict[str, torch.Tensor] = {}
         for name, _ in self.members[0].named_buffers():
             member_buffers = [dict(m.named_buffers())[name] for m in self.members]
@@ -94,6 +96,7 @@ class PopulationNetwork:
         template = copy.deepcopy(self.members[0]).to("meta")
         template.train(self.members[0].training)
         self.template = template
+        self.looped = any(m._forward_hooks or m._forward_pre_hooks for m in self.members[0].modules())
         return where
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -103,31 +106,49 @@ class PopulationNetwork:
     @torch.no_grad()
     def zero_grad(self) -> None:
         """Zero the stacked gradients in place (the members' ``.grad`` aliases stay valid)."""
-        for name, p in self.trainable().items():
+        for p in self.trainable().values():
             p.grad.zero_()
-            for k, member in enumerate(self.members):
-                mp = member.get_parameter(name)
-                if mp.grad is None:  # something set it to None: re-alias
-                    mp.grad = p.grad[k]
+        for param, alias in self._grad_aliases:
+            if param.grad is not alias:  # something replaced or dropped it: re-alias
+                param.grad = alias
 
     # ------------------------------------------------------------------ compute
     def _member_forward(self, params: dict, buffers: dict, obs: torch.Tensor):
         return functional_call(self.template, (params, buffers), (obs,))
 
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, obs: torch.Tensor, needed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``obs`` (K, N, ...) -> (policy head output (K, N, A), value (K, N), trunk features
         (K, N, F)); member k's rows come from member k's network.
 
         A population of one calls its member's module directly: the same function without
         vmap's per-call cost (~0.5 ms here, as much as a small network's whole forward); its
-        gradients reach the stacked ones through the member's ``.grad`` aliases."""
+        gradients reach the stacked ones through the member's ``.grad`` aliases. So does every
+        member, one after another, when a method watches its modules with forward hooks (CBP
+        records its units' activations): hooks do not run inside the batched call.
+
+        ``needed`` (bool (K, N)): the rows whose outputs are used. A population of one computes
+        only those (the others are 0): the end of an episode batch, when few environments are
+        still in their episode, costs what those few rows cost. A batched call computes every row.
+        """
         if self.size == 1:
+            if needed is not None and not bool(needed.all()):
+                rows = needed[0].nonzero().squeeze(1)
+                outs = self.members[0](obs[0].index_select(0, rows))
+                full = [out.new_zeros((1, obs.shape[1], *out.shape[1:])) for out in outs]
+                for f, out in zip(full, outs):
+                    f[0, rows] = out
+                return tuple(full)
             return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
+        if self.looped:
+            return tuple(torch.stack(outs) for outs in zip(*(m(x) for m, x in zip(self.members, obs))))
         return self._batched(self.params, self.buffers, obs)
 
-    def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
-        """The members' action distributions over (K, N, ...) head outputs."""
+    def distribution(self, head_out: torch.Tensor, members: torch.Tensor | None = None) -> ActionDistribution:
+        """The members' action distributions over (K, N, ...) head outputs (or over the rows of
+        the ``members`` index only, when ``head_out`` holds just those)."""
         log_std = self.params.get("log_std")
+        if log_std is not None and members is not None:
+            log_std = log_std.index_select(0, members)
         return make_distribution(head_out, None if log_std is None else log_std.unsqueeze(1))
 
     def train(self, mode: bool = True) -> None:

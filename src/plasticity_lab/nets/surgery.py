@@ -8,6 +8,7 @@ Layers may carry a torch parametrization (spectral norm); edits then go to the s
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -104,23 +105,39 @@ def init_bound(layer: nn.Module) -> float:
     return 1.0 / math.sqrt(weight_param(layer)[0].numel())
 
 
-@torch.no_grad()
-def fresh_params(layer: nn.Module, cheap: bool = False) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(parameter, value torch's default init would give it now) for an affine or norm layer.
+@dataclass(frozen=True)
+class FreshDraw:
+    """How torch's default init sets ``param``: U(-bound, bound) (affine weights and biases), or
+    the constant ``fill`` (norm scales 1, offsets 0)."""
 
-    Affine layers come from :func:`fresh_init`, or with ``cheap`` from the same U(-b, b) drawn
-    directly into a tensor (no module is built: for methods that perturb at every step); norm
-    scales are 1 and offsets 0.
-    """
+    param: nn.Parameter
+    bound: float | None = None
+    fill: float | None = None
+
+    def draw(self) -> torch.Tensor:
+        if self.bound is None:
+            return torch.full_like(self.param, self.fill)
+        return torch.empty_like(self.param).uniform_(-self.bound, self.bound)
+
+
+def fresh_draws(layer: nn.Module) -> list[FreshDraw]:
+    """The :class:`FreshDraw` of every parameter of an affine or norm layer (cheap: no module is
+    built, for methods that perturb at every step and may keep this list)."""
     if isinstance(layer, AFFINE):
-        if cheap:
-            bound = init_bound(layer)
-            params = [weight_param(layer), layer.bias]
-            return [(p, torch.empty_like(p).uniform_(-bound, bound)) for p in params if p is not None]
+        bound = init_bound(layer)
+        return [FreshDraw(p, bound=bound) for p in (weight_param(layer), layer.bias) if p is not None]
+    if isinstance(layer, NORMS):
+        fills = ((getattr(layer, "weight", None), 1.0), (getattr(layer, "bias", None), 0.0))
+        return [FreshDraw(p, fill=value) for p, value in fills if p is not None]
+    raise TypeError(f"no fresh initialiser for {type(layer).__name__}")
+
+
+@torch.no_grad()
+def fresh_params(layer: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, value torch's default init would give it now) for an affine or norm layer:
+    affine layers from :func:`fresh_init`, norm scales 1 and offsets 0."""
+    if isinstance(layer, AFFINE):
         weight, bias = fresh_init(layer)
         pairs = [(weight_param(layer), weight)]
         return pairs + ([(layer.bias, bias)] if bias is not None else [])
-    if isinstance(layer, NORMS):
-        fills = ((getattr(layer, "weight", None), 1.0), (getattr(layer, "bias", None), 0.0))
-        return [(p, torch.full_like(p, value)) for p, value in fills if p is not None]
-    raise TypeError(f"no fresh initialiser for {type(layer).__name__}")
+    return [(d.param, d.draw()) for d in fresh_draws(layer)]

@@ -1,0 +1,148 @@
+"""Populations: seconds per member-epoch at K = 1, 8, 30, 100 and the network-arithmetic floor;
+the findings study with --population against --workers 2.
+
+Protocol: the findings study (configs/gridworld_study.yaml, one condition), every member trained
+as in the study (evaluation every 5 epochs, probes every 25, a shift at epoch 25) for ``--epochs``
+epochs. For each K the same process measures
+
+* ``run``: wall time of ``Run.train()`` of a population of K members, per member-epoch;
+* ``floor``: the pure network arithmetic of one epoch of the same K members, per member-epoch:
+  ``steps_per_env`` rollout forwards of (K, env_copies) synthetic frames, then ``num_passes`` x
+  ``buffer_size / batch_size`` minibatch forward + backward + per-member clip + AdamW step of
+  (K, batch_size) frames (no environment, storage, hooks, evaluation or diagnostics);
+
+and prints run / floor, and the run's CPU seconds per member-epoch (``time.process_time``: what a
+loaded machine's wall clock hides). ``--precision bf16`` autocasts both; ``--config`` times another
+study's condition (e.g. configs/minatar_permuted.yaml) instead of the findings study.
+
+``--study N`` instead times the findings study itself (every condition, N seeds, the full
+250-epoch protocol) three ways on the same cores, one after another in this process: ``plab
+sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in fp32 and in bf16;
+and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
+K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
+
+    python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32] [--config FILE]
+    python bench/bench_population.py --study 30 [--conditions baseline,l2-init]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
+from plasticity_lab.config import load_study
+from plasticity_lab.experiment.runner import Run
+from plasticity_lab.experiment.sweep import sweep
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gridworld_study.yaml"
+
+
+def make_run(condition: str, members: int, epochs: int, precision: str, root: Path, config: Path = CONFIG) -> Run:
+    cfg = load_study(config).condition(condition).model_copy(deep=True)
+    cfg.ppo_trainer.num_epochs = epochs
+    cfg.ppo_trainer.shift_points = [p for p in cfg.ppo_trainer.shift_points if p < epochs]
+    cfg.ppo_trainer.precision = precision
+    dirs = [root / f"{condition}_{members}" / f"seed_{k}" for k in range(members)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    return Run(cfg, dirs, list(range(members)), device="cpu")
+
+
+def floor_seconds(run: Run, repeats: int = 3) -> float:
+    """Median seconds of one epoch's pure network arithmetic for the run's K members."""
+    p, K, envs = run.ppo, run.size, run.env_cfg.env_copies
+    net = run.net
+    opt = PopulationAdamW(net.trainable(), lr=p.lr)
+    frames = torch.randint(0, 256, (K, p.buffer_size, *run.obs_shape), dtype=torch.uint8)
+    actions = torch.randint(0, run.num_actions, (K, p.buffer_size))
+    params = list(net.trainable().values())
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        with torch.no_grad(), run.amp():
+            for start in range(0, p.buffer_size, envs):
+                net(frames[:, start : start + envs])
+        for _ in range(p.num_passes):
+            for start in range(0, p.buffer_size - p.batch_size + 1, p.batch_size):
+                with run.amp():
+                    head, values, _ = net(frames[:, start : start + p.batch_size])
+                    log_prob = net.distribution(head).log_prob(actions[:, start : start + p.batch_size])
+                    loss = (-log_prob.mean(-1) + values.float().pow(2).mean(-1)).sum()
+                net.zero_grad()
+                loss.backward()
+                clip_member_grad_norms(params, p.max_grad_norm)
+                opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def time_study(seeds: int, conditions: list[str] | None, root: Path) -> None:
+    study = load_study(CONFIG)
+    chosen = conditions or study.conditions
+    runs = len(chosen) * seeds
+    epochs = study.base.ppo_trainer.num_epochs
+    floors = {}
+    for precision in ("fp32", "bf16"):
+        per = statistics.median(floor_seconds(make_run(c, seeds, 2, precision, root / "floor" / precision)) / seeds for c in chosen[:2])
+        floors[precision] = per * epochs * runs / 2
+    print(f"study: {len(chosen)} conditions x {seeds} seeds, {epochs} epochs; network floor on 2 cores: "
+          f"fp32 {floors['fp32']:.0f} s, bf16 {floors['bf16']:.0f} s", flush=True)
+    walls = {}
+    for label, population, precision in (("workers 2, single runs, fp32", False, "fp32"),
+                                         ("population, workers 2, fp32", True, "fp32"),
+                                         ("population, workers 2, bf16", True, "bf16")):
+        raw = yaml.safe_load(CONFIG.read_text())
+        raw["ppo_trainer"]["precision"] = precision
+        config = root / f"{precision}.yaml"
+        config.write_text(yaml.safe_dump(raw))
+        t0 = time.perf_counter()
+        states = sweep(config, name=label.replace(" ", "_").replace(",", ""), conditions=conditions, seeds=list(range(seeds)),
+                       workers=2, out_dir=root / "studies", population=population)
+        walls[label] = time.perf_counter() - t0
+        assert all(s.status == "done" for s in states), [s.error for s in states if s.status != "done"]
+        print(f"{label}: {walls[label]:.0f} s", flush=True)
+    base = walls["workers 2, single runs, fp32"]
+    print("mode | wall s | speed-up vs workers 2 | wall / floor of its precision")
+    for label, wall in walls.items():
+        precision = label.rsplit(" ", 1)[1]
+        print(f"{label} | {wall:.0f} | {base / wall:.2f}x | {wall / floors[precision]:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", default="1,8,30,100")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--condition", default="baseline")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="study config whose condition is timed (K = 1, 8, ... only)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")
+    parser.add_argument("--conditions", default=None, help="with --study: comma-separated subset of conditions")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.study:
+        with tempfile.TemporaryDirectory() as tmp:
+            time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp))
+        return
+    print(f"torch {torch.__version__}, 1 thread; {args.config.name} condition {args.condition}, {args.epochs} epochs, {args.precision}")
+    print("K | run s/member-epoch | floor s/member-epoch | run / floor | run CPU s/member-epoch")
+    with tempfile.TemporaryDirectory() as tmp:
+        for members in (int(k) for k in args.members.split(",")):
+            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp), args.config)
+            floor = floor_seconds(run) / members
+            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp) / "timed", args.config)
+            t0, c0 = time.perf_counter(), time.process_time()
+            run.train()
+            per = (time.perf_counter() - t0) / (members * args.epochs)
+            cpu = (time.process_time() - c0) / (members * args.epochs)
+            print(f"{members} | {per * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {per / floor:.2f}x | {cpu * 1e3:.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""``plab claims``: a document's tables of claims and per-round numbers, generated from a study's
+comparisons.csv and written between markers in the document, so that no number or verdict in it
+is typed by hand (issue 19).
+
+A claims file (YAML) names the study, the document and its tables; paths are relative to the
+claims file. Each table ``NAME`` replaces the lines between ``<!-- plab claims NAME ... -->`` and
+``<!-- end plab claims NAME -->`` in the document:
+
+```yaml
+study: ../results/gridworld_study
+document: findings.md
+tables:
+  verdicts:
+    kind: claims
+    note_header: "Testbed 2"          # optional last column, free text per claim
+    claims:
+      - {claim: "Spectral norm +20% test reward", condition: specnorm, expect: better, change: 20}
+      - {claim: "Fewer dead units", condition: specnorm, metric: dead_units, expect: better, change: -52}
+      - {claim: "S&P + LN is best", condition: ssp-ln, expect: best}
+      - {claim: "Plasticity loss", condition: baseline, against: reset-all, metric: test_r_round_10, expect: worse}
+  rounds:
+    kind: rounds
+    metrics: [train_r, test_r]
+```
+
+A claim's verdict follows from the CSV's verdict column alone (analysis.verdicts.claim_verdict):
+the claimed direction must be the comparison's verdict, and a claimed size (``change``, percent)
+must lie in its 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pydantic import Field, ValidationError
+
+from plasticity_lab.analysis import verdicts
+from plasticity_lab.config import ConfigError, Strict, load_yaml
+
+COMPARISONS = "comparisons.csv"
+ROLE_ORDER = ("primary", "secondary", "per round", "all pairs")
+"""The row a claim reads when a comparison appears in several roles: against the baseline first."""
+
+
+class ClaimSpec(Strict):
+    claim: str
+    """The claim as stated (its source's words and numbers)."""
+    condition: str
+    metric: str = "test_r"
+    """A comparisons.csv metric, e.g. test_r, dead_units, test_r_round_10."""
+    against: str | None = None
+    """Condition compared against (default: the study's baseline, or the reference for round rows)."""
+    expect: Literal["better", "worse", "higher", "lower", "equivalent", "best"]
+    change: float | None = None
+    """Claimed change in percent of the compared-against condition's mean, checked against the interval."""
+    note: str = ""
+    """Free text for the table's last column (``note_header``)."""
+
+
+class TableSpec(Strict):
+    kind: Literal["claims", "rounds"]
+    claims: list[ClaimSpec] = Field(default_factory=list)
+    note_header: str = ""
+    metrics: list[str] = Field(default_factory=lambda: ["train_r", "test_r"])
+    """kind rounds: the per-round rows (``<metric>_round_K``) to tabulate, one column group each."""
+
+
+class ClaimsFile(Strict):
+    study: str
+    """Study directory holding comparisons.csv."""
+    document: str
+    tables: dict[str, TableSpec]
+
+
+def load_claims(path: str | Path) -> tuple[ClaimsFile, Path]:
+    """The validated claims file and its directory (paths in it are relative to that)."""
+    raw = load_yaml(path)
+    try:
+        return ClaimsFile.model_validate(raw), Path(path).parent
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+
+# ------------------------------------------------------------------------------------- numbers as text
+def _spec(metric: str) -> str:
+    """Decimals that keep a metric's differences readable: returns 2, percentages 1, else 3 digits."""
+    if metric.startswith(("test_r", "train_r")):
+        return "+.2f"
+    return "+.1f" if metric in ("dead_units", "dormant_units") else "+.3g"
+
+
+def _interval(value: float, lo: float, hi: float, spec: str, unit: str = "") -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    inside = f"{format(lo, spec)}, {format(hi, spec)}" if math.isfinite(lo) and math.isfinite(hi) else "unbounded"
+    return f"{format(value, spec)}{unit} [{inside}]"
+
+
+def _p(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else format(value, ".2g")
+
+
+# ------------------------------------------------------------------------------------- rows
+def _row(table: pd.DataFrame, condition: str, against: str | None, metric: str, where: str) -> tuple[pd.Series, bool]:
+    """The comparisons.csv row of ``condition`` vs ``against`` on ``metric`` and whether it is
+    read from the other side (an all-pairs row of ``against`` vs ``condition``)."""
+    rows = table[table["metric"] == metric]
+    direct = rows[(rows["condition"] == condition) & ((rows["baseline"] == against) if against else rows["role"] != "all pairs")]
+    if len(direct):
+        return min((r for _, r in direct.iterrows()), key=lambda r: ROLE_ORDER.index(r["role"])), False
+    reverse = rows[(rows["condition"] == against) & (rows["baseline"] == condition)] if against else rows.iloc[:0]
+    if len(reverse):
+        return reverse.iloc[0], True
+    raise ConfigError(f"{where}: comparisons.csv has no row of {condition} vs {against or 'the baseline'} on {metric}")
+
+
+def _flipped(row: pd.Series) -> pd.Series:
+    """An all-pairs row read from the other side: differences negated, the ratio inverted, the
+    verdict reversed."""
+    out = row.copy()
+    out["condition"], out["baseline"] = row["baseline"], row["condition"]
+    out["diff"], out["ci_low"], out["ci_high"] = -row["diff"], -row["ci_high"], -row["ci_low"]
+    ratio = [1 + row[k] / 100 for k in ("rel_diff_pct", "rel_ci_high", "rel_ci_low")]
+    out["rel_diff_pct"], out["rel_ci_low"], out["rel_ci_high"] = ((1 / r - 1) * 100 if r > 0 else math.nan for r in ratio)
+    out["verdict"] = verdicts.OPPOSITE.get(row["verdict"], row["verdict"])
+    return out
+
+
+def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
+    if claim.expect == "best":
+        return _best_row(table, claim, where)
+    row, flip = _row(table, claim.condition, claim.against, claim.metric, where)
+    if flip:
+        row = _flipped(row)
+    found = verdicts.claim_verdict(claim.expect, row["verdict"], claim.change, row["rel_ci_low"], row["rel_ci_high"])
+    role = f"{row['role']}, Holm k={_family(table, row)}"
+    return [
+        claim.claim, f"{row['condition']} vs {row['baseline']}, {row['metric']} (n = {row['n_pairs']}; {role})",
+        _interval(row["diff"], row["ci_low"], row["ci_high"], _spec(claim.metric)),
+        _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%"),
+        _p(row["p_holm"]), row["verdict"], f"**{found}**",
+    ]
+
+
+def _family(table: pd.DataFrame, row: pd.Series) -> int:
+    """Rows the row's Holm adjustment ran over (its role and metric; a round row's rounds)."""
+    same = table[table["role"] == row["role"]]
+    if row["role"] == "per round":
+        return int(same["metric"].str.startswith(re.sub(r"_round_\d+$", "_round_", row["metric"])).sum())
+    return int((same["metric"] == row["metric"]).sum())
+
+
+def _best_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
+    pairs = table[(table["role"] == "all pairs") & (table["metric"] == claim.metric)]
+    found: dict[str, str] = {}
+    for _, row in pairs.iterrows():
+        if row["condition"] == claim.condition:
+            found[row["baseline"]] = row["verdict"]
+        elif row["baseline"] == claim.condition:
+            found[row["condition"]] = verdicts.OPPOSITE.get(row["verdict"], row["verdict"])
+    if not found:
+        raise ConfigError(f"{where}: comparisons.csv has no all-pairs rows of {claim.condition} on {claim.metric}")
+    groups: dict[str, list[str]] = {}
+    for other, verdict in found.items():
+        groups.setdefault(verdict, []).append(other)
+    phrase = {"better": "better than", "worse": "worse than", "equivalent": "equivalent to", "inconclusive": "inconclusive vs"}
+    summary = "; ".join(f"{phrase.get(v, v)} {', '.join(others)}" for v, others in sorted(groups.items()))
+    return [
+        claim.claim, f"{claim.condition} vs every other condition, {claim.metric} (all pairs, Holm k={len(pairs)})",
+        summary, "", "", "", f"**{verdicts.best(claim.condition, found)}**",
+    ]
+
+
+def claims_table(table: pd.DataFrame, spec: TableSpec, where: str) -> str:
+    header = ["Claim", "Comparison (n; role, Holm family)", "Difference [95% CI]", "Change [95% CI]", "p (Holm)",
+              "Verdict (comparisons.csv)", "Claim"]
+    rows = [_claim_row(table, claim, f"{where}.claims[{i}]") for i, claim in enumerate(spec.claims)]
+    if spec.note_header:
+        header.append(spec.note_header)
+        rows = [row + [claim.note] for row, claim in zip(rows, spec.claims)]
+    return _markdown(header, rows)
+
+
+def rounds_table(table: pd.DataFrame, spec: TableSpec, where: str) -> str:
+    """One row per round: each metric's per-round difference [95% CI], p (Holm over the rounds) and verdict."""
+    per = {}
+    for metric in spec.metrics:
+        rows = table[(table["role"] == "per round") & table["metric"].str.fullmatch(rf"{re.escape(metric)}_round_\d+")]
+        if not len(rows):
+            raise ConfigError(f"{where}: comparisons.csv has no per-round rows of {metric}")
+        per[metric] = {int(m.rsplit("_", 1)[1]): r for m, (_, r) in zip(rows["metric"], rows.iterrows())}
+    rounds = sorted(set().union(*per.values()))
+    first = next(iter(per.values()))[rounds[0]]
+    header = ["round"] + [f"{metric}: {first['condition']} - {first['baseline']} [95% CI]; p (Holm); verdict" for metric in spec.metrics]
+    body = []
+    for k in rounds:
+        cells = []
+        for metric in spec.metrics:
+            r = per[metric].get(k)
+            cells.append("-" if r is None else f"{_interval(r['diff'], r['ci_low'], r['ci_high'], _spec(metric))}; "
+                                               f"p {_p(r['p_holm'])}; {r['verdict']}")
+        body.append([str(k), *cells])
+    return _markdown(header, body)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- document
+def render(path: str | Path) -> tuple[Path, str]:
+    """The document named by the claims file at ``path`` and its new text (every table regenerated)."""
+    spec, base = load_claims(path)
+    study = base / spec.study
+    csv = study / COMPARISONS
+    if not csv.exists():
+        raise ConfigError(f"{path}: study: {csv} not found (run plab report on {study} first)")
+    table = pd.read_csv(csv)
+    document = base / spec.document
+    if not document.exists():
+        raise ConfigError(f"{path}: document: {document} not found")
+    text = document.read_text()
+    for name, table_spec in spec.tables.items():
+        where = f"{path}: tables.{name}"
+        make = claims_table if table_spec.kind == "claims" else rounds_table
+        generated = make(table, table_spec, where)
+        begin = re.compile(rf"^<!-- plab claims {re.escape(name)}\b.*?-->\n", re.M)
+        end = f"<!-- end plab claims {name} -->"
+        found = begin.search(text)
+        if found is None or end not in text[found.end():]:
+            raise ConfigError(f"{where}: {document} has no '<!-- plab claims {name} ... -->' ... '{end}' markers")
+        stop = text.index(end, found.end())
+        text = text[: found.end()] + generated + "\n" + text[stop:]
+    return document, text
+
+
+def update(path: str | Path, check: bool = False) -> tuple[Path, bool]:
+    """Regenerate the document's tables; with ``check``, only report whether they are up to date.
+    Returns the document and whether it was (or would be) changed."""
+    document, text = render(path)
+    changed = document.read_text() != text
+    if changed and not check:
+        document.write_text(text)
+    return document, changed
