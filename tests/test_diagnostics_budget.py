@@ -6,15 +6,18 @@ as a pure function of the config."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from plasticity_lab.config import load_study
+from plasticity_lab.envs.registry import FAMILIES
 from plasticity_lab.experiment import cost_model as cm
 from plasticity_lab.experiment.cost_model import ENV_COSTS, ItemCosts, NetworkShape, collection_steps
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, plan_diagnostics, run_item_costs
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 HAND = ItemCosts(epoch=1000.0, probe=220.0, collect=80.0, churn=100.0, fit=160.0, reference=260.0)
 
 
@@ -49,8 +52,8 @@ def test_nothing_fits_is_one_plain_line():
     none = plan(0.02)  # limit 200: the cheapest probe (task 0's end) costs 300
     assert none.probes == () and none.fits == () and none.cheapest == pytest.approx(0.03)
     assert none.describe() == (
-        "diagnostics: none in this run: one probe would cost an estimated 3% of the training time, "
-        "more than the budget of 2% (raise diagnostics.budget, or set it to null, to probe anyway)"
+        "diagnostics: none fit the budget of 2% of the training time (one probe would cost an estimated 3.0%); "
+        "raise diagnostics.budget, or set it to null, to probe anyway"
     )
 
 
@@ -149,16 +152,22 @@ def test_plan_is_a_pure_function_of_the_config(monkeypatch):
     assert PlasticityProbe.from_config(cfg.model_copy(deep=True), seed=1).plan == first
 
 
+def test_every_environment_family_has_a_cost_entry():
+    """A new family in the registry needs its measured costs here (``plab bench --config``)."""
+    assert set(ENV_COSTS) == set(FAMILIES)
+
+
 def test_shipped_configs_keep_their_budget():
     plans = {}
-    for name in ("gridworld_study", "demo_gridworld", "coinrun_short", "coinrun_quick_short", "hyperparams_quick",
-                 "hyperparams", "atari_continual_cpu", "atari_continual", "slippery_ant_cpu", "slippery_ant"):
-        study = load_study(f"{name}.yaml")
-        plans[name] = PlasticityProbe.from_config(study.condition(study.conditions[0]), seed=0).plan
-        assert plans[name].cost <= study.base.diagnostics.budget
+    for path in sorted(CONFIGS.glob("*.yaml")):  # every shipped config, also one added later
+        study = load_study(path.name)
+        plans[path.stem] = plan = PlasticityProbe.from_config(study.condition(study.conditions[0]), seed=0).plan
+        assert plan.cost <= study.base.diagnostics.budget
+    assert len(plans) >= 12
     # the few-minute CPU versions of ALE and MuJoCo cannot afford a single probe set (creating and
     # stepping 64 emulators / simulations); the long protocols keep their full schedules
     assert plans["atari_continual_cpu"].probes == () and plans["slippery_ant_cpu"].probes == ()
-    for name in ("hyperparams_quick", "hyperparams", "atari_continual", "slippery_ant"):
+    for name in ("hyperparams_quick", "hyperparams", "atari_continual", "slippery_ant", "minatar_continual",
+                 "minatar_permuted"):
         assert plans[name].skipped_probes == () and plans[name].skipped_fits == ()
     assert plans["hyperparams_quick"].fits == (0, 499, 999, 1499, 1999, 2499, 2999)

@@ -141,9 +141,9 @@ class DiagnosticsPlan:
             cost = "" if self.cost is None else f"; estimated {100 * self.cost:.1f}% of the training time"
             return f"diagnostics: {probes} probes, {fits} trainability fits (no budget{cost})"
         if not probes:
-            return (f"diagnostics: none in this run: one probe would cost an estimated {100 * self.cheapest:.0f}% "
-                    f"of the training time, more than the budget of {100 * self.budget:g}% (raise "
-                    f"diagnostics.budget, or set it to null, to probe anyway)")
+            return (f"diagnostics: none fit the budget of {100 * self.budget:g}% of the training time (one probe "
+                    f"would cost an estimated {100 * self.cheapest:.1f}%); raise diagnostics.budget, or set it "
+                    f"to null, to probe anyway")
         text = (f"diagnostics: {probes} of {probes + len(self.skipped_probes)} probes and {fits} of "
                 f"{fits + len(self.skipped_fits)} trainability fits fit the budget of {100 * self.budget:g}% "
                 f"of the training time (estimated {100 * self.cost:.1f}%)")
