@@ -9,8 +9,9 @@ machine: network compute from the network's own shape (multiply-accumulates, act
 the sizes of the matrices whose singular values a probe computes), fixed per-call overheads, and
 per-family costs of creating and stepping one environment copy (:data:`ENV_COSTS`).
 
-The constants were measured with ``plab bench --diagnostics --config ...`` on the project's
-machine (2 CPU cores with AVX-512, torch on one thread; BENCHMARKS.md, "Diagnostics overhead").
+The constants were measured in CPU seconds with ``plab bench --config X.yaml`` (each item beside
+the model) on the project's machine (2 CPU cores with AVX-512, torch on one thread) and checked
+against whole runs with ``bench/bench_diagnostics_cost.py`` (BENCHMARKS.md, "Diagnostics overhead").
 Absolute seconds vary with the machine and its load; the budget only uses ratios of modelled
 seconds, which hold as long as the machine's network speed and environment speed keep their
 proportion (on a GPU the network parts shrink and the environment parts do not: not modelled).
@@ -36,17 +37,17 @@ TRAIN_MACS = 3.0
 """Forward + backward of a frame, in forward passes."""
 FORWARD_CALL_S = 1e-4
 """Fixed cost of one forward call (a probe chunk, a batch of rollout observations)."""
-ROLLOUT_STEP_S = 5e-4
+ROLLOUT_STEP_S = 1e-3
 """Per batched rollout step besides the environment and the network: sampling, storage, copies."""
-UPDATE_STEP_S = 3e-3
+UPDATE_STEP_S = 4.6e-3
 """Per PPO minibatch besides its network compute: loss terms, clipping, AdamW, statistics."""
 FIT_STEP_S = 2e-3
 """Per trainability-fit step besides its network compute (Adam on a plain MSE)."""
-ACTIVATION_S = 1e-8
+ACTIVATION_S = 1.5e-8
 """Per activation element of a probe frame: the per-unit activity and dormancy accumulators."""
 SVD_S = 2.5e-10
 """Per ``rows x cols^2`` of a float64 singular-value decomposition (rows >= cols)."""
-PROBE_FIXED_S = 0.02
+PROBE_FIXED_S = 0.01
 """Per probe: per-layer statistics, head matrices, result assembly."""
 PROBE_CHUNK = 256
 """Frames per forward call of a probe (:class:`~plasticity_lab.experiment.probes.PlasticityProbe`)."""
@@ -64,14 +65,14 @@ class EnvCost:
 
 
 ENV_COSTS: dict[str, EnvCost] = {
-    "gridworld": EnvCost(step=3e-6, make=1e-5),  # numpy, vectorised over copies
-    "procgen": EnvCost(step=1e-4, make=1e-3),  # C++, vectorised; ~0.1 ms per copy step
-    "ale": EnvCost(step=8e-4, make=0.3),  # frame skip 4 + preprocessing; ROM load per copy
-    "mujoco": EnvCost(step=6e-4, make=1e-2),  # Ant: physics + Gymnasium wrappers per copy
-    "gymnasium": EnvCost(step=6e-4, make=1e-2),  # any task: priced like MuJoCo (classic control is cheaper)
-    "minatar": EnvCost(step=1e-5, make=1e-3),  # pure Python, one object per copy (provisional)
+    "gridworld": EnvCost(step=4e-6, make=1e-5),  # numpy, vectorised over copies
+    "procgen": EnvCost(step=1.35e-4, make=1e-3),  # C++, vectorised
+    "ale": EnvCost(step=8e-4, make=0.27),  # frame skip 4 + preprocessing; ROM load per copy
+    "mujoco": EnvCost(step=5e-4, make=5e-3),  # Ant: physics + Gymnasium wrappers per copy
+    "gymnasium": EnvCost(step=5e-4, make=5e-3),  # any task: priced like MuJoCo (classic control is cheaper)
+    "minatar": EnvCost(step=1e-5, make=1e-4),  # pure Python; Breakout 9 us, Space Invaders 12 us (random actions)
 }
-"""Per-family environment costs (measured with ``plab bench --diagnostics --config``)."""
+"""Per-family environment costs (measured with ``plab bench --config``; random actions)."""
 
 
 @dataclass(frozen=True)
