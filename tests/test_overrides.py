@@ -126,7 +126,7 @@ def read_rows(path: Path, drop: tuple[str, ...] = ("wall_time", "steps_per_s", "
 def test_overrides_are_recorded_and_a_resume_with_other_values_is_refused(cfg, tmp_path, capsys):
     """Also: a budgeted diagnostics schedule (probes 0, 1, 2, 5 of 0, 1, 2, 3, 5; no fits) survives a
     SIGKILL and resume exactly (the plan depends on the config only, never on wall-clock time)."""
-    values = ["ppo_trainer.lr=1e-3", "model.h_size=16", "diagnostics.budget=0.25"]
+    values = ["ppo_trainer.lr=1e-3", "model.h_size=16", "diagnostics.budget=0.33"]
     args = ["-n", "t", "-p", str(cfg), "-c", "baseline", "-o", str(tmp_path)]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--set", *values],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -134,8 +134,8 @@ def test_overrides_are_recorded_and_a_resume_with_other_values_is_refused(cfg, t
     wait_rows(run / "metrics.csv", 3, proc)  # a checkpoint exists after epoch 1 (save_freq 2)
     proc.kill()
     proc.wait()
-    plan_line = ("diagnostics: 4 of 5 probes and 0 of 4 trainability fits fit the budget of 25% of the training "
-                 "compute (estimated 23.8%); skipped probes after epochs 3; skipped fits after epochs 0, 2, 3, 5")
+    plan_line = ("diagnostics: 4 of 5 probes and 0 of 4 trainability fits fit the budget of 33% of the training "
+                 "time (estimated 31.3%); skipped probes after epochs 3; skipped fits after epochs 0, 2, 3, 5")
     assert plan_line in proc.stdout.read()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["ppo_trainer"]["lr"] == 0.001 and resolved["model"]["h_size"] == 16

@@ -66,7 +66,8 @@ def network_floor(run: Run, repeats: int, clock: Callable[[], float] = time.perf
 
 
 def make_run(precision: str, device: str, root: Path, config: str = "hyperparams_quick.yaml", rollout: str = "fixed") -> Run:
-    cfg = load_study(config).condition("baseline").model_copy(deep=True)
+    study = load_study(config)
+    cfg = study.condition(study.conditions[0]).model_copy(deep=True)
     # fixed: the toolkit's fast path, so figures stay comparable (for the ProcGen default exactly
     # 16 x 64 = 1024 transitions per epoch); episodes: the reproduction configs' collection as the
     # config has it (11 copies, whole episodes), timed per 1024 transitions.
@@ -142,55 +143,51 @@ def run_bench(precision: str = "fp32", epochs: int = 3, device: str = "auto") ->
     return results
 
 
-RUN_LENGTHS = {2: [1], 30: [10, 20], 3000: [1000, 2000]}
-"""Run lengths (epochs -> shift points) whose default diagnostics cost the bench projects."""
-
-
-def run_diagnostics_bench(device: str = "auto") -> dict[str, float]:
-    """Time a probe, a frame collection and trainability fits, then project the cost of the
-    default (budgeted) schedule for runs of 2, 30 and 3000 epochs of the study-report protocol:
-    diagnostics time / training time. Also prints the cost-model factors these timings imply,
-    to check :class:`~plasticity_lab.experiment.probes.CostModel` against this machine."""
-    from plasticity_lab.experiment.probes import COSTS, PlasticityProbe
+def run_diagnostics_bench(device: str = "auto", config: str = "hyperparams_quick.yaml") -> dict[str, float]:
+    """Time a training epoch and each diagnostics item of ``config``'s protocol (frame collection,
+    probe, churn forward, trainability fit, a task's first fit) in this process, in CPU seconds
+    (another job on the core does not count), print each beside the cost model's seconds
+    (:mod:`plasticity_lab.experiment.cost_model`) and their ratio to the epoch (the ratios are
+    what the budget uses), then the plan of the config."""
+    from plasticity_lab.experiment.probes import PlasticityProbe, run_item_costs
+    from plasticity_lab.metrics.diagnostics import policy_outputs
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run = make_run("fp32", device, Path(tmp))
-        p, d = run.ppo, run.cfg.diagnostics
-        out["epoch_s"] = time_epochs(run, 2)
-        probe = PlasticityProbe(run.env_cfg, seed=0, num_epochs=p.num_epochs, shift_points=p.shift_points)
-        fits = probe.plan.fits
-        t0 = time.perf_counter()
-        probe.frames(run.member.task_index, run.member.shift_state)
-        out["collect_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, 1)  # not a trainability epoch
-        out["probe_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, 0)  # first fit: targets + fresh net + copy
-        out["first_fit_s"] = time.perf_counter() - t0 - out["probe_s"]
-        t0 = time.perf_counter()
-        probe.measure(run.member.model, run.member.task_index, run.member.shift_state, fits[1])  # later fit of the same task: copy only
-        out["fit_s"] = time.perf_counter() - t0 - out["probe_s"]
-        run.member.env.close()
-    unit_s = out["epoch_s"] / COSTS.epoch(p.buffer_size, p.num_passes)
-    fit_units = COSTS.fit(d.trainability_steps, probe.trainability.batch_size, d.probe_size)
-    print(f"epoch {out['epoch_s']:.2f} s; probe ({d.probe_size} frames) {out['probe_s']:.2f} s; frame collection "
-          f"{out['collect_s']:.2f} s; trainability fit {out['fit_s']:.1f} s (first of a task incl. fresh net "
-          f"{out['first_fit_s']:.1f} s)")
-    print(f"cost model factors implied by these timings (model's value in brackets): probe "
-          f"{out['probe_s'] / unit_s / d.probe_size:.2f} [{COSTS.probe}] and collection "
-          f"{out['collect_s'] / unit_s / d.probe_size:.2f} [{COSTS.collect}] per frame, fit "
-          f"{out['fit_s'] / unit_s / fit_units:.2f} [1] of the modelled fit")
-    for epochs, shifts in RUN_LENGTHS.items():
-        cfg = run.cfg.model_copy(deep=True)
-        cfg.ppo_trainer.num_epochs, cfg.ppo_trainer.shift_points = epochs, shifts
-        plan = PlasticityProbe.from_config(cfg, seed=0).plan
-        task_of = [sum(e >= s for s in shifts) for e in range(epochs)]
-        probe_tasks, fit_tasks = {task_of[e] for e in plan.probes}, {task_of[e] for e in plan.fits}
-        total = (len(plan.probes) * out["probe_s"] + len(probe_tasks) * out["collect_s"]
-                 + len(fit_tasks) * out["first_fit_s"] + (len(plan.fits) - len(fit_tasks)) * out["fit_s"])
-        out[f"overhead_{epochs}"] = total / (epochs * out["epoch_s"])
-        print(f"{epochs} epochs: {plan.describe()} -> projected {total:.1f} s = "
-              f"{100 * out[f'overhead_{epochs}']:.1f}% of {epochs * out['epoch_s']:.0f} s of training")
+        run = make_run("fp32", device, Path(tmp), config=config)
+        cfg, member = run.cfg, run.member
+        costs = run_item_costs(cfg)  # of the fixed-length epochs make_run sets
+        run.run_epoch(1)  # warm-up
+        t0 = time.process_time()
+        for epoch in (2, 3):
+            run.run_epoch(epoch)
+        out["epoch"] = (time.process_time() - t0) / 2
+        probe = PlasticityProbe(run.env_cfg, seed=0, num_epochs=cfg.ppo_trainer.num_epochs,
+                                probe_size=cfg.diagnostics.probe_size, trainability_steps=cfg.diagnostics.trainability_steps)
+        t0 = time.process_time()
+        frames = probe.frames(member.task_index, member.shift_state)
+        out["collect"] = time.process_time() - t0
+        t0 = time.process_time()
+        probe.measure(member.model, member.task_index, member.shift_state, 1)  # not a trainability epoch
+        out["probe"] = time.process_time() - t0
+        t0 = time.process_time()
+        policy_outputs(member.model, frames)
+        out["churn"] = time.process_time() - t0
+        t0 = time.process_time()
+        probe.trainability.measure(member.model, frames, key=0)  # first of a task: targets, fresh net, copy
+        first = time.process_time() - t0
+        t0 = time.process_time()
+        probe.trainability.measure(member.model, frames, key=0)  # later fit of the same task: copy only
+        out["fit"] = time.process_time() - t0
+        out["reference"] = first - out["fit"]
+        member.env.close()
+    print(f"{config}: {run.env_cfg.name}, {cfg.model.enc_type} h{cfg.model.h_size}, probe_size "
+          f"{cfg.diagnostics.probe_size}; seconds measured [modelled], and in epochs measured [modelled]:")
+    for item, seconds in out.items():
+        model_s = getattr(costs, item)
+        print(f"  {item:9s} {seconds:8.3f} s [{model_s:8.3f}]  {seconds / out['epoch']:8.3f} [{model_s / costs.epoch:8.3f}]"
+              f"  measured / modelled in epochs: {seconds / out['epoch'] / (model_s / costs.epoch):.2f}")
+    study = load_study(config)
+    print(f"plan of {config} as shipped: "
+          f"{PlasticityProbe.from_config(study.condition(study.conditions[0]), seed=0).plan.describe()}")
     return out

@@ -210,7 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     bench.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up)")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    bench.add_argument("--diagnostics", action="store_true", help="also project the cost of the default diagnostics schedule")
+    bench.add_argument("--diagnostics", action="store_true",
+                       help="also time each diagnostics item beside the budget's cost model")
+    bench.add_argument("--config", help="time the diagnostics items of this config only (no epoch bench)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -336,6 +338,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from plasticity_lab.bench import run_bench, run_diagnostics_bench
 
+    if args.config:
+        run_diagnostics_bench(device=args.device, config=args.config)
+        return 0
     run_bench(precision=args.precision, epochs=args.epochs, device=args.device)
     if args.diagnostics:
         run_diagnostics_bench(device=args.device)

@@ -8,10 +8,12 @@ checkpoints and writes the results.
 **Schedule.** Probes follow epoch ``0``, every ``interval``-th epoch and the last epoch of every
 task; trainability fits run at some of them (:meth:`DiagnosticsPlan.full`). With a ``budget``
 (``diagnostics.budget``, default 10%), :func:`plan_diagnostics` keeps only what fits into that
-fraction of the run's training compute under a fixed cost model (:class:`CostModel`), dropping the
-least important probes and fits first; the run prints the plan and, at the end, the measured cost.
-The plan is a pure function of the config, never of wall-clock time, so a resumed run probes at
-exactly the epochs the uninterrupted run would and ``diagnostics.csv`` stays reproducible.
+fraction of the run's training time as modelled from the config
+(:mod:`plasticity_lab.experiment.cost_model`: network shape and per-environment-family costs),
+dropping the least important probes and fits first; the run prints the plan (or one line saying
+that nothing fits) and, at the end, the measured cost. The plan is a pure function of the config,
+never of wall-clock time, so a resumed run probes at exactly the epochs the uninterrupted run
+would and ``diagnostics.csv`` stays reproducible.
 
 Run-directory files:
 
@@ -39,6 +41,7 @@ from torch import nn
 from plasticity_lab.config import EnvironmentConfig, RunConfig
 from plasticity_lab.envs import make_env
 from plasticity_lab.envs.shifts import ShiftState
+from plasticity_lab.experiment.cost_model import ItemCosts, item_costs
 from plasticity_lab.experiment.logger import MetricsCSV
 from plasticity_lab.metrics.diagnostics import ProbeResult, churn, policy_outputs, probe_columns, probe_network
 from plasticity_lab.metrics.trainability import TrainabilityProbe
@@ -48,6 +51,9 @@ RUN_COLUMNS = [
     "trainability_loss", "trainability_fresh_loss", "trainability_ratio",
 ]  # fmt: skip
 MIN_PROBES = 30
+PROBE_ENVS, PROBE_WARMUP, PROBE_STRIDE = 64, 8, 4
+"""How :func:`collect_probe_frames` collects a run's probe sets (environments, first kept step,
+steps between kept ones)."""
 
 
 def diagnostic_columns(layers: list[str]) -> list[str]:
@@ -69,9 +75,9 @@ def collect_probe_frames(
     n: int = 2560,
     seed: int = 0,
     policy: Callable[[np.ndarray], np.ndarray] | None = None,
-    num_envs: int = 64,
-    warmup: int = 8,
-    stride: int = 4,
+    num_envs: int = PROBE_ENVS,
+    warmup: int = PROBE_WARMUP,
+    stride: int = PROBE_STRIDE,
 ) -> np.ndarray:
     """``n`` real observations (uint8 frames ``(n, H, W, C)`` or float vectors ``(n, D)``) from
     the training levels of ``env_cfg``'s task under ``shift_state``.
@@ -115,36 +121,6 @@ def collect_probe_frames(
 
 
 @dataclass(frozen=True)
-class CostModel:
-    """Compute of training and diagnostics in one unit: a forward pass of one frame.
-
-    The factors are those measured with ``plab bench --diagnostics`` (conv64 h256 on CPU, see
-    BENCHMARKS.md: a probe 2.2 and a frame collection 0.8 forward passes per frame, a
-    trainability fit 0.8 of the modelled fit). Training counts only its network work (rollout
-    forwards, then forward, backward and optimiser step per minibatch frame), not environment
-    steps or test evaluations, so it is a lower bound of the real training time and the
-    estimated diagnostics fraction an upper bound of the real one.
-    """
-
-    train_step: float = 3.0
-    """Forward + backward + optimiser step of one frame, in forward passes."""
-    probe: float = 2.2
-    """One probe frame: forward with per-layer accumulators, ranks, weight statistics."""
-    collect: float = 0.8
-    """One probe frame's collection (environment steps with random actions), once per task."""
-
-    def epoch(self, buffer_size: int, num_passes: int) -> float:
-        return buffer_size * (1.0 + self.train_step * num_passes)
-
-    def fit(self, steps: int, batch_size: int, probe_size: int) -> float:
-        """One trainability fit: ``steps`` minibatch steps, then the loss on the whole set."""
-        return steps * batch_size * self.train_step + probe_size
-
-
-COSTS = CostModel()
-
-
-@dataclass(frozen=True)
 class DiagnosticsPlan:
     """The epochs a run probes at and runs trainability fits at, and what the budget left out."""
 
@@ -152,19 +128,25 @@ class DiagnosticsPlan:
     fits: tuple[int, ...]
     skipped_probes: tuple[int, ...]
     skipped_fits: tuple[int, ...]
-    cost: float
-    """Estimated diagnostics compute as a fraction of the training compute (:class:`CostModel`)."""
+    cost: float | None
+    """Estimated diagnostics time as a fraction of the training time (None: no cost model given)."""
     budget: float | None
+    cheapest: float | None = None
+    """Estimated fraction of the cheapest single probe (a task's end, with its frame collection)."""
 
     def describe(self) -> str:
         """One log line: what runs, what the budget skipped, the estimated cost."""
         probes, fits = len(self.probes), len(self.fits)
         if self.budget is None:
-            return (f"diagnostics: {probes} probes, {fits} trainability fits "
-                    f"(no budget; estimated {100 * self.cost:.1f}% of the training compute)")
+            cost = "" if self.cost is None else f"; estimated {100 * self.cost:.1f}% of the training time"
+            return f"diagnostics: {probes} probes, {fits} trainability fits (no budget{cost})"
+        if not probes:
+            return (f"diagnostics: none fit the budget of {100 * self.budget:g}% of the training time (one probe "
+                    f"would cost an estimated {100 * self.cheapest:.1f}%); raise diagnostics.budget, or set it "
+                    f"to null, to probe anyway")
         text = (f"diagnostics: {probes} of {probes + len(self.skipped_probes)} probes and {fits} of "
                 f"{fits + len(self.skipped_fits)} trainability fits fit the budget of {100 * self.budget:g}% "
-                f"of the training compute (estimated {100 * self.cost:.1f}%)")
+                f"of the training time (estimated {100 * self.cost:.1f}%)")
         for what, epochs in (("probes", self.skipped_probes), ("fits", self.skipped_fits)):
             if epochs:
                 text += f"; skipped {what} after epochs {_epoch_list(epochs)}"
@@ -189,26 +171,23 @@ def plan_diagnostics(
     shift_points: list[int] | tuple[int, ...],
     interval: int,
     trainability_every: int,
-    probe_size: int,
-    fit_steps: int,
-    fit_batch: int,
+    costs: ItemCosts | None = None,
     budget: float | None = None,
-    epoch_cost: float = 1.0,
-    costs: CostModel = COSTS,
 ) -> DiagnosticsPlan:
     """The probe and fit epochs of a run (see the module docstring).
 
     Without a budget: a probe after epoch 0, every ``interval``-th epoch (``(e + 1) % interval
     == 0``) and the last epoch of every task; a fit at epoch 0, at the last epoch of every task
     and at the probes with ``(e + 1) // interval % trainability_every == 0`` (none if
-    ``trainability_every`` is 0). With a ``budget`` (a fraction; ``epoch_cost`` is one training
-    epoch in :class:`CostModel` units) the kept items are chosen greedily in this order, each
-    only if it still fits: probes at task ends (in order), the epoch-0 probe, as many of the
-    periodic probes as fit, evenly spaced; then fits at task ends, the epoch-0 fit and evenly
-    spaced periodic fits. A task's first probe also pays for collecting its frames (and, after a
-    shift, the churn forward on the previous task's frames); its first fit also pays for the
-    fresh reference network's fit and the targets.
+    ``trainability_every`` is 0). With a ``budget`` (a fraction of ``num_epochs x costs.epoch``)
+    the kept items are chosen greedily in this order, each only if it still fits: probes at task
+    ends (in order), the epoch-0 probe, as many of the periodic probes as fit, evenly spaced;
+    then fits at task ends, the epoch-0 fit and evenly spaced periodic fits. A task's first probe
+    also pays for collecting its frames (and, after a shift, the churn forward on the previous
+    task's frames); its first fit also pays ``costs.reference``.
     """
+    if budget is not None and costs is None:
+        raise ValueError("plan_diagnostics: a budget needs the item costs")
     task_ends = sorted({point - 1 for point in shift_points} | {num_epochs - 1})
     ends = set(task_ends)
     probes = [e for e in range(num_epochs) if e == 0 or (e + 1) % interval == 0 or e in ends]
@@ -216,21 +195,22 @@ def plan_diagnostics(
         e for e in probes
         if trainability_every and (e == 0 or e in ends or ((e + 1) // interval) % trainability_every == 0)
     ]  # fmt: skip
+    if costs is None:
+        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), None, None)
     task_of = [bisect.bisect_right(sorted(shift_points), e) for e in range(num_epochs)]
-    n = probe_size
-    fit_cost = costs.fit(fit_steps, fit_batch, n)
 
     def probe_cost(chosen: set[int]) -> float:
         tasks = {task_of[e] for e in chosen}
-        return len(chosen) * costs.probe * n + len(tasks) * costs.collect * n + sum(1 for t in tasks if t > 0) * n
+        return len(chosen) * costs.probe + len(tasks) * costs.collect + sum(1 for t in tasks if t > 0) * costs.churn
 
     def fits_cost(chosen: set[int]) -> float:
-        return len(chosen) * fit_cost + len({task_of[e] for e in chosen}) * (fit_cost + n)
+        return len(chosen) * costs.fit + len({task_of[e] for e in chosen}) * costs.reference
 
-    training = num_epochs * epoch_cost
+    training = num_epochs * costs.epoch
+    cheapest = min(probe_cost({e}) for e in task_ends) / training
     if budget is None:
         cost = (probe_cost(set(probes)) + fits_cost(set(fits))) / training
-        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), cost, None)
+        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), cost, None, cheapest)
 
     limit = budget * training
 
@@ -259,8 +239,14 @@ def plan_diagnostics(
     return DiagnosticsPlan(
         tuple(sorted(kept_probes)), tuple(sorted(kept_fits)),
         tuple(e for e in probes if e not in kept_probes), tuple(e for e in fits if e not in kept_fits),
-        cost, budget,
+        cost, budget, cheapest,
     )
+
+
+def run_item_costs(cfg: RunConfig) -> ItemCosts:
+    """The modelled seconds of ``cfg``'s epoch and diagnostics items, with this module's probe
+    frame collection and trainability fit settings."""
+    return item_costs(cfg, PROBE_ENVS, PROBE_WARMUP, PROBE_STRIDE, TrainabilityProbe.BATCH_SIZE)
 
 
 # --------------------------------------------------------------------------- a run's probes
@@ -301,17 +287,14 @@ class PlasticityProbe:
         trainability_steps: int = 200,
         chunk: int = 256,
         budget: float | None = None,
-        epoch_cost: float = 1.0,
+        costs: ItemCosts | None = None,
     ) -> None:
         if probe_size <= 0 or trainability_every < 0 or chunk <= 0:
             raise ValueError("probe_size and chunk must be positive, trainability_every >= 0")
         self.env_cfg, self.seed, self.chunk, self.probe_size = env_cfg, seed, chunk, probe_size
         self.interval = interval or default_probe_interval(num_epochs)
         self.trainability = TrainabilityProbe(trainability_steps, seed=seed) if trainability_every else None
-        self.plan = plan_diagnostics(
-            num_epochs, shift_points, self.interval, trainability_every, probe_size,
-            trainability_steps, self.trainability.batch_size if self.trainability else 0, budget, epoch_cost,
-        )
+        self.plan = plan_diagnostics(num_epochs, shift_points, self.interval, trainability_every, costs, budget)
         self._probe_epochs, self._fit_epochs = set(self.plan.probes), set(self.plan.fits)
         self._frames: dict[int, np.ndarray] = {}
         self._previous: _Previous | None = None
@@ -323,8 +306,7 @@ class PlasticityProbe:
         return cls(
             cfg.environment, seed=seed, num_epochs=p.num_epochs, shift_points=p.shift_points,
             interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
-            trainability_steps=d.trainability_steps, budget=d.budget,
-            epoch_cost=COSTS.epoch(p.buffer_size, p.num_passes),
+            trainability_steps=d.trainability_steps, budget=d.budget, costs=run_item_costs(cfg),
         )
 
     def due(self, epoch: int) -> bool:
@@ -425,7 +407,10 @@ class DiagnosticsLogger:
         os.replace(tmp, self.spectra_path)
 
     def cost_line(self, wall_time: float) -> str:
-        """The measured cost for the run's log: probe time against the rest of the run's time."""
+        """The measured cost for the run's log: probe time against the rest of the run's time
+        (evaluations and checkpoints included, so below the plan's estimate against training)."""
+        if not self.probes:
+            return "diagnostics: no probes ran"
         training = wall_time - self.seconds
         share = f" = {100 * self.seconds / training:.1f}% on top of {training:.0f} s of training" if training > 0 else ""
         return f"diagnostics: {self.probes} probes took {self.seconds:.1f} s{share}"

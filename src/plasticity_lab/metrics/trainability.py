@@ -37,13 +37,16 @@ class TrainabilityProbe:
     once per frame set (``key``) and reused: each later probe on the same set costs one fit.
     """
 
+    BATCH_SIZE = 128
+    """Default minibatch of the fits."""
+
     def __init__(
         self,
         steps: int = 200,
         seed: int = 0,
         dim: int = 16,
         lr: float = 1e-3,
-        batch_size: int = 128,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
         if steps <= 0 or dim <= 0 or batch_size <= 0 or lr <= 0:
             raise ValueError("trainability: steps, dim, batch_size and lr must be positive")
