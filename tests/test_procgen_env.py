@@ -338,3 +338,20 @@ def test_evaluate_takes_first_episode_of_every_env() -> None:
     assert all(len(c) == n for c in calls)  # the policy sees every env; finished ones repeat their last action
     assert [int(a.sum()) for a in actives] == [int((lengths > t).sum()) for t in range(len(calls))]  # and which are still in
     assert lengths.min() < lengths.max()  # mixed lengths, so a short-episode bias would show
+
+
+def test_an_env_closes_while_another_env_is_being_built() -> None:
+    """Regression: the garbage collector can finalise an unclosed env while gym3 builds another one
+    under cffi's non-reentrant lock; that close must not need the lock (it hung CI forever)."""
+    import threading
+
+    env = ProcgenVecEnv("coinrun_10", 2, seed=0)
+    inner = env._env
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (inner.close(), closed.set()), daemon=True)
+    with inner._ffi._lock:  # what an env build in progress holds
+        closer.start()
+        closer.join(timeout=30)
+        finished_under_lock = closed.is_set()
+    closer.join()
+    assert finished_under_lock, "closing an env waited for cffi's lock: a finaliser would deadlock"

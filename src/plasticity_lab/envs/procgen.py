@@ -132,7 +132,7 @@ class ProcgenVecEnv:
         return changed
 
     def _make(self, num: int) -> Any:
-        return ProcgenGym3Env(
+        env = ProcgenGym3Env(
             num=num,
             env_name=self.game,
             num_levels=self._level_count,
@@ -143,6 +143,13 @@ class ProcgenVecEnv:
             paint_vel_info=True,
             rand_seed=draw_rand_seed(self._rng),
         )
+        # gym3 gives every env its own cffi library whose C functions are looked up on first use
+        # under the FFI's one non-reentrant lock. An unclosed env finalised by the garbage
+        # collector while another env is being built (lock held) would look up libenv_close under
+        # that lock and hang the process for good (it hung CI). Looked up now, a later close
+        # needs no lock.
+        env._c_lib.libenv_close  # noqa: B018 (the lookup caches the function)
+        return env
 
     def _rebuild(self) -> None:
         """Fresh episodes from the current level distribution."""
