@@ -117,12 +117,14 @@ def test_noop_maze_penalty_and_exact_truncation() -> None:
     for _ in range(2 * MAX_EPISODE_STEPS):
         reference.act(noop(n).astype(np.int32))
     assert np.array_equal(res.final_obs, reference.observe()[1]["rgb"])
+    reference.close()  # closed here, not by a finaliser (see the regression test at the end)
 
     # The returned obs and the procgen state are those of a fresh env seeded from the wrapper's rng.
     fresh = raw_env("maze", n, draw_rand_seed(rng_before), 0, 10)
     assert np.array_equal(res.obs, fresh.observe()[1]["rgb"])
     assert not np.array_equal(res.obs, res.final_obs)
     assert env.get_state()["procgen_states"] == fresh.callmethod("get_state")
+    fresh.close()
 
     # The new episode really restarted: it runs another full 200 steps before truncation.
     for t in range(1, MAX_EPISODE_STEPS):
@@ -353,5 +355,5 @@ def test_an_env_closes_while_another_env_is_being_built() -> None:
         closer.start()
         closer.join(timeout=30)
         finished_under_lock = closed.is_set()
-    closer.join()
+    closer.join(timeout=30)
     assert finished_under_lock, "closing an env waited for cffi's lock: a finaliser would deadlock"
