@@ -12,7 +12,8 @@ document: findings.md
 tables:
   verdicts:
     kind: claims
-    note_header: "Testbed 2"          # optional last column, free text per claim
+    note_header: "Testbed 2"          # optional column, free text per claim
+    also: {study: ../results/minatar_study, header: "MinAtar"}  # optional: the same claims read in a second study
     claims:
       - {claim: "Spectral norm +20% test reward", condition: specnorm, expect: better, change: 20}
       - {claim: "Fewer dead units", condition: specnorm, metric: dead_units, expect: better, change: -52}
@@ -25,7 +26,9 @@ tables:
 
 A claim's verdict follows from the CSV's verdict column alone (analysis.verdicts.claim_verdict):
 the claimed direction must be the comparison's verdict, and a claimed size (``change``, percent)
-must lie in its 95% interval.
+must lie in its 95% interval. ``also`` adds a last column with each claim read the same way in a
+second study (another testbed), so two testbeds' verdicts stand side by side; a condition that
+study declares but has not run yet is marked so, and the header says how many it has run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pydantic import Field, ValidationError
 
 from plasticity_lab.analysis import verdicts
 from plasticity_lab.config import ConfigError, Strict, load_yaml
+from plasticity_lab.experiment.sweep import FROZEN_CONFIG
 
 COMPARISONS = "comparisons.csv"
 ROLE_ORDER = ("primary", "secondary", "per round", "all pairs")
@@ -61,10 +65,18 @@ class ClaimSpec(Strict):
     """Free text for the table's last column (``note_header``)."""
 
 
+class OtherStudy(Strict):
+    study: str
+    """Study directory holding comparisons.csv (its sweep_config.yaml names the declared conditions)."""
+    header: str
+
+
 class TableSpec(Strict):
     kind: Literal["claims", "rounds"]
     claims: list[ClaimSpec] = Field(default_factory=list)
     note_header: str = ""
+    also: OtherStudy | None = None
+    """kind claims: a last column with every claim read in this second study."""
     metrics: list[str] = Field(default_factory=lambda: ["train_r", "test_r"])
     """kind rounds: the per-round rows (``<metric>_round_K``) to tabulate, one column group each."""
 
@@ -132,13 +144,20 @@ def _flipped(row: pd.Series) -> pd.Series:
     return out
 
 
-def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
-    if claim.expect == "best":
-        return _best_row(table, claim, where)
+def _compared(table: pd.DataFrame, claim: ClaimSpec, where: str) -> tuple[pd.Series, str]:
+    """The comparisons.csv row a (non-best) claim reads, oriented as the claim, and its verdict."""
     row, flip = _row(table, claim.condition, claim.against, claim.metric, where)
     if flip:
         row = _flipped(row)
-    found = verdicts.claim_verdict(claim.expect, row["verdict"], claim.change, row["rel_ci_low"], row["rel_ci_high"])
+    return row, verdicts.claim_verdict(claim.expect, row["verdict"], claim.change, row["rel_ci_low"], row["rel_ci_high"])
+
+
+def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
+    if claim.expect == "best":
+        summary, found, k = _best(table, claim, where)
+        return [claim.claim, f"{claim.condition} vs every other condition, {claim.metric} (all pairs, Holm k={k})",
+                summary, "", "", "", f"**{found}**"]
+    row, found = _compared(table, claim, where)
     role = f"{row['role']}, Holm k={_family(table, row)}"
     return [
         claim.claim, f"{row['condition']} vs {row['baseline']}, {row['metric']} (n = {row['n_pairs']}; {role})",
@@ -146,6 +165,27 @@ def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
         _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%"),
         _p(row["p_holm"]), row["verdict"], f"**{found}**",
     ]
+
+
+def _other_cell(table: pd.DataFrame, declared: list[str], claim: ClaimSpec, where: str) -> str:
+    """One claim read in the second study, in one cell: the comparison, its verdict and the claim's."""
+    wanted = [claim.condition] + ([claim.against] if claim.against else [])
+    if any(c not in declared for c in wanted):
+        return "not in this study"
+    ran = set(table["condition"]) | set(table["baseline"])
+    if claim.expect == "best":
+        if set(declared) - ran:
+            return "not run yet (needs every condition)"
+        summary, found, k = _best(table, claim, where)
+        return f"{summary} (all pairs, Holm k={k}); **{found}**"
+    if any(c not in ran for c in wanted):
+        return "not run yet"
+    if not (table["metric"] == claim.metric).any():
+        return f"{claim.metric} not measured"
+    row, found = _compared(table, claim, where)
+    size = _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%")
+    return (f"{_interval(row['diff'], row['ci_low'], row['ci_high'], _spec(claim.metric))}, {size} "
+            f"(n = {row['n_pairs']}, p (Holm) {_p(row['p_holm'])}): {row['verdict']}; **{found}**")
 
 
 def _family(table: pd.DataFrame, row: pd.Series) -> int:
@@ -156,7 +196,9 @@ def _family(table: pd.DataFrame, row: pd.Series) -> int:
     return int((same["metric"] == row["metric"]).sum())
 
 
-def _best_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
+def _best(table: pd.DataFrame, claim: ClaimSpec, where: str) -> tuple[str, str, int]:
+    """Whether ``claim.condition`` is best: a summary of its pairwise verdicts, the claim's verdict
+    and the number of pairs the Holm adjustment ran over."""
     pairs = table[(table["role"] == "all pairs") & (table["metric"] == claim.metric)]
     found: dict[str, str] = {}
     for _, row in pairs.iterrows():
@@ -171,19 +213,24 @@ def _best_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
         groups.setdefault(verdict, []).append(other)
     phrase = {"better": "better than", "worse": "worse than", "equivalent": "equivalent to", "inconclusive": "inconclusive vs"}
     summary = "; ".join(f"{phrase.get(v, v)} {', '.join(others)}" for v, others in sorted(groups.items()))
-    return [
-        claim.claim, f"{claim.condition} vs every other condition, {claim.metric} (all pairs, Holm k={len(pairs)})",
-        summary, "", "", "", f"**{verdicts.best(claim.condition, found)}**",
-    ]
+    return summary, verdicts.best(claim.condition, found), len(pairs)
 
 
-def claims_table(table: pd.DataFrame, spec: TableSpec, where: str) -> str:
+def claims_table(table: pd.DataFrame, spec: TableSpec, where: str, other: tuple[pd.DataFrame, list[str]] | None = None) -> str:
+    """``other``: the ``also`` study's comparisons and declared conditions."""
     header = ["Claim", "Comparison (n; role, Holm family)", "Difference [95% CI]", "Change [95% CI]", "p (Holm)",
               "Verdict (comparisons.csv)", "Claim"]
     rows = [_claim_row(table, claim, f"{where}.claims[{i}]") for i, claim in enumerate(spec.claims)]
     if spec.note_header:
         header.append(spec.note_header)
         rows = [row + [claim.note] for row, claim in zip(rows, spec.claims)]
+    if spec.also is not None and other is not None:
+        other_table, declared = other
+        ran = [c for c in declared if c in set(other_table["condition"]) | set(other_table["baseline"])]
+        header.append(spec.also.header + ("" if len(ran) == len(declared) else
+                                          f" (interim: {len(ran)} of {len(declared)} declared conditions run; Holm over those)"))
+        rows = [row + [_other_cell(other_table, declared, claim, f"{where}.also, claims[{i}]")]
+                for i, (row, claim) in enumerate(zip(rows, spec.claims))]
     return _markdown(header, rows)
 
 
@@ -224,14 +271,17 @@ def render(path: str | Path) -> tuple[Path, str]:
     if not csv.exists():
         raise ConfigError(f"{path}: study: {csv} not found (run plab report on {study} first)")
     table = pd.read_csv(csv)
+    others = {name: _other_study(path, base, t.also) for name, t in spec.tables.items() if t.also is not None}
     document = base / spec.document
     if not document.exists():
         raise ConfigError(f"{path}: document: {document} not found")
     text = document.read_text()
     for name, table_spec in spec.tables.items():
         where = f"{path}: tables.{name}"
-        make = claims_table if table_spec.kind == "claims" else rounds_table
-        generated = make(table, table_spec, where)
+        if table_spec.kind == "claims":
+            generated = claims_table(table, table_spec, where, others.get(name))
+        else:
+            generated = rounds_table(table, table_spec, where)
         begin = re.compile(rf"^<!-- plab claims {re.escape(name)}\b.*?-->\n", re.M)
         end = f"<!-- end plab claims {name} -->"
         found = begin.search(text)
@@ -240,6 +290,22 @@ def render(path: str | Path) -> tuple[Path, str]:
         stop = text.index(end, found.end())
         text = text[: found.end()] + generated + "\n" + text[stop:]
     return document, text
+
+
+def _other_study(path: str | Path, base: Path, also: OtherStudy) -> tuple[pd.DataFrame, list[str]]:
+    """The ``also`` study's comparisons and its declared conditions (its frozen sweep config's,
+    or those in the CSV where the study has none)."""
+    study = base / also.study
+    csv = study / COMPARISONS
+    if not csv.exists():
+        raise ConfigError(f"{path}: also.study: {csv} not found (run plab report on {study} first)")
+    table = pd.read_csv(csv)
+    frozen = study / FROZEN_CONFIG
+    if frozen.exists():
+        declared = list((load_yaml(frozen).get("experiment") or {}).get("conditions") or {})
+    else:
+        declared = list(dict.fromkeys([*table["baseline"], *table["condition"]]))
+    return table, declared
 
 
 def update(path: str | Path, check: bool = False) -> tuple[Path, bool]:
