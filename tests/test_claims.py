@@ -119,40 +119,62 @@ def test_check_reports_a_stale_document_and_update_keeps_the_prose(claims, capsy
 
 
 def test_a_second_study_is_read_claim_by_claim_in_its_own_column(claims):
-    """``also``: each claim read in another testbed's comparisons.csv, with its own verdict; what
-    that study declares but has not run is "not run yet", and the header says it is interim."""
+    """``also``: each claim read in another testbed's comparisons.csv, with its own verdict (rows
+    read from the other side flipped); what that study declares but has not run is "not run yet",
+    and the header says it is interim."""
     other = claims.parent / "other"
     other.mkdir()
     pd.DataFrame([row("a", "base", "test_r", "primary", "inconclusive", 0.1, 8.0, p_holm=0.3, n=20),
-                  row("base", "a", "test_r", "all pairs", "inconclusive", -0.1, -7.4, p_holm=0.3, n=20)]
+                  row("b", "base", "test_r", "primary", "better", 0.6, 60.0, p_holm=0.002, n=20),
+                  row("base", "a", "test_r", "all pairs", "inconclusive", -0.1, -7.4, p_holm=0.3, n=20),
+                  row("a", "b", "test_r", "all pairs", "better", 0.45, 43.0, p_holm=0.004, n=20),
+                  row("base", "b", "test_r", "all pairs", "worse", -0.6, -37.5, p_holm=0.002, n=20)]
                  ).to_csv(other / "comparisons.csv", index=False)
-    (other / "sweep_config.yaml").write_text(yaml.safe_dump({"experiment": {"conditions": {"base": {}, "a": {}, "b": {}}}}))
+    declared = {"experiment": {"baseline": "base", "conditions": {"base": {}, "a": {}, "b": {}, "d": {}}}}
+    (other / "sweep_config.yaml").write_text(yaml.safe_dump(declared))
     spec = yaml.safe_load(claims.read_text())
     spec["tables"]["verdicts"]["also"] = {"study": "other", "header": "Testbed 3"}
-    spec["tables"]["verdicts"]["claims"].append({"claim": "c helps", "condition": "c", "expect": "better"})
-    spec["tables"]["verdicts"]["claims"].append({"claim": "a: fewer dormant", "condition": "a", "metric": "dormant_units", "expect": "better"})
+    spec["tables"]["verdicts"]["claims"] += [
+        {"claim": "c helps", "condition": "c", "expect": "better"},
+        {"claim": "a: fewer dormant", "condition": "a", "metric": "dormant_units", "expect": "better"},
+        {"claim": "d helps", "condition": "c", "against": "a", "expect": "better"}]
+    spec["tables"]["verdicts"]["claims"][-1]["condition"] = "d"
     claims.write_text(yaml.safe_dump(spec))
-    (claims.parent / "doc.md").write_text(DOC.replace("stale table", "| old |"))
     (claims.parent / "study" / "comparisons.csv").write_text(
         pd.concat([pd.read_csv(claims.parent / "study" / "comparisons.csv"),
                    pd.DataFrame([row("c", "base", "test_r", "primary", "better", 0.2, 20.0),
+                                 row("d", "a", "test_r", "all pairs", "better", 0.2, 20.0),
                                  row("a", "base", "dormant_units", "secondary", "better", -5.0, -30.0)])]).to_csv(index=False))
     _, text = render(claims)
     header = text.split("<!-- plab claims verdicts")[1].split("-->\n", 1)[1].splitlines()[0]
-    assert header.endswith("| Testbed 3 (interim: 2 of 3 declared conditions run; Holm over those) |")
+    assert header.endswith("| Testbed 3 (interim: 3 of 4 declared conditions run; Holm over those) |")
     rows = {r[0]: r for r in table_rows(text, "verdicts")}
-    assert rows["a +50%"][-2:] == ["not run", "+0.10 [+0.00, +0.20], +8.0% [-2.0, +18.0] (n = 20, p (Holm) 0.3): inconclusive; **inconclusive**"]
+    assert rows["a +50%"][-2:] == ["not run", "+0.10 [+0.00, +0.20], +8.0% [-2.0, +18.0] (n = 20, p (Holm, k=2) 0.3): inconclusive; **inconclusive**"]
     assert rows["a +50%"][-3] == "**holds**"  # the first study's verdict is unchanged beside it
-    assert rows["b: no effect"][-1] == "not run yet"
+    # b vs a exists only as the all-pairs row a vs b: read from the other side, negated and reversed
+    assert rows["b beats a"][-1].startswith("-0.45 [-0.55, -0.35]") and rows["b beats a"][-1].endswith("worse; **contradicted**")
+    assert rows["b: no effect"][-1].endswith("better; **contradicted**")
     assert rows["c helps"][-1] == "not in this study"
+    assert rows["d helps"][-1] == "not run yet"
     assert rows["a is best"][-1] == "not run yet (needs every condition)"
     assert rows["a: fewer dormant"][-1] == "dormant_units not measured"
     # once every declared condition has run, the header drops the interim note and "best" is read
-    (other / "sweep_config.yaml").write_text(yaml.safe_dump({"experiment": {"conditions": {"base": {}, "a": {}}}}))
+    declared["experiment"]["conditions"].pop("d")
+    (other / "sweep_config.yaml").write_text(yaml.safe_dump(declared))
     _, text = render(claims)
     rows = {r[0]: r for r in table_rows(text, "verdicts")}
-    assert rows["a is best"][-1] == "inconclusive vs base (all pairs, Holm k=1); **inconclusive**"
+    assert rows["a is best"][-1] == "better than b; inconclusive vs base (all pairs, Holm k=3); **inconclusive**"
+    assert rows["b is best"][-1].endswith("**contradicted**")
     assert "interim" not in text
+
+
+def test_a_missing_second_study_is_a_one_line_error(claims, capsys):
+    spec = yaml.safe_load(claims.read_text())
+    spec["tables"]["verdicts"]["also"] = {"study": "nowhere", "header": "Testbed 3"}
+    claims.write_text(yaml.safe_dump(spec))
+    assert main(["claims", str(claims)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tables.verdicts: also.study:" in err and "nowhere" in err, err
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -36,10 +36,11 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from plasticity_lab.analysis import verdicts
 from plasticity_lab.config import ConfigError, Strict, load_yaml
@@ -79,6 +80,21 @@ class TableSpec(Strict):
     """kind claims: a last column with every claim read in this second study."""
     metrics: list[str] = Field(default_factory=lambda: ["train_r", "test_r"])
     """kind rounds: the per-round rows (``<metric>_round_K``) to tabulate, one column group each."""
+
+    @model_validator(mode="after")
+    def _also_only_for_claims(self) -> "TableSpec":
+        if self.also is not None and self.kind != "claims":
+            raise ValueError("also: only a claims table reads a second study")
+        return self
+
+
+@dataclass(frozen=True)
+class Other:
+    """The ``also`` study: its comparisons, declared conditions and baseline, and the conditions run."""
+    table: pd.DataFrame
+    declared: list[str]
+    baseline: str
+    ran: frozenset[str]
 
 
 class ClaimsFile(Strict):
@@ -167,25 +183,26 @@ def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
     ]
 
 
-def _other_cell(table: pd.DataFrame, declared: list[str], claim: ClaimSpec, where: str) -> str:
+def _other_cell(other: Other, claim: ClaimSpec, where: str) -> str:
     """One claim read in the second study, in one cell: the comparison, its verdict and the claim's."""
-    wanted = [claim.condition] + ([claim.against] if claim.against else [])
-    if any(c not in declared for c in wanted):
+    table = other.table
+    wanted = [claim.condition, claim.against or other.baseline]
+    if any(c not in other.declared for c in wanted):
         return "not in this study"
-    ran = set(table["condition"]) | set(table["baseline"])
     if claim.expect == "best":
-        if set(declared) - ran:
+        if set(other.declared) - other.ran:
             return "not run yet (needs every condition)"
         summary, found, k = _best(table, claim, where)
         return f"{summary} (all pairs, Holm k={k}); **{found}**"
-    if any(c not in ran for c in wanted):
+    if any(c not in other.ran for c in wanted):
         return "not run yet"
-    if not (table["metric"] == claim.metric).any():
+    of = table[(table["metric"] == claim.metric) & table["condition"].isin(wanted) & table["baseline"].isin(wanted)]
+    if not len(of):
         return f"{claim.metric} not measured"
     row, found = _compared(table, claim, where)
     size = _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%")
     return (f"{_interval(row['diff'], row['ci_low'], row['ci_high'], _spec(claim.metric))}, {size} "
-            f"(n = {row['n_pairs']}, p (Holm) {_p(row['p_holm'])}): {row['verdict']}; **{found}**")
+            f"(n = {row['n_pairs']}, p (Holm, k={_family(table, row)}) {_p(row['p_holm'])}): {row['verdict']}; **{found}**")
 
 
 def _family(table: pd.DataFrame, row: pd.Series) -> int:
@@ -216,8 +233,8 @@ def _best(table: pd.DataFrame, claim: ClaimSpec, where: str) -> tuple[str, str, 
     return summary, verdicts.best(claim.condition, found), len(pairs)
 
 
-def claims_table(table: pd.DataFrame, spec: TableSpec, where: str, other: tuple[pd.DataFrame, list[str]] | None = None) -> str:
-    """``other``: the ``also`` study's comparisons and declared conditions."""
+def claims_table(table: pd.DataFrame, spec: TableSpec, where: str, other: Other | None = None) -> str:
+    """``other``: the ``also`` study, read claim by claim into a last column."""
     header = ["Claim", "Comparison (n; role, Holm family)", "Difference [95% CI]", "Change [95% CI]", "p (Holm)",
               "Verdict (comparisons.csv)", "Claim"]
     rows = [_claim_row(table, claim, f"{where}.claims[{i}]") for i, claim in enumerate(spec.claims)]
@@ -225,11 +242,10 @@ def claims_table(table: pd.DataFrame, spec: TableSpec, where: str, other: tuple[
         header.append(spec.note_header)
         rows = [row + [claim.note] for row, claim in zip(rows, spec.claims)]
     if spec.also is not None and other is not None:
-        other_table, declared = other
-        ran = [c for c in declared if c in set(other_table["condition"]) | set(other_table["baseline"])]
-        header.append(spec.also.header + ("" if len(ran) == len(declared) else
-                                          f" (interim: {len(ran)} of {len(declared)} declared conditions run; Holm over those)"))
-        rows = [row + [_other_cell(other_table, declared, claim, f"{where}.also, claims[{i}]")]
+        run = [c for c in other.declared if c in other.ran]
+        header.append(spec.also.header + ("" if len(run) == len(other.declared) else
+                                          f" (interim: {len(run)} of {len(other.declared)} declared conditions run; Holm over those)"))
+        rows = [row + [_other_cell(other, claim, f"{where}.also, claims[{i}]")]
                 for i, (row, claim) in enumerate(zip(rows, spec.claims))]
     return _markdown(header, rows)
 
@@ -271,7 +287,7 @@ def render(path: str | Path) -> tuple[Path, str]:
     if not csv.exists():
         raise ConfigError(f"{path}: study: {csv} not found (run plab report on {study} first)")
     table = pd.read_csv(csv)
-    others = {name: _other_study(path, base, t.also) for name, t in spec.tables.items() if t.also is not None}
+    others = {name: _other_study(f"{path}: tables.{name}", base, t.also) for name, t in spec.tables.items() if t.also is not None}
     document = base / spec.document
     if not document.exists():
         raise ConfigError(f"{path}: document: {document} not found")
@@ -292,20 +308,21 @@ def render(path: str | Path) -> tuple[Path, str]:
     return document, text
 
 
-def _other_study(path: str | Path, base: Path, also: OtherStudy) -> tuple[pd.DataFrame, list[str]]:
-    """The ``also`` study's comparisons and its declared conditions (its frozen sweep config's,
-    or those in the CSV where the study has none)."""
+def _other_study(where: str, base: Path, also: OtherStudy) -> Other:
+    """The ``also`` study: its comparisons, the conditions and baseline its frozen sweep config
+    declares (those in the CSV where it has none) and the conditions with rows in the CSV."""
     study = base / also.study
     csv = study / COMPARISONS
     if not csv.exists():
-        raise ConfigError(f"{path}: also.study: {csv} not found (run plab report on {study} first)")
+        raise ConfigError(f"{where}: also.study: {csv} not found (run plab report on {study} first)")
     table = pd.read_csv(csv)
+    ran = frozenset(table["condition"]) | frozenset(table["baseline"])
     frozen = study / FROZEN_CONFIG
-    if frozen.exists():
-        declared = list((load_yaml(frozen).get("experiment") or {}).get("conditions") or {})
-    else:
-        declared = list(dict.fromkeys([*table["baseline"], *table["condition"]]))
-    return table, declared
+    experiment = (load_yaml(frozen).get("experiment") or {}) if frozen.exists() else {}
+    declared = list(experiment.get("conditions") or dict.fromkeys([*table["baseline"], *table["condition"]]))
+    primary = table.loc[table["role"] == "primary", "baseline"]
+    baseline = experiment.get("baseline") or (primary.iloc[0] if len(primary) else "baseline")
+    return Other(table, declared, baseline, ran)
 
 
 def update(path: str | Path, check: bool = False) -> tuple[Path, bool]:
