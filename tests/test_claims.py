@@ -131,7 +131,7 @@ def test_a_second_study_is_read_claim_by_claim_in_its_own_column(claims):
                   row("base", "b", "test_r", "all pairs", "worse", -0.6, -37.5, p_holm=0.002, n=20)]
                  ).to_csv(other / "comparisons.csv", index=False)
     declared = {"experiment": {"baseline": "base", "conditions": {"base": {}, "a": {}, "b": {}, "d": {}}}}
-    (other / "sweep_config.yaml").write_text(yaml.safe_dump(declared))
+    (other / "config.yaml").write_text(yaml.safe_dump(declared))
     spec = yaml.safe_load(claims.read_text())
     spec["tables"]["verdicts"]["also"] = {"study": "other", "header": "Testbed 3"}
     spec["tables"]["verdicts"]["claims"] += [
@@ -160,7 +160,7 @@ def test_a_second_study_is_read_claim_by_claim_in_its_own_column(claims):
     assert rows["a: fewer dormant"][-1] == "dormant_units not measured"
     # once every declared condition has run, the header drops the interim note and "best" is read
     declared["experiment"]["conditions"].pop("d")
-    (other / "sweep_config.yaml").write_text(yaml.safe_dump(declared))
+    (other / "config.yaml").write_text(yaml.safe_dump(declared))
     _, text = render(claims)
     rows = {r[0]: r for r in table_rows(text, "verdicts")}
     assert rows["a is best"][-1] == "better than b; inconclusive vs base (all pairs, Holm k=3); **inconclusive**"

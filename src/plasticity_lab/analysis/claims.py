@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -44,9 +44,10 @@ from pydantic import Field, ValidationError, model_validator
 
 from plasticity_lab.analysis import verdicts
 from plasticity_lab.config import ConfigError, Strict, load_yaml
-from plasticity_lab.experiment.sweep import FROZEN_CONFIG
 
 COMPARISONS = "comparisons.csv"
+STUDY_CONFIG = "config.yaml"
+"""The study's config as plab report reads it (its declared conditions and baseline)."""
 ROLE_ORDER = ("primary", "secondary", "per round", "all pairs")
 """The row a claim reads when a comparison appears in several roles: against the baseline first."""
 
@@ -68,7 +69,7 @@ class ClaimSpec(Strict):
 
 class OtherStudy(Strict):
     study: str
-    """Study directory holding comparisons.csv (its sweep_config.yaml names the declared conditions)."""
+    """Study directory holding comparisons.csv (its config.yaml names the declared conditions)."""
     header: str
 
 
@@ -130,6 +131,12 @@ def _interval(value: float, lo: float, hi: float, spec: str, unit: str = "") -> 
     return f"{format(value, spec)}{unit} [{inside}]"
 
 
+def _sizes(row: pd.Series, metric: str) -> tuple[str, str]:
+    """A comparison's difference and its change in percent, each with its 95% interval."""
+    return (_interval(row["diff"], row["ci_low"], row["ci_high"], _spec(metric)),
+            _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%"))
+
+
 def _p(value: float) -> str:
     return "n/a" if not math.isfinite(value) else format(value, ".2g")
 
@@ -177,9 +184,7 @@ def _claim_row(table: pd.DataFrame, claim: ClaimSpec, where: str) -> list[str]:
     role = f"{row['role']}, Holm k={_family(table, row)}"
     return [
         claim.claim, f"{row['condition']} vs {row['baseline']}, {row['metric']} (n = {row['n_pairs']}; {role})",
-        _interval(row["diff"], row["ci_low"], row["ci_high"], _spec(claim.metric)),
-        _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%"),
-        _p(row["p_holm"]), row["verdict"], f"**{found}**",
+        *_sizes(row, claim.metric), _p(row["p_holm"]), row["verdict"], f"**{found}**",
     ]
 
 
@@ -196,13 +201,13 @@ def _other_cell(other: Other, claim: ClaimSpec, where: str) -> str:
         return f"{summary} (all pairs, Holm k={k}); **{found}**"
     if any(c not in other.ran for c in wanted):
         return "not run yet"
-    of = table[(table["metric"] == claim.metric) & table["condition"].isin(wanted) & table["baseline"].isin(wanted)]
-    if not len(of):
+    try:  # both conditions ran, so a comparison _row cannot find is one this study does not make
+        row, found = _compared(table, claim, where)
+    except ConfigError:
         return f"{claim.metric} not measured"
-    row, found = _compared(table, claim, where)
-    size = _interval(row["rel_diff_pct"], row["rel_ci_low"], row["rel_ci_high"], "+.1f", "%")
-    return (f"{_interval(row['diff'], row['ci_low'], row['ci_high'], _spec(claim.metric))}, {size} "
-            f"(n = {row['n_pairs']}, p (Holm, k={_family(table, row)}) {_p(row['p_holm'])}): {row['verdict']}; **{found}**")
+    diff, change = _sizes(row, claim.metric)
+    return (f"{diff}, {change} (n = {row['n_pairs']}, p (Holm, k={_family(table, row)}) {_p(row['p_holm'])}): "
+            f"{row['verdict']}; **{found}**")
 
 
 def _family(table: pd.DataFrame, row: pd.Series) -> int:
@@ -282,11 +287,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 def render(path: str | Path) -> tuple[Path, str]:
     """The document named by the claims file at ``path`` and its new text (every table regenerated)."""
     spec, base = load_claims(path)
-    study = base / spec.study
-    csv = study / COMPARISONS
-    if not csv.exists():
-        raise ConfigError(f"{path}: study: {csv} not found (run plab report on {study} first)")
-    table = pd.read_csv(csv)
+    table = _comparisons(f"{path}: study", base / spec.study)
     others = {name: _other_study(f"{path}: tables.{name}", base, t.also) for name, t in spec.tables.items() if t.also is not None}
     document = base / spec.document
     if not document.exists():
@@ -308,17 +309,21 @@ def render(path: str | Path) -> tuple[Path, str]:
     return document, text
 
 
-def _other_study(where: str, base: Path, also: OtherStudy) -> Other:
-    """The ``also`` study: its comparisons, the conditions and baseline its frozen sweep config
-    declares (those in the CSV where it has none) and the conditions with rows in the CSV."""
-    study = base / also.study
+def _comparisons(where: str, study: Path) -> pd.DataFrame:
     csv = study / COMPARISONS
     if not csv.exists():
-        raise ConfigError(f"{where}: also.study: {csv} not found (run plab report on {study} first)")
-    table = pd.read_csv(csv)
+        raise ConfigError(f"{where}: {csv} not found (run plab report on {study} first)")
+    return pd.read_csv(csv)
+
+
+def _other_study(where: str, base: Path, also: OtherStudy) -> Other:
+    """The ``also`` study: its comparisons, the conditions and baseline its config.yaml declares
+    (those in the CSV where it has none) and the conditions with rows in the CSV."""
+    study = base / also.study
+    table = _comparisons(f"{where}: also.study", study)
     ran = frozenset(table["condition"]) | frozenset(table["baseline"])
-    frozen = study / FROZEN_CONFIG
-    experiment = (load_yaml(frozen).get("experiment") or {}) if frozen.exists() else {}
+    config = study / STUDY_CONFIG
+    experiment = (load_yaml(config).get("experiment") or {}) if config.exists() else {}
     declared = list(experiment.get("conditions") or dict.fromkeys([*table["baseline"], *table["condition"]]))
     primary = table.loc[table["role"] == "primary", "baseline"]
     baseline = experiment.get("baseline") or (primary.iloc[0] if len(primary) else "baseline")
