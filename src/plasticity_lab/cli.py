@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from plasticity_lab.experiment.determinism import set_deterministic
     from plasticity_lab.experiment.population import check_population_fits, population_groups
     from plasticity_lab.experiment.runner import pick_device
-    from plasticity_lab.experiment.study import check_unlocked, plan_runs
+    from plasticity_lab.experiment.study import EXIT_DIVERGED, check_unlocked, plan_runs
 
     study = load_study(args.hyperparams, overrides(args))
     conditions = [args.condition] if args.condition else None
@@ -79,21 +79,24 @@ def cmd_train(args: argparse.Namespace) -> int:
             check_population_fits(group[0].cfg, len(group), device, f"{args.name}/{group[0].condition}")
     else:
         groups = [[spec] for spec in specs if not (spec.run_dir / "DONE").exists()]
+    diverged = 0
     for group in groups:
         code = train_group(study, args, group, str(device))
-        if code:
+        if code == EXIT_DIVERGED:  # the other groups still train
+            diverged = code
+        elif code:
             return code
-    return 0
+    return diverged
 
 
 def train_group(study, args: argparse.Namespace, group: list, device: str) -> int:
     """Train ``group`` (the specs of one condition) as one run or one population; returns the
-    exit code (0, bad input, or 128 + the signal that stopped it)."""
+    exit code (0, bad input, a member diverged, or 128 + the signal that stopped it)."""
     import contextlib
 
     from plasticity_lab.experiment.checkpoint import CheckpointError
     from plasticity_lab.experiment.runner import Run
-    from plasticity_lab.experiment.study import prepare_run_dir, run_lock, write_study_config
+    from plasticity_lab.experiment.study import EXIT_DIVERGED, prepare_run_dir, run_lock, write_study_config
 
     run = Run(group[0].cfg, [s.run_dir for s in group], [s.seed for s in group], device=device, label=[s.label for s in group])
     with contextlib.ExitStack() as locks:
@@ -115,6 +118,10 @@ def train_group(study, args: argparse.Namespace, group: list, device: str) -> in
     if status == "interrupted":
         print(f"{group[0].condition}: stopped; checkpoints written. Resume with the same command plus -r.", flush=True)
         return 128 + int(run.stop_signal or signal.SIGINT)
+    if run.failed:
+        failed = ", ".join(f"{m.label} (epoch {epoch}: {cause})" for m, epoch, cause in run.failed)
+        print(f"FAILED: {failed}; each run directory has a FAILED file, the other runs finished", flush=True)
+        return EXIT_DIVERGED
     return 0
 
 

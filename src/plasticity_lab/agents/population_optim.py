@@ -39,8 +39,10 @@ def clip_member_grad_norms(params: Sequence[torch.Tensor], max_norm: float) -> t
     """``clip_grad_norm_`` for every member separately: member k's gradient (its slices of every
     stacked tensor) is scaled to norm ``max_norm`` if larger. Returns the pre-clip norms (K,)."""
     grads = [p.grad for p in params if p.grad is not None]
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (tensors, K)
-    total = torch.linalg.vector_norm(norms, dim=0)
+    # (K, tensors), each member's norms contiguous: a reduction across rows of a (tensors, K)
+    # stack rounds differently for one member and for several
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1)
+    total = torch.linalg.vector_norm(norms, dim=1)
     coef = (max_norm / (total + CLIP_EPS)).clamp(max=1.0)
     for g in grads:
         g.mul_(_per_member(coef, g).to(g.dtype))
@@ -133,9 +135,10 @@ class PopulationAdamW:
     @torch.no_grad()
     def carry_over(self, old: PopulationAdamW, moved: dict[tuple[str, int], tuple[str, int]]) -> None:
         """Take ``old``'s moments and steps for parameters that were re-stacked under new names
-        (``moved``: (old name, member) -> (new name, member))."""
-        self.steps.copy_(old.steps)
+        or member indices (``moved``: (old name, member) -> (new name, member); members left
+        out, e.g. failed ones, are dropped)."""
         for (old_name, k_old), (new_name, k_new) in moved.items():
+            self.steps[k_new] = old.steps[k_old]
             if old_name in old.exp_avg and new_name in self.exp_avg:
                 self.exp_avg[new_name][k_new].copy_(old.exp_avg[old_name][k_old])
                 self.exp_avg_sq[new_name][k_new].copy_(old.exp_avg_sq[old_name][k_old])
@@ -175,9 +178,11 @@ class MemberOptimizers:
         self.optimizers[k].load_state_dict(state["state"])
 
     def carry_over(self, old: MemberOptimizers, moved: dict[tuple[str, int], tuple[str, int]]) -> None:
-        """The same parameter objects persist across a re-stack: keep each member's optimiser,
-        following its module's parameters."""
-        self.optimizers = old.optimizers
+        """The same parameter objects persist across a re-stack: keep each kept member's
+        optimiser (``moved`` maps old member indices to new ones), following its module's
+        parameters."""
+        members = dict(sorted({k_new: k_old for (_, k_old), (_, k_new) in moved.items()}.items()))
+        self.optimizers = [old.optimizers[k_old] for k_old in members.values()]
         for member, opt in zip(self.members, self.optimizers):
             follow_parameters(opt, member)
 

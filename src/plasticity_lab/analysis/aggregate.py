@@ -68,6 +68,8 @@ class Run:
     code_version: str
     config_differences: list[str]
     log_tail: str = ""
+    failure: str = ""
+    """The FAILED file's first line (a diverged run, or one the sweep gave up), if any."""
     excluded: str | None = None
     """Why the run is left out of every comparison (another protocol, nothing logged)."""
 
@@ -292,6 +294,7 @@ def open_study(
             row.condition, int(row.seed), series, length, bool(row.done), row.status,
             None if row.num_epochs is None or (isinstance(row.num_epochs, float) and math.isnan(row.num_epochs)) else int(row.num_epochs),
             list(row.shift_points), list(row.invocations), row.code_version, list(row.config_differences), row.log_tail,
+            row.failure,
         ))
     study = Study(
         data.root, data, baseline or experiment.get("baseline", "baseline"),
@@ -530,8 +533,9 @@ def _condition_result(
             if run.status == STATUS_RUNNING:
                 result.left_out[run.label] = why + " (still running; in the curves only)"
             else:
-                result.failed[run.label] = why + " and no live process: crashed, killed or stopped" + (
-                    f" (train.log: {run.log_tail})" if run.log_tail else "")
+                result.failed[run.label] = why + (
+                    f": FAILED ({run.failure})" if run.failure else " and no live process: crashed, killed or stopped"
+                    + (f" (train.log: {run.log_tail})" if run.log_tail else ""))
             continue
         if not np.isfinite(run.series.get("test_r", np.array([]))).any():
             result.failed[run.label] = "test_r never logged"

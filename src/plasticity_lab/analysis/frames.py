@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from plasticity_lab.config import ConfigError, StudyConfig, set_dotted
-from plasticity_lab.experiment.study import is_reference_study, lock_is_held
+from plasticity_lab.experiment.study import FAILED_NAME, is_reference_study, lock_is_held
 
 ROW_KEYS = ("epoch", "env_steps", "wall_time", "task")
 """metrics.csv columns that describe the row rather than the agent."""
@@ -54,7 +54,8 @@ class StudyData:
       overrides), a resolved-config summary (``activation, norm, spectral_norm, h_size,
       interventions, precision``), ``config`` (the run's whole resolved config), ``commands``,
       ``invocations`` (run.json's entries: command, device, start time, code version), ``devices``,
-      ``started`` and ``log_tail`` (last lines of train.log, for runs not done).
+      ``started``, ``log_tail`` (last lines of train.log, for runs not done) and ``failure``
+      (the FAILED file's first line: why the run will not finish).
     """
 
     root: Path
@@ -188,6 +189,13 @@ def _tail(path: Path, lines: int = 3) -> str:
         return ""
 
 
+def _first_line(path: Path) -> str:
+    try:
+        return next(iter(path.read_text(errors="replace").splitlines()), "")
+    except OSError:
+        return ""
+
+
 def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     metrics = read_epoch_csv(path / "metrics.csv")
     diagnostics = read_epoch_csv(path / "diagnostics.csv")
@@ -228,6 +236,7 @@ def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any
         "devices": ", ".join(dict.fromkeys(str(inv.get("device", "")) for inv in invocations)),
         "started": str(invocations[0].get("started", "")) if invocations else "",
         "log_tail": "" if done else _tail(path / "train.log"),
+        "failure": "" if done else _first_line(path / FAILED_NAME),
     }
     return run, metrics, diagnostics
 

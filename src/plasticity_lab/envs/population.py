@@ -46,3 +46,32 @@ class EnvList:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class MemberSubset:
+    """Some members of a population environment, as a population environment of their own:
+    member j here is member ``members[j]`` there. The loop uses it for the members still
+    collecting an episode batch, and for the members left when one has failed (the others'
+    environments are never stepped again, so each kept member's environments go on exactly as
+    they would have)."""
+
+    def __init__(self, envs: Any, members: Sequence[int]) -> None:
+        self.envs, self.index = envs, list(members)
+        self.members, self.num_envs = len(self.index), envs.num_envs
+        self.obs_shape, self.num_actions, self.num_tiles = envs.obs_shape, envs.num_actions, envs.num_tiles
+
+    def member(self, j: int) -> Any:
+        return self.envs.member(self.index[j])
+
+    def observe_current(self) -> np.ndarray:
+        return self.envs.observe_current()[self.index]
+
+    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> list[StepResult]:
+        members = range(self.members) if members is None else members
+        return self.envs.step(actions, [self.index[j] for j in members])
+
+    def restart(self, members: Sequence[int]) -> None:
+        self.envs.restart([self.index[j] for j in members])
+
+    def close(self) -> None:
+        self.envs.close()

@@ -42,15 +42,18 @@ from plasticity_lab.agents.ppo import Batch, Rollout, ppo_loss
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_population_env
+from plasticity_lab.envs.population import MemberSubset
 from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
 from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
+from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
 from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
     REDO_TAU,
+    NonFiniteInput,
     dormant_fraction_from_scores,
     dormant_scores_from_mean_abs,
     reference_dead_units_per_member,
@@ -61,6 +64,10 @@ from plasticity_lab.nets import ActorCritic, build_model
 from plasticity_lab.nets.layers import compute_dtype, frozen_conv_weights
 from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
+
+
+FAILURE_KEY = "failed"
+"""Key of a member's update result that says why the member diverged (and has no metrics)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -199,6 +206,8 @@ class Run:
         self.low_precision = torch.bfloat16 if self.ppo.precision == "bf16" else None
         self.stop_signal: int | None = None
         self.current_epoch = 0
+        self.failed: list[tuple[Member, int, str]] = []
+        """Members stopped as FAILED: (member, epoch, cause), in the order they failed."""
 
     @property
     def size(self) -> int:
@@ -232,6 +241,53 @@ class Run:
         if view is None:
             view = self._views[member.index] = self.optimizer.member_view(member.index, member.model)
         return view
+
+    # ------------------------------------------------------------------ isolation
+    @contextlib.contextmanager
+    def isolated(self, member: Member, failing: dict[int, str], what: str) -> Iterator[None]:
+        """Inside, a non-finite value met by a metric (:class:`NonFiniteInput`) fails ``member``
+        alone (recorded in ``failing``) instead of stopping every member."""
+        try:
+            yield
+        except NonFiniteInput as err:
+            failing.setdefault(member.index, f"non-finite values in {what} ({err})")
+
+    @torch.no_grad()
+    def diverged(self, sums: dict[str, torch.Tensor], trainable: list[torch.Tensor], failing: dict[int, str]) -> dict[int, str]:
+        """``failing`` plus the members whose update went non-finite: loss, gradient norm or
+        parameters (checked once per epoch: a NaN stays inside its member, every computation of
+        the update being per member)."""
+        checks = (
+            ("loss", torch.stack([torch.isfinite(sums[key]) for key in ("p_loss", "v_loss", "entropy")]).all(0)),
+            ("gradient norm", torch.isfinite(sums["grad_norm"])),
+            ("parameters", torch.stack([t.detach().flatten(1).isfinite().all(1) for t in trainable]).all(0)),
+        )
+        failing = dict(failing)
+        for k in range(self.size):
+            bad = next((what for what, ok in checks if not bool(ok[k])), None)
+            if bad is not None:
+                failing.setdefault(k, f"non-finite {bad}")
+        return failing
+
+    def drop(self, failing: dict[int, str], epoch: int) -> None:
+        """Stop the members in ``failing`` (index -> cause) and go on without them: the others'
+        stacked state, optimiser state and environments are carried over as they are, so each
+        continues exactly as in a population without the failed ones (DESIGN.md section 8)."""
+        for k, cause in sorted(failing.items()):
+            self.failed.append((self.members[k], epoch, cause))
+        keep = [k for k in range(self.size) if k not in failing]
+        self.members = [self.members[k] for k in keep]
+        if not self.members:
+            return
+        moved = {(name, k): (name, j) for j, k in enumerate(keep) for name in self.net.params}
+        for j, member in enumerate(self.members):
+            member.index = j
+        self.envs = MemberSubset(self.envs, keep)
+        self.net = PopulationNetwork([m.model for m in self.members])
+        self._views = {}
+        old = self.optimizer
+        self.optimizer = self.make_optimizer()
+        self.optimizer.carry_over(old, moved)
 
     def hook_list(self) -> list[str]:
         return [f"{iv.name}:{hook}" for iv in self.members[0].interventions for hook in iv.hooks()]
@@ -338,9 +394,9 @@ class Run:
             actions = dist.sample(generators)
             return actions, dist.log_prob(actions), values.float()
 
-    def values_of(self, obs: torch.Tensor) -> torch.Tensor:
+    def values_of(self, obs: torch.Tensor, needed: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad(), self.amp():
-            return self.net(obs)[1].float()
+            return self.net(obs, needed)[1].float()
 
     def collect(self) -> tuple[Batch, list[list[float]], list[list[int]]]:
         """One epoch's experience (``ppo_trainer.rollout``) with the return and length of every
@@ -357,16 +413,18 @@ class Run:
         """``next_values[t, j, envs]`` = V(cut-off frames) for every (t, envs, frames) in
         ``finals[j]``, where column j is member ``members[j]`` (default: column k is member k).
         The cut-off frames of every member, zero-padded to the longest list, go through one
-        population forward."""
+        population forward that computes only the members with cut-off frames."""
         members = list(range(self.size)) if members is None else list(members)
         counts = [sum(len(idx) for _, idx, _ in fin) for fin in finals]
         if not any(counts):
             return
         frames = np.zeros((self.size, max(counts), *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
+        needed = np.zeros((self.size, max(counts)), dtype=bool)  # padding rows and members are not computed
         for j, k in enumerate(members):
             if counts[j]:
                 frames[k, : counts[j]] = np.concatenate([f for _, _, f in finals[j]])
-        boot = self.values_of(torch.from_numpy(frames).to(self.device))
+                needed[k, : counts[j]] = True
+        boot = self.values_of(torch.from_numpy(frames).to(self.device), torch.from_numpy(needed).to(self.device))
         for j, k in enumerate(members):
             offset = 0
             for t, idx, _ in finals[j]:
@@ -447,29 +505,32 @@ class Run:
         """One complete episode from every env copy of each member in ``members``, all started by
         a reset and run together; an env that finished waits for the others. Column j of the
         rollout is member ``members[j]``, env i of it that env's episode, ``active`` marks its
-        steps. The network sees the whole population (members not collecting, and finished envs,
-        are computed and discarded), so every member's draws depend on its own stream only."""
+        steps. Only members with an env still in its episode are computed and draw actions (one
+        draw per env row of theirs, finished envs included, as the single run draws), so every
+        member's stream depends on its own episodes only."""
         chosen = [self.members[k] for k in members]
         self.envs.restart(members)
         for member in chosen:
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()
         sampled: list[tuple[torch.Tensor, torch.Tensor]] = []
-        generators = [m.gen for m in chosen]
         obs_full = np.zeros((self.size, self.env_cfg.env_copies, *self.members[0].env.obs_shape), dtype=self._obs_numpy_dtype())
-
-        index = torch.tensor(members, device=self.device)
-
         needed = np.zeros(obs_full.shape[:2], dtype=bool)
+        every = torch.tensor(members, device=self.device)
 
         def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
             obs_full[members], needed[members] = frames, active
+            drawing = [j for j in range(len(members)) if active[j].any()]
+            index = torch.tensor([members[j] for j in drawing], device=self.device)
             with torch.no_grad():
                 with self.amp():
                     head, values, _ = self.net(torch.from_numpy(obs_full).to(self.device), torch.from_numpy(needed).to(self.device))
                 dist = self.net.distribution(head.index_select(0, index), index)
-                actions = dist.sample(generators)
-                sampled.append((dist.log_prob(actions), values.index_select(0, index).float()))
+                drawn = dist.sample([chosen[j].gen for j in drawing])
+                rows = torch.tensor(drawing, device=self.device)
+                actions = drawn.new_zeros((len(members), *drawn.shape[1:])).index_copy(0, rows, drawn)
+                log_probs = torch.zeros(actions.shape[:2], device=self.device).index_copy(0, rows, dist.log_prob(drawn).float())
+                sampled.append((log_probs, values.index_select(0, every).float()))
             return actions.cpu().numpy()
 
         keys = ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated", "active")
@@ -535,6 +596,7 @@ class Run:
                 ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
         unit_abs_sum = None  # for dormant_units
+        failing: dict[int, str] = {}  # member index -> why it diverged (its hooks stop running)
         loss_hooks = [[iv for iv in m.interventions if iv.uses("loss")] for m in self.members]
         step_hooks = [[iv for iv in m.interventions if iv.uses("after_step")] for m in self.members]
         trainable = list(self.net.trainable().values())
@@ -546,8 +608,10 @@ class Run:
                 mb = torch.stack([o[i] if i < len(o) else torch.zeros(p.batch_size, dtype=torch.long, device=dev) for o in orders])
             index = (mb + offsets).flatten()
             mb_obs, mb_actions, mb_logp, mb_adv, mb_rets = (c.index_select(0, index).view(K, p.batch_size, *c.shape[1:]) for c in flat)
+            # members without a minibatch this step are padding: not computed (their outputs are 0)
+            needed = None if active is None else active.unsqueeze(1).expand(K, p.batch_size)
             with self.amp():
-                head, values, features = self.net(mb_obs)
+                head, values, features = self.net(mb_obs, needed)
             parts = ppo_loss(self.net.distribution(head), values, mb_actions, mb_logp, mb_adv, mb_rets, p.clip_param)
             member_loss = parts.policy + p.value_coef * parts.value - p.ent_coef * parts.entropy
             weight = torch.ones(K, device=dev) if active is None else active.float()
@@ -555,10 +619,10 @@ class Run:
             self.net.zero_grad()
             for member, hooks in zip(self.members, loss_hooks):
                 k = member.index
-                if not hooks or (active is not None and not active[k]):
+                if not hooks or (active is not None and not active[k]) or k in failing:
                     continue
                 ctx = LossContext(mb_obs[k], parts.policy[k].detach(), obs[k, : batch.lengths[k]], member.gen)
-                with member.own_rng():
+                with member.own_rng(), self.isolated(member, failing, "a loss term"):
                     for iv in hooks:
                         extra = iv.loss(member.model, ctx)
                         if extra is not None:
@@ -567,9 +631,9 @@ class Run:
             grad_norm = clip_member_grad_norms(trainable, p.max_grad_norm)
             self.optimizer.step(active)
             for member, hooks in zip(self.members, step_hooks):
-                if not hooks or (active is not None and not active[member.index]):
+                if not hooks or (active is not None and not active[member.index]) or member.index in failing:
                     continue
-                with member.own_rng():
+                with member.own_rng(), self.isolated(member, failing, "a step hook"):
                     for iv in hooks:
                         iv.after_step(member.model, self.optimizer_view(member))
             stats = {
@@ -583,12 +647,20 @@ class Run:
             abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float64) * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         means = {key: (value / taken).tolist() for key, value in sums.items()}
+        failing = self.diverged(sums, trainable, failing)
         outs = []
         for k, member in enumerate(self.members):
+            if k in failing:
+                outs.append({FAILURE_KEY: failing[k]})
+                continue
             out = {key: values[k] for key, values in means.items()}
             rows_k = float(taken[k]) * p.batch_size
             # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
-            out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
+            with self.isolated(member, failing, "the dormant-unit score"):
+                out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
+            if k in failing:
+                outs.append({FAILURE_KEY: failing[k]})
+                continue
             n = batch.lengths[k]
             rets_k, values_k = rets[k, :n], batch.values[k, :n]
             var = torch.var(rets_k)
@@ -596,9 +668,12 @@ class Run:
             out["v_estimate"] = float(values_k.mean())
             obs_k = obs[k, :n]
             periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
-            with member.own_rng():
+            with member.own_rng(), self.isolated(member, failing, "a periodic hook"):
                 for iv in member.interventions:
                     out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
+            if k in failing:
+                outs.append({FAILURE_KEY: failing[k]})
+                continue
             if self.normalize_obs:
                 # after the update, so the epoch's actions and its PPO ratios saw the same statistics
                 member.model.obs_norm.update(obs_k)
@@ -653,9 +728,10 @@ class Run:
         return [float(r) for r in returns.mean(axis=1)]
 
     def run_epoch(self, epoch: int) -> list[dict[str, Any]]:
-        """Collect, update, evaluate if due; returns each member's metrics row (minus wall_time).
-        ``steps_per_s`` is a member's transitions over the population's training time (collect +
-        update, shared by all members)."""
+        """Collect, update, evaluate if due; returns the metrics row (minus wall_time) of each
+        member still training. A member whose update diverged is dropped before the evaluation
+        (:meth:`drop`) and has no row. ``steps_per_s`` is a member's transitions over the
+        population's training time (collect + update, shared by all members)."""
         p = self.ppo
         self.current_epoch = epoch
         t_train, steps_before = time.monotonic(), [m.env_steps for m in self.members]
@@ -663,18 +739,24 @@ class Run:
         before = [applied_weights(m.model) for m in self.members]
         stats = self.update(batch)
         seconds = time.monotonic() - t_train
+        failing = {k: out[FAILURE_KEY] for k, out in enumerate(stats) if FAILURE_KEY in out}
+        keep = [k for k in range(self.size) if k not in failing]
+        if failing:
+            self.drop(failing, epoch)
+            if not self.members:
+                return []
         after = [applied_weights(m.model) for m in self.members]
         due = epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points
         test_r = self.evaluate(epoch) if due else [None] * self.size
         rows = []
-        for k, member in enumerate(self.members):
+        for j, (k, member) in enumerate(zip(keep, self.members)):
             rows.append({
                 "epoch": epoch, "env_steps": member.env_steps, "task": member.task_index,
                 "train_r": float(np.mean(ep_returns[k])) if ep_returns[k] else None,
                 "train_l": float(np.mean(ep_lengths[k])) if ep_lengths[k] else None,
-                "test_r": test_r[k],
-                "weight_m": weight_rms(after[k]),
-                "weight_diff": weight_change_rms(before[k], after[k]),
+                "test_r": test_r[j],
+                "weight_m": weight_rms(after[j]),
+                "weight_diff": weight_change_rms(before[k], after[j]),
                 "steps_per_s": (member.env_steps - steps_before[k]) / seconds,
                 **stats[k],
             })
@@ -705,11 +787,12 @@ class Run:
 
     def train(self, resume_states: Sequence[dict[str, Any] | None] | None = None) -> str:
         """Run (or continue from ``resume_states``, one per member) to the last epoch. Returns
-        "done" or "interrupted"."""
+        "done" (every member still training finished; those that diverged are in
+        :attr:`failed`, each with a FAILED file), "interrupted", or "failed" (no member left)."""
         if resume_states is not None:
             self.restore(resume_states)
         p = self.ppo
-        logs = [MemberLogs(self, member) for member in self.members]
+        logs = {member: MemberLogs(self, member) for member in self.members}
         label = self.members[0].label if self.size == 1 else f"{self.members[0].label} +{self.size - 1} members"
         progress = Progress(label, p.num_epochs, self.start_epoch)
         if self.members[0].probe:
@@ -723,16 +806,17 @@ class Run:
                         self.shift()
                     rows = self.run_epoch(epoch)
                     wall = time.monotonic() - t0
-                    for log, row in zip(logs, rows):
+                    self.retire(logs, wall)
+                    if not self.members:
+                        break
+                    for member, row in zip(self.members, rows):
                         row["wall_time"] = wall
-                        log.write(epoch, row)
+                        logs[member].write(epoch, row)
                     progress.update(epoch, rows[0] if self.size == 1 else population_row(rows))
-                    for member, log in zip(self.members, logs):
-                        if member.probe is not None and member.probe.due(epoch):
-                            # before the checkpoint, so it holds this probe's churn reference
-                            with member.own_rng():
-                                result = member.probe.measure(member.model, member.task_index, member.shift_state, epoch)
-                            log.probe(epoch, member.task_index, result)
+                    self.probe(epoch, logs)
+                    self.retire(logs, time.monotonic() - t0)
+                    if not self.members:
+                        break
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
                     if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
@@ -744,7 +828,7 @@ class Run:
                 else:
                     status = "done"
         finally:
-            for log in logs:
+            for log in logs.values():
                 log.close(status == "done", time.monotonic() - t0)
             progress.close()
         if status == "done":
@@ -752,19 +836,31 @@ class Run:
                 (member.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
         return status
 
+    def probe(self, epoch: int, logs: dict[Member, MemberLogs]) -> None:
+        """The diagnostics probes due at ``epoch`` (before the checkpoint, so it holds this
+        probe's churn reference); a member whose probe meets non-finite values fails alone."""
+        failing: dict[int, str] = {}
+        for member in self.members:
+            if member.probe is None or not member.probe.due(epoch):
+                continue
+            with member.own_rng(), self.isolated(member, failing, "a diagnostics probe"):
+                result = member.probe.measure(member.model, member.task_index, member.shift_state, epoch)
+            if member.index not in failing:
+                logs[member].probe(epoch, member.task_index, result)
+        if failing:
+            self.drop(failing, epoch)
 
-class MemberSubset:
-    """Some members of a population environment, as a population environment of their own."""
-
-    def __init__(self, envs: Any, members: Sequence[int]) -> None:
-        self.envs, self.index = envs, list(members)
-        self.members, self.num_envs = len(self.index), envs.num_envs
-
-    def observe_current(self) -> np.ndarray:
-        return self.envs.observe_current()[self.index]
-
-    def step(self, actions: np.ndarray, members: Sequence[int]) -> list[Any]:
-        return self.envs.step(actions, [self.index[j] for j in members])
+    def retire(self, logs: dict[Member, MemberLogs], wall_time: float) -> None:
+        """Close the run directories of members that failed since the last call: logs closed
+        unfinished, and a FAILED file with the epoch and the cause (its checkpoint stays the last
+        one before the failure, so a retry resumes from there)."""
+        for member, epoch, cause in self.failed:
+            log = logs.pop(member, None)
+            if log is None:
+                continue
+            log.close(False, wall_time)
+            write_atomic(member.run_dir / FAILED_NAME, f"diverged at epoch {epoch}: {cause}\n")
+            print(f"[{member.label}] FAILED at epoch {epoch}: {cause}; the other members go on without it", flush=True)
 
 
 def population_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

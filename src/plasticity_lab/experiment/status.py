@@ -22,7 +22,8 @@ import yaml
 
 from plasticity_lab.config import ConfigError
 from plasticity_lab.experiment.study import lock_is_held
-from plasticity_lab.experiment.sweep import FAILED_NAME, LOG_NAME, PLAN_NAME
+from plasticity_lab.experiment.study import FAILED_NAME
+from plasticity_lab.experiment.sweep import LOG_NAME, PLAN_NAME
 from plasticity_lab.experiment.sweep_view import last_rows
 
 RATE_ROWS = 20

@@ -25,6 +25,12 @@ from plasticity_lab.config import ConfigError, RunConfig, StudyConfig
 from plasticity_lab.experiment.provenance import code_version
 
 LOCK_NAME = ".lock"
+FAILED_NAME = "FAILED"
+"""A run that will not finish: the first line says why (the run's own divergence, or the sweep
+giving it up after its retries)."""
+EXIT_DIVERGED = 3
+"""Exit code of ``plab train`` when a run (or a population member) diverged: non-finite loss,
+gradients, weights or metrics; the other runs finished."""
 REFERENCE_MARKER = "REFERENCE.md"
 """A study directory holding this file is a committed reference study: read-only for every command."""
 

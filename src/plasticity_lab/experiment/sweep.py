@@ -30,7 +30,7 @@ from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.population import check_population_fits
 from plasticity_lab.experiment.runner import pick_device
-from plasticity_lab.experiment.study import RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
+from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
 
 LOG_NAME = "train.log"
@@ -38,7 +38,6 @@ EXIT_BAD_INPUT = 2
 FROZEN_CONFIG = "sweep_config.yaml"
 PLAN_NAME = "sweep.json"
 """The runs of the study's latest sweep (condition, seed), so ``plab status`` lists runs not started yet."""
-FAILED_NAME = "FAILED"
 """Written into a run directory when the sweep gives a run up (why, attempts, last log lines)."""
 
 
@@ -175,7 +174,8 @@ def finish(task: Task, code: int | None, retries: int) -> bool:
     be tried again (its unfinished runs resume; finished ones are skipped). A run given up gets
     a FAILED file saying why."""
     detail = tail(task.log_path)
-    unfinished = [s for s in task.states if not (code == 0 and (s.spec.run_dir / "DONE").exists())]
+    completed = code in (0, EXIT_DIVERGED)  # diverged: the members with a DONE file finished
+    unfinished = [s for s in task.states if not (completed and (s.spec.run_dir / "DONE").exists())]
     for state in task.states:
         if state not in unfinished:
             state.status, state.error = "done", ""
@@ -184,6 +184,8 @@ def finish(task: Task, code: int | None, retries: int) -> bool:
     retry = task.attempts <= retries and code != EXIT_BAD_INPUT  # bad input cannot succeed on retry
     for state in unfinished:
         state.error = f"{state.error}; " if state.error.startswith("ray:") else ""
+        own = state.spec.run_dir / FAILED_NAME  # the run's own verdict (a diverged member) comes first
+        state.error += f"{own.read_text().strip()}; " if own.exists() else ""
         state.error += f"{describe_exit(code)}: {detail}"
         if retry:
             state.status = "pending"

@@ -59,6 +59,11 @@ __all__ = [
 # --------------------------------------------------------------------------- helpers
 
 
+class NonFiniteInput(ValueError):
+    """A metric was given NaN or inf: the network it measures has diverged (the training loop
+    fails that member alone, DESIGN.md section 8)."""
+
+
 def _checked(x: Any, name: str) -> torch.Tensor:
     """``x`` as a detached tensor of its own dtype and device (numpy -> CPU tensor); real, finite."""
     if isinstance(x, torch.Tensor):
@@ -69,7 +74,7 @@ def _checked(x: Any, name: str) -> torch.Tensor:
     if t.is_complex():
         raise ValueError(f"{name}: complex input is not supported")
     if t.is_floating_point() and t.numel() > 0 and not _all_finite(t):
-        raise ValueError(f"{name}: input contains NaN or inf")
+        raise NonFiniteInput(f"{name}: input contains NaN or inf")
     return t
 
 

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
-from plasticity_lab.nets.layers import affine, compute_dtype, make_activation, make_norm, spectral_norm, width_factor
+from plasticity_lab.nets.layers import (
+    affine, compute_dtype, make_activation, make_norm, member_invariant_linear, spectral_norm, width_factor,
+)
 from plasticity_lab.nets.normalization import ObsNormalizer
 
 if TYPE_CHECKING:  # the config imports the networks' users, never the reverse at run time
@@ -207,7 +209,7 @@ class ActorCritic(nn.Module):
 
         with torch.autocast(acts[-1].device.type, enabled=False), compute_dtype(None):
             features = full(acts[-1])
-            logits, value = self.policy(features), self.value(features)
+            logits, value = member_invariant_linear(self.policy, features), member_invariant_linear(self.value, features)
             if self.injected is not None:
                 logits, value = self.injected(full(acts[-2].flatten(1)), logits, value)
             return logits, value.squeeze(-1)

@@ -165,25 +165,56 @@ def make_norm(kind: str, shape: tuple[int, ...]) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r} (allowed: none, layernorm, rmsnorm)")
 
 
-class FP32SpectralNorm(parametrizations._SpectralNorm):
-    """torch's spectral-norm parametrization with its power iteration and sigma kept in fp32 under
-    bf16 autocast (on CUDA autocast would run their matrix-vector products in bf16, an error of
-    ~0.4% in every normalised weight). torch has no precision option for it, hence this subclass;
-    its state (``_u``, ``_v``) and keys are torch's own.
+def member_invariant_mv(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``matrix @ vector`` as a product and a row sum, so that a population's batched call
+    (``vmap``) rounds exactly as a single network's: ``torch.mv`` under vmap becomes a batched
+    matrix product whose CPU kernel for one member (gemv) and for several (batched gemm) round
+    differently (measured ~1e-7 relative in sigma), which would make a member of a population
+    drift from its single run. Costs one (rows, cols) temporary, small beside the layer's forward."""
+    return (matrix * vector).sum(-1)
 
-    The power iteration writes ``_u``/``_v`` with ``copy_`` instead of torch's ``out=`` (the same
-    numbers): ``torch.func.vmap`` has no batching rule for ``out=``, and a population's forward
-    (:mod:`plasticity_lab.nets.population`) runs every member's parametrization under vmap."""
+
+def member_invariant_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a layer with one output (the value head, a 1-d action head), computed as a
+    product and a sum: a one-output linear layer under ``vmap`` is a matrix-vector product, whose
+    CPU kernel rounds differently for one member and for several (see :func:`member_invariant_mv`).
+    Layers with two or more outputs round the same either way and use ``layer(x)``."""
+    if layer.out_features != 1:
+        return layer(x)
+    out = member_invariant_mv(x, layer.weight[0]).unsqueeze(-1)
+    return out if layer.bias is None else out + layer.bias
+
+
+class FP32SpectralNorm(parametrizations._SpectralNorm):
+    """torch's spectral-norm parametrization (one power iteration per training forward, dim 0; its
+    state ``_u``/``_v`` and keys are torch's own) with two changes, neither available as an option:
+
+    - the power iteration and sigma are kept in fp32 under bf16 autocast (on CUDA autocast would run
+      their matrix-vector products in bf16, an error of ~0.4% in every normalised weight);
+    - its matrix-vector products are :func:`member_invariant_mv`, so a population's member computes
+      its single run's sigma bit for bit, and ``_u``/``_v`` are written with ``copy_`` instead of
+      ``out=`` (the same numbers; ``torch.func.vmap`` has no batching rule for ``out=``).
+    """
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.autocast(weight.device.type, enabled=False):
-            return super().forward(weight.float())
+            weight = weight.float()
+            if weight.ndim == 1:
+                return nn.functional.normalize(weight, dim=0, eps=self.eps)
+            weight_mat = self._reshape_weight_to_matrix(weight)
+            if self.training:
+                self._power_method(weight_mat, self.n_power_iterations)
+            u = self._u.clone(memory_format=torch.contiguous_format)
+            v = self._v.clone(memory_format=torch.contiguous_format)
+            sigma = (u * member_invariant_mv(weight_mat, v)).sum()  # torch: vdot(u, mv(W, v))
+            return weight / sigma
 
     @torch.no_grad()
     def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
         for _ in range(n_power_iterations):
-            self._u.copy_(nn.functional.normalize(torch.mv(weight_mat, self._v), dim=0, eps=self.eps))
-            self._v.copy_(nn.functional.normalize(torch.mv(weight_mat.H, self._u), dim=0, eps=self.eps))
+            self._u.copy_(nn.functional.normalize(member_invariant_mv(weight_mat, self._v), dim=0, eps=self.eps))
+            # W^T u as a column sum (weights are real: .H is .T), without a transposed copy
+            self._v.copy_(nn.functional.normalize((weight_mat * self._u.unsqueeze(-1)).sum(-2), dim=0, eps=self.eps))
 
 
 def spectral_norm(layer: nn.Module) -> nn.Module:

@@ -96,7 +96,10 @@ class PopulationNetwork:
         template = copy.deepcopy(self.members[0]).to("meta")
         template.train(self.members[0].training)
         self.template = template
-        self.looped = any(m._forward_hooks or m._forward_pre_hooks for m in self.members[0].modules())
+        modules = list(self.members[0].modules())
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        conv_on_cpu = any(isinstance(m, nn.Conv2d) for m in modules) and next(self.members[0].parameters()).device.type == "cpu"
+        self.looped = hooked or conv_on_cpu
         return where
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -120,28 +123,62 @@ class PopulationNetwork:
         """``obs`` (K, N, ...) -> (policy head output (K, N, A), value (K, N), trunk features
         (K, N, F)); member k's rows come from member k's network.
 
-        A population of one calls its member's module directly: the same function without
-        vmap's per-call cost (~0.5 ms here, as much as a small network's whole forward); its
-        gradients reach the stacked ones through the member's ``.grad`` aliases. So does every
-        member, one after another, when a method watches its modules with forward hooks (CBP
-        records its units' activations): hooks do not run inside the batched call.
+        One program for every K, so that member k computes bit for bit what the single run of its
+        seed computes (DESIGN.md section 8): networks without conv layers run as one batched call
+        (``vmap``; its kernels round the same for one member and for several, given the
+        member-invariant heads and power iteration of :mod:`plasticity_lab.nets.layers`).
+        Networks with conv layers, and networks whose modules carry forward hooks (CBP records
+        its units' activations; hooks do not run inside the batched call), run member after
+        member through the member's own module: a batched conv is one grouped convolution whose
+        CPU kernel rounds differently with the number of groups (measured: a 3x3 conv's output
+        differs at K = 1 vs 2, the conv64's first layer at K = 2 vs 3), so on CPU members compute
+        their convolutions one by one; on CUDA the batched call is kept (bit identity is a CPU
+        promise, speed is the GPU's).
 
-        ``needed`` (bool (K, N)): the rows whose outputs are used. A population of one computes
-        only those (the others are 0): the end of an episode batch, when few environments are
-        still in their episode, costs what those few rows cost. A batched call computes every row.
+        ``needed`` (bool (K, N)): the rows whose outputs are used; the others come back as 0. A
+        member without any needed row is not computed at all (padding and finished members: no
+        power-iteration step, activation record or running statistic for them). Member-by-member
+        compute runs only the needed rows (the end of an episode batch, when few environments are
+        still in their episode, costs what those few rows cost); the batched call computes every
+        row of the members it computes.
         """
-        if self.size == 1:
-            if needed is not None and not bool(needed.all()):
-                rows = needed[0].nonzero().squeeze(1)
-                outs = self.members[0](obs[0].index_select(0, rows))
-                full = [out.new_zeros((1, obs.shape[1], *out.shape[1:])) for out in outs]
-                for f, out in zip(full, outs):
-                    f[0, rows] = out
-                return tuple(full)
-            return tuple(out.unsqueeze(0) for out in self.members[0](obs[0]))
+        computing = None  # every member
+        if needed is not None:
+            wanted = needed.any(dim=1)
+            if not bool(wanted.all()):
+                computing = wanted.nonzero().squeeze(1)
         if self.looped:
-            return tuple(torch.stack(outs) for outs in zip(*(m(x) for m, x in zip(self.members, obs))))
-        return self._batched(self.params, self.buffers, obs)
+            chosen = range(self.size) if computing is None else computing.tolist()
+            outs = {k: self._member_rows(self.members[k], obs[k], None if needed is None else needed[k]) for k in chosen}
+            if computing is None:
+                return tuple(torch.stack(parts) for parts in zip(*outs.values()))
+            return tuple(self._scatter(computing, torch.stack(parts)) for parts in zip(*outs.values()))
+        if computing is None:
+            return self._batched(self.params, self.buffers, obs)
+        # only the members that need rows: nothing runs, and no state changes, for the others
+        params = {name: p.index_select(0, computing) for name, p in self.params.items()}
+        buffers = {name: b.index_select(0, computing) for name, b in self.buffers.items()}
+        outs = self._batched(params, buffers, obs.index_select(0, computing))
+        with torch.no_grad():  # buffer updates (spectral norm's power iteration) back into the stacked state
+            for name, b in buffers.items():
+                self.buffers[name].index_copy_(0, computing, b)
+        return tuple(self._scatter(computing, out) for out in outs)
+
+    def _scatter(self, members: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """(len(members), ...) outputs -> (K, ...), zeros for the members not computed."""
+        return out.new_zeros((self.size, *out.shape[1:])).index_copy(0, members, out)
+
+    @staticmethod
+    def _member_rows(member: nn.Module, obs: torch.Tensor, needed: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """``member(obs)``, computing only the ``needed`` rows when some are not."""
+        if needed is None or bool(needed.all()):
+            return member(obs)
+        rows = needed.nonzero().squeeze(1)
+        outs = member(obs.index_select(0, rows))
+        full = [out.new_zeros((obs.shape[0], *out.shape[1:])) for out in outs]
+        for f, out in zip(full, outs):
+            f[rows] = out
+        return tuple(full)
 
     def distribution(self, head_out: torch.Tensor, members: torch.Tensor | None = None) -> ActionDistribution:
         """The members' action distributions over (K, N, ...) head outputs (or over the rows of
