@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy import stats
 
-from plasticity_lab.agents.distributions import Categorical, DiagGaussian
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import ModelConfig
+from plasticity_lab.distributions import Categorical, DiagGaussian
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.normalization import ObsNormalizer, RunningMoments
 

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from plasticity_lab.agents.distributions import Categorical
 from plasticity_lab.agents.ppo import compute_gae, ppo_loss
+from plasticity_lab.distributions import Categorical
 
 
 def test_gae_hand_computed_with_termination_and_truncation():

@@ -20,10 +20,10 @@ import pytest
 import torch
 import yaml
 
-from plasticity_lab.agents.distributions import Categorical
 from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
 from plasticity_lab.agents.ppo import ppo_loss
 from plasticity_lab.config import RunConfig
+from plasticity_lab.distributions import Categorical
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY, validate_interventions
 

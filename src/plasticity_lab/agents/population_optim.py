@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from plasticity_lab.nets.surgery import follow_parameters
+
 CLIP_EPS = 1e-6
 """torch.nn.utils.clip_grad_norm_'s guard: coef = max_norm / (norm + 1e-6)."""
 
@@ -50,7 +52,8 @@ def clip_member_grad_norms(params: Sequence[torch.Tensor], max_norm: float) -> t
 
 
 class MemberStateView:
-    """What a hook sees of one member's optimiser: ``state[param]`` -> {name: tensor} views."""
+    """What a hook sees of one member's optimiser: ``state[param]`` -> {name: tensor} views. Not a
+    torch optimiser, so :func:`~plasticity_lab.nets.surgery.follow_parameters` leaves it alone."""
 
     def __init__(self, state: dict[nn.Parameter, dict[str, torch.Tensor]], param_groups: list[dict[str, Any]]) -> None:
         self.state = state
@@ -185,20 +188,6 @@ class MemberOptimizers:
         self.optimizers = [old.optimizers[k_old] for k_old in members.values()]
         for member, opt in zip(self.members, self.optimizers):
             follow_parameters(opt, member)
-
-
-def follow_parameters(optimizer: torch.optim.Optimizer | MemberStateView, model: nn.Module) -> None:
-    """Point a kept optimiser at ``model``'s current parameters (in model order, so its checkpoint
-    loads into a freshly built one) after a method changed the network's structure; parameters
-    that left the model (a merged injection) lose their state. A stacked optimiser's member view
-    needs nothing: the population re-stacks and carries the state itself."""
-    if isinstance(optimizer, MemberStateView):
-        return
-    (group,) = optimizer.param_groups
-    group["params"] = list(model.parameters())
-    live = set(group["params"])
-    for param in [p for p in optimizer.state if isinstance(p, torch.Tensor) and p not in live]:
-        del optimizer.state[param]
 
 
 PopulationOptimizer = PopulationAdamW | MemberOptimizers

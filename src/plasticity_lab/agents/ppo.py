@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from plasticity_lab.agents.distributions import ActionDistribution
+from plasticity_lab.distributions import ActionDistribution
 
 ADV_EPS = 1e-8
 
@@ -176,7 +176,7 @@ def ppo_loss(
     clip: float,
 ) -> LossParts:
     """Clipped surrogate, MSE value loss and entropy for one minibatch, for any action
-    distribution (:mod:`plasticity_lab.agents.distributions`).
+    distribution (:mod:`plasticity_lab.distributions`).
 
     The minibatch is the last dimension: (B,) inputs give scalars, (K, B) inputs (one minibatch
     per population member) give one value per member, each computed from its own rows only.

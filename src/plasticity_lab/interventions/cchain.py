@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 from torch.func import functional_call
 
-from plasticity_lab.agents.distributions import make_distribution
+from plasticity_lab.distributions import make_distribution
 from plasticity_lab.interventions.base import Intervention, Params, register
 
 

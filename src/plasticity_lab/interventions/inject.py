@@ -51,10 +51,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from plasticity_lab.agents.population_optim import follow_parameters
 from plasticity_lab.interventions.base import Intervention, Params, register
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.actor_critic import Block
+from plasticity_lab.nets.surgery import follow_parameters
 
 
 class HeadNetwork(nn.Module):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plasticity_lab.agents.distributions import make_distribution
+from plasticity_lab.distributions import make_distribution
 from plasticity_lab.metrics.plasticity import (
     activation_rate_from_counts,
     dead_fraction_from_counts,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
+
+from plasticity_lab.distributions import ActionDistribution, make_distribution
 from plasticity_lab.nets.layers import (
     affine, compute_dtype, make_activation, make_norm, member_invariant_linear, spectral_norm, width_factor,
 )

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from plasticity_lab.agents.distributions import ActionDistribution, make_distribution
+from plasticity_lab.distributions import ActionDistribution, make_distribution
 
 
 def _structure(module: nn.Module) -> tuple:

@@ -1,5 +1,5 @@
-"""Parameter surgery shared by reset-style interventions: fresh initial values and in-place
-edits that keep the optimiser state consistent.
+"""Parameter surgery shared by reset-style interventions: fresh initial values, in-place edits
+and structural changes that keep the optimiser state consistent.
 
 Layers may carry a torch parametrization (spectral norm); edits then go to the stored
 ``original`` tensor, which is what the optimiser updates.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,6 +55,21 @@ def assign(
     for state_value in optimizer.state.get(param, {}).values():
         if torch.is_tensor(state_value) and state_value.shape == param.shape:
             state_value[index] = 0
+
+
+def follow_parameters(optimizer: Any, model: nn.Module) -> None:
+    """Point a kept optimiser at ``model``'s current parameters (in model order, so its checkpoint
+    loads into a freshly built one) after a method changed the network's structure; parameters
+    that left the model (a merged injection) lose their state. Only a torch optimiser holds a
+    parameter list: a population member's view into the stacked state needs nothing, the
+    population re-stacks and carries the state itself."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return
+    (group,) = optimizer.param_groups
+    group["params"] = list(model.parameters())
+    live = set(group["params"])
+    for param in [p for p in optimizer.state if isinstance(p, torch.Tensor) and p not in live]:
+        del optimizer.state[param]
 
 
 AFFINE = (nn.Linear, nn.Conv2d)

@@ -1,5 +1,7 @@
 """The policy's action distribution, behind one interface that PPO, evaluation, diagnostics and
-interventions use, so no code outside this module knows whether actions are discrete.
+interventions use, so no code outside this module knows whether actions are discrete. It imports
+nothing of the toolkit, so the networks, metrics and interventions that build it need not reach
+into the agent.
 
 ``Categorical`` wraps ``torch.distributions.Categorical`` over the policy head's logits;
 ``DiagGaussian`` wraps ``Independent(Normal)`` with the head's outputs as means and a
