@@ -13,6 +13,11 @@ import copy
 import csv
 import math
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +27,7 @@ import yaml
 
 from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
 from plasticity_lab.agents.ppo import ppo_loss
-from plasticity_lab.config import RunConfig
+from plasticity_lab.config import RunConfig, StudyConfig
 from plasticity_lab.distributions import Categorical
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY, validate_interventions
@@ -312,7 +317,6 @@ def test_a_killed_population_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_runs_resuming_at_different_epochs_form_separate_populations(tmp_path):
-    from plasticity_lab.config import StudyConfig
     from plasticity_lab.experiment.population import population_groups
     from plasticity_lab.experiment.study import plan_runs
 
@@ -467,7 +471,6 @@ def test_a_sweep_retries_a_diverged_member_once_and_reports_it_failed(tmp_path, 
     checkpoint, then gives it up as failed with its reason, the two other seeds finish, and the
     report counts one failed run."""
     from plasticity_lab.analysis.aggregate import compare, open_study
-    from plasticity_lab.config import StudyConfig
     from plasticity_lab.experiment.sweep import sweep
 
     hook = tmp_path / "hook"
@@ -500,3 +503,93 @@ def test_a_sweep_retries_a_diverged_member_once_and_reports_it_failed(tmp_path, 
     failures = compare(open_study(tmp_path / "results" / "s"), reps=999).results["baseline"].failed
     assert list(failures) == ["baseline/seed_1"]
     assert "FAILED (diverged at epoch 3: non-finite loss;" in failures["baseline/seed_1"]
+
+
+# ----------------------------------------------------------------- kills and resumes
+
+
+def study_file(tmp_path: Path, **ppo) -> Path:
+    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], **ppo}, "experiment": {"save_freq": 1, "conditions": {"baseline": {}}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def plab_train(config: Path, out: Path, seeds: str, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "s", "-p", str(config), "-s", seeds,
+           "-o", str(out), "--population", "--threads", "1", "--device", "cpu"] + (["-r"] if resume else [])
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_at_five_random_moments_then_resume_is_bit_identical(tmp_path):
+    """A population of four killed with SIGKILL at five random moments (startup, an epoch, a
+    checkpoint commit...) and resumed each time ends bit-identical to an uninterrupted run."""
+    config = study_file(tmp_path, num_epochs=12, shift_points=[4, 8])
+    start = time.monotonic()
+    assert plab_train(config, tmp_path / "full", "0,1,2,3").wait() == 0
+    duration = time.monotonic() - start
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(5):
+        proc = plab_train(config, tmp_path / "cut", "0,1,2,3", resume=True)
+        try:
+            proc.wait(timeout=rng.uniform(0.2, 1.0) * duration)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert kills >= 3  # most tries really cut a run short
+    assert plab_train(config, tmp_path / "cut", "0,1,2,3", resume=True).wait() == 0
+    for seed in range(4):
+        run = Path("results") / "s" / "baseline" / f"seed_{seed}"
+        assert (tmp_path / "cut" / run / "DONE").exists()
+        assert_same_run(tmp_path / "cut" / run, tmp_path / "full" / run)
+
+
+def test_a_lone_member_resumed_after_its_peers_finished_is_its_single_run(tmp_path):
+    """A member that failed transiently (NaN at epoch 3 in its first process only) while its two
+    peers finished, resumed alone from its last checkpoint: bit-identical to its single run."""
+    cfg = config(num_epochs=6, shift_points=[2, 4])
+    cfg.experiment.save_freq = 1
+    dirs = [tmp_path / "three" / f"seed_{s}" for s in (0, 1, 2)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    run = Run(cfg, dirs, [0, 1, 2], device="cpu")
+    poison_at(run, seed=1, epoch=3)
+    run.train()
+    assert (dirs[0] / "DONE").exists() and (dirs[2] / "DONE").exists() and not (dirs[1] / "DONE").exists()
+    lone = Run(cfg, dirs[1], 1, device="cpu")
+    states = lone.load_resume_state()
+    assert states[0]["next_epoch"] == 3
+    assert lone.train(states) == "done"
+    assert_same_run(dirs[1], train_single(cfg, tmp_path, 1))
+
+
+def test_population_checkpoints_are_one_unit(tmp_path):
+    """A kill while a population commits its checkpoints (some members moved on, some not) still
+    leaves one epoch every member has, and the population resumes from it together."""
+    from plasticity_lab.experiment.checkpoint import LATEST, NEXT, PREVIOUS
+    from plasticity_lab.experiment.population import population_groups
+    from plasticity_lab.experiment.study import plan_runs
+
+    cfg = config(num_epochs=4, shift_points=[2])
+    dirs = [tmp_path / "s" / "baseline" / f"seed_{s}" for s in (0, 1, 2)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    run = Run(cfg, dirs, [0, 1, 2], device="cpu")
+    run.run_epoch(0)
+    run.save(1, 0.0)
+    run.run_epoch(1)
+    states = [run.checkpoint_state(m, 2, 0.0) for m in run.members]
+    # killed during the commit of epoch 2: member 0 committed, member 1 half way, member 2 not yet
+    for member, state in zip(run.members, states):
+        torch.save(state, member.ckpt_dir / NEXT)
+    os.replace(dirs[0] / "checkpoints" / LATEST, dirs[0] / "checkpoints" / PREVIOUS)
+    os.replace(dirs[0] / "checkpoints" / NEXT, dirs[0] / "checkpoints" / LATEST)
+    os.replace(dirs[1] / "checkpoints" / LATEST, dirs[1] / "checkpoints" / PREVIOUS)
+    assert [s["next_epoch"] for s in Run(cfg, dirs, [0, 1, 2], device="cpu").load_resume_state()] == [2, 2, 2]
+    (dirs[2] / "checkpoints" / NEXT).unlink()  # killed before member 2's new checkpoint was written
+    assert [s["next_epoch"] for s in Run(cfg, dirs, [0, 1, 2], device="cpu").load_resume_state()] == [1, 1, 1]
+    study = StudyConfig({**GRID, "experiment": {"conditions": {"baseline": {}}}}, "x.yaml")
+    specs = plan_runs(study, "s", None, [0, 1, 2], tmp_path, resume=True)
+    assert [[s.seed for s in g] for g in population_groups(specs, size=None, resume=True)] == [[0, 1, 2]]

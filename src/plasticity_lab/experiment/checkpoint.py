@@ -4,17 +4,26 @@ A checkpoint holds everything needed to continue a run bit-exactly on the same d
 optimiser, every RNG, the environments' internal state, the shift state and intervention state.
 Writes go to a temp file in the same directory followed by ``os.replace`` so a crash can never
 leave a half-written ``latest.pt``.
+
+A population's checkpoints are one unit (DESIGN.md section 8): every member's new checkpoint is
+written first (``next.pt``), then each member's ``latest.pt`` becomes ``previous.pt`` and its
+``next.pt`` becomes ``latest.pt``. Whenever the process is killed, every member still has a
+checkpoint at one common epoch (the new one once all ``next.pt`` are written, the old one
+before), and a resume continues all members from it (:func:`common_epoch`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 FORMAT_VERSION = 2
+LATEST, NEXT, PREVIOUS = "latest.pt", "next.pt", "previous.pt"
+"""A run's checkpoint files: the newest, one being committed with its population, the one before."""
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +70,38 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def save_population(states: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    """Write the checkpoints of a population's members (``(checkpoint dir, state)`` each) as one
+    unit; see the module docstring."""
+    for ckpt_dir, state in states:
+        save_atomic(state, ckpt_dir / NEXT)
+    for ckpt_dir, _ in states:
+        if (ckpt_dir / LATEST).exists():
+            os.replace(ckpt_dir / LATEST, ckpt_dir / PREVIOUS)
+        os.replace(ckpt_dir / NEXT, ckpt_dir / LATEST)
+
+
+def checkpoint_epochs(ckpt_dir: Path) -> dict[int, Path]:
+    """The epoch each of a run's checkpoint files continues from (``next_epoch``) -> the file;
+    {} without any. Raises :class:`CheckpointError` for an unreadable file."""
+    found: dict[int, Path] = {}
+    for name in (LATEST, NEXT, PREVIOUS):  # the first file of an epoch is kept
+        path = Path(ckpt_dir) / name
+        if path.exists():
+            state = load_checkpoint(path)
+            if not isinstance(state.get("next_epoch"), int):
+                raise CheckpointError(f"{path}: corrupt checkpoint (no next_epoch)")
+            found.setdefault(state["next_epoch"], path)
+    return found
+
+
+def common_epoch(epochs: Sequence[dict[int, Path]]) -> int | None:
+    """The newest epoch at which every run in ``epochs`` (each from :func:`checkpoint_epochs`)
+    has a checkpoint, or None if there is none."""
+    shared = set.intersection(*(set(e) for e in epochs)) if epochs else set()
+    return max(shared) if shared else None
 
 
 def load_checkpoint(

@@ -1,9 +1,11 @@
 """Which runs train together as a population, and whether a population fits in memory.
 
 A population is the seeds of one condition in one process (DESIGN.md section 8). Runs that
-already finished are not re-run; runs resumed from checkpoints at different epochs (a population
-killed between two members' checkpoint writes) form one population per epoch, so every member
-continues exactly where it stopped.
+already finished are not re-run; a population's members resume together from the newest
+checkpoint epoch they share (its checkpoints are written as one unit:
+:func:`~plasticity_lab.experiment.checkpoint.save_population`), and runs with no shared epoch
+form one population per epoch. Members compute the same whatever population they are in, so
+either way every member continues exactly where it stopped.
 
 Memory grows linearly with the number of members K (README, "Populations"): per member, the
 network's parameters with their gradients, AdamW moments and one reference copy (L2 Init,
@@ -26,7 +28,7 @@ import torch
 
 from plasticity_lab.config import ConfigError, RunConfig
 from plasticity_lab.envs import env_spec
-from plasticity_lab.experiment.checkpoint import CheckpointError, load_checkpoint
+from plasticity_lab.experiment.checkpoint import CheckpointError, checkpoint_epochs
 from plasticity_lab.experiment.study import RunSpec
 from plasticity_lab.nets import build_model
 
@@ -103,27 +105,32 @@ def check_population_fits(cfg: RunConfig, members: int, device: torch.device, wh
         )
 
 
-def resume_epoch(run_dir: Path) -> int:
-    """The epoch a run continues from (0 without a checkpoint); checked fully when it resumes."""
-    path = Path(run_dir) / "checkpoints" / "latest.pt"
-    if not path.exists():
-        return 0
+def resume_epochs(run_dir: Path) -> set[int]:
+    """The epochs a run could continue from ({0} without a checkpoint; {-1} if one is unreadable:
+    its own population, where the full check reports it)."""
     try:
-        return int(load_checkpoint(path)["next_epoch"])
-    except (CheckpointError, KeyError, TypeError):
-        return -1  # unreadable: its own population, where the full check reports it
+        return set(checkpoint_epochs(Path(run_dir) / "checkpoints")) or {0}
+    except CheckpointError:
+        return {-1}
 
 
 def population_groups(specs: list[RunSpec], size: int | None, resume: bool) -> list[list[RunSpec]]:
     """Unfinished runs grouped into populations: per condition, in seed order, split by the epoch
-    they resume from, then into chunks of at most ``size`` members."""
-    by_key: dict[tuple[str, int], list[RunSpec]] = defaultdict(list)
+    they resume from, then into chunks of at most ``size`` members. Runs that share a checkpoint
+    epoch resume together from the newest one they share (a population killed while committing
+    its checkpoints stays one population); the others from their own newest."""
+    unfinished: dict[str, list[RunSpec]] = defaultdict(list)
     for spec in specs:
-        if (spec.run_dir / "DONE").exists():
-            continue
-        by_key[(spec.condition, resume_epoch(spec.run_dir) if resume else 0)].append(spec)
+        if not (spec.run_dir / "DONE").exists():
+            unfinished[spec.condition].append(spec)
     groups = []
-    for members in by_key.values():
-        step = size or len(members)
-        groups += [members[i : i + step] for i in range(0, len(members), step)]
+    for members in unfinished.values():
+        epochs = [resume_epochs(spec.run_dir) if resume else {0} for spec in members]
+        shared = set.intersection(*epochs)
+        by_epoch: dict[int, list[RunSpec]] = defaultdict(list)
+        for spec, own in zip(members, epochs):
+            by_epoch[max(shared) if shared else max(own)].append(spec)
+        for group in by_epoch.values():
+            step = size or len(group)
+            groups += [group[i : i + step] for i in range(0, len(group), step)]
     return groups

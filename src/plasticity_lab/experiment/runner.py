@@ -44,7 +44,9 @@ from plasticity_lab.config import RunConfig
 from plasticity_lab.envs import env_spec, evaluate, first_episode_steps, make_population_env
 from plasticity_lab.envs.population import MemberSubset
 from plasticity_lab.envs.shifts import ShiftState, initial_shift, next_shift
-from plasticity_lab.experiment.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_atomic
+from plasticity_lab.experiment.checkpoint import (
+    FORMAT_VERSION, CheckpointError, checkpoint_epochs, common_epoch, load_checkpoint, save_atomic, save_population,
+)
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
@@ -370,10 +372,11 @@ class Run:
         self.start_epoch = epochs.pop()
 
     def save(self, next_epoch: int, wall_time: float) -> None:
-        for member in self.members:
-            state = self.checkpoint_state(member, next_epoch, wall_time)
-            save_atomic(state, member.ckpt_dir / "latest.pt")
-            if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
+        """Every member's checkpoint, written as one unit (every member at ``next_epoch``)."""
+        states = [self.checkpoint_state(member, next_epoch, wall_time) for member in self.members]
+        save_population([(member.ckpt_dir, state) for member, state in zip(self.members, states)])
+        if next_epoch in self.ppo.shift_points or next_epoch == self.ppo.num_epochs:
+            for member, state in zip(self.members, states):
                 # one model per task (its end), kept for analysis
                 save_atomic({"format": FORMAT_VERSION, "model": state["model"], "interventions": state["interventions"],
                              "config": self.config_dict, "next_epoch": next_epoch, "task_index": member.task_index,
@@ -764,18 +767,23 @@ class Run:
 
     # ------------------------------------------------------------------ main loop
     def load_resume_state(self) -> list[dict[str, Any] | None]:
-        """Every member's checked latest checkpoint, or None for a member without one (a fresh
-        start).
+        """Every member's checked checkpoint at the newest epoch all members have one (a
+        population's checkpoints are one unit, :func:`save_population`), or None for every member
+        when none has a checkpoint (a fresh start).
 
-        Raises CheckpointError for a corrupt or incompatible file; call it before writing
-        anything into the run directories.
+        Raises CheckpointError for a corrupt or incompatible file, or members without a common
+        checkpoint epoch; call it before writing anything into the run directories.
         """
+        found = [checkpoint_epochs(member.ckpt_dir) for member in self.members]
+        if not any(found):
+            return [None] * self.size
+        epoch = common_epoch(found)
+        if epoch is None:
+            listing = "; ".join(f"{m.label}: {sorted(e) or 'none'}" for m, e in zip(self.members, found))
+            raise CheckpointError(f"members of one population have no checkpoint at a common epoch ({listing}): resume them separately")
         states: list[dict[str, Any] | None] = []
-        for member in self.members:
-            path = member.ckpt_dir / "latest.pt"
-            if not path.exists():
-                states.append(None)
-                continue
+        for files in found:
+            path = files[epoch]
             state = load_checkpoint(path, self.config_dict, RunConfig().to_yaml_dict(), self.device)
             saved = state.get("device_type", "cpu")
             if saved != self.device.type:
