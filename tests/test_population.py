@@ -10,6 +10,7 @@ a killed population resumes to the uninterrupted result.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import csv
 import math
 import os
@@ -29,6 +30,7 @@ from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_
 from plasticity_lab.agents.ppo import ppo_loss
 from plasticity_lab.config import RunConfig, StudyConfig
 from plasticity_lab.distributions import Categorical
+from plasticity_lab.experiment.identity import run_differences
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY, validate_interventions
 
@@ -41,7 +43,6 @@ GRID = {
                     "test_interval": 1, "test_episodes": 3},
     "diagnostics": {"probe_interval": 1, "probe_size": 32, "trainability_every": 2, "trainability_steps": 2, "budget": None},
 }
-SKIP = {"wall_time", "steps_per_s", "probe_seconds"}
 
 # Parameters that make each method act within a 3-epoch run of 4 minibatches per epoch.
 METHODS = {
@@ -101,44 +102,9 @@ def train_single(cfg: RunConfig, root: Path, seed: int) -> Path:
     return d
 
 
-def same_state(x, y, where: str = "") -> None:
-    """Checkpoint contents equal bit for bit (tensors, arrays, numbers, nested containers)."""
-    if isinstance(x, torch.Tensor):
-        assert isinstance(y, torch.Tensor) and x.dtype == y.dtype and torch.equal(x, y), where
-    elif isinstance(x, np.ndarray):
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), where
-    elif isinstance(x, dict):
-        assert x.keys() == y.keys(), where
-        for key in x:
-            same_state(x[key], y[key], f"{where}/{key}")
-    elif isinstance(x, (list, tuple)):
-        assert len(x) == len(y), where
-        for i, (a, b) in enumerate(zip(x, y)):
-            same_state(a, b, f"{where}[{i}]")
-    elif isinstance(x, float) and math.isnan(x):
-        assert isinstance(y, float) and math.isnan(y), where
-    elif callable(x):  # a schedule function in an optimiser's settings: the same code
-        assert getattr(x, "__func__", type(x)) is getattr(y, "__func__", type(y)), where
-    elif hasattr(x, "__dict__") and type(x).__eq__ is object.__eq__:  # e.g. Kron's probability schedule
-        assert type(x) is type(y), where
-        same_state(vars(x), vars(y), where)
-    else:
-        assert x == y, (where, x, y)
-
-
 def assert_same_run(a: Path, b: Path) -> None:
-    """Run directories ``a`` and ``b`` hold the same run bit for bit: every metrics and
-    diagnostics value as written (timings aside) and the final checkpoint (weights, optimiser,
-    method state, random streams, environments)."""
-    for name in ("metrics.csv", "diagnostics.csv"):
-        if (b / name).exists():
-            ra, rb = rows(a, name), rows(b, name)
-            assert len(ra) == len(rb), name
-            for x, y in zip(ra, rb):
-                assert {k: v for k, v in x.items() if k not in SKIP} == {k: v for k, v in y.items() if k not in SKIP}, name
-    ca = torch.load(a / "checkpoints" / "latest.pt", weights_only=False)
-    cb = torch.load(b / "checkpoints" / "latest.pt", weights_only=False)
-    same_state({k: v for k, v in ca.items() if k != "wall_time"}, {k: v for k, v in cb.items() if k != "wall_time"})
+    """Run directories ``a`` and ``b`` hold the same run bit for bit (timings aside)."""
+    assert run_differences(a, b) == []
 
 
 def assert_member_is_its_single_run(cfg: RunConfig, tmp_path: Path, member: int = 1) -> None:
@@ -194,9 +160,7 @@ def test_members_do_not_share_random_streams(tmp_path):
     assert not torch.equal(run.net.params["policy.weight"][0], run.net.params["policy.weight"][1])
     assert torch.equal(run.net.params["policy.weight"][0], run.net.params["policy.weight"][2])
     run.train()
-    a, b, c = (rows(d) for d in dirs)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in SKIP} for r in rs]  # noqa: E731
-    assert strip(a) == strip(c) and strip(a) != strip(b)
+    assert run_differences(dirs[0], dirs[2]) == [] and run_differences(dirs[0], dirs[1]) != []
 
 
 # ----------------------------------------------------------------- the per-member pieces
@@ -593,3 +557,15 @@ def test_population_checkpoints_are_one_unit(tmp_path):
     study = StudyConfig({**GRID, "experiment": {"conditions": {"baseline": {}}}}, "x.yaml")
     specs = plan_runs(study, "s", None, [0, 1, 2], tmp_path, resume=True)
     assert [[s.seed for s in g] for g in population_groups(specs, size=None, resume=True)] == [[0, 1, 2]]
+
+
+def test_the_findings_protocol_identity_check_in_short(tmp_path):
+    """CI's short version of bench/population_identity.py (whose full output, 250 epochs, K = 8,
+    seven conditions, is recorded in BENCHMARKS.md): 30 epochs of the findings protocol (one
+    shift), K = 3, a batched condition and CBP (member by member): every member is
+    ``plab train -s k``."""
+    spec = importlib.util.spec_from_file_location("population_identity", Path(__file__).parents[1] / "bench" / "population_identity.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.check(["baseline", "cbp"], seeds=3, epochs=30, out=tmp_path)
+    assert results == {"baseline": [[], [], []], "cbp": [[], [], []]}
