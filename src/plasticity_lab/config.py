@@ -312,6 +312,15 @@ class DiagnosticsConfig(Strict):
     """Cap on diagnostics compute as a fraction of training's (fixed cost model; skips are logged); null: none."""
 
 
+class EvaluationConfig(Strict):
+    task_matrix: bool = False
+    """At the end of every task, evaluate on every task seen so far, each under its own shift
+    state (task_matrix.csv: R[i][j] = test return on task j after training task i), for
+    forgetting and transfer beside plasticity. Evaluation only: training is unchanged."""
+    task_matrix_episodes: int | None = Field(None, ge=1)
+    """Episodes per earlier task (default: ppo_trainer.test_episodes)."""
+
+
 def _installed(package: str) -> bool:
     try:
         return importlib.util.find_spec(package) is not None
@@ -381,6 +390,8 @@ class RunConfig(Strict):
     interventions: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Method name -> its parameters ({} for defaults); see plasticity_lab.interventions."""
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """Evaluations beyond the periodic test return (the task-return matrix)."""
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     """Experiment trackers beyond metrics.csv and TensorBoard."""
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)

@@ -68,6 +68,9 @@ from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
 
+TASK_MATRIX_KEY = "task_matrix"
+"""Key of a member's metrics row holding its task-matrix rows (task ends only; task_matrix.csv)."""
+TASK_MATRIX_COLUMNS = ["i", "j", "epoch", "return", "episodes"]
 FAILURE_KEY = "failed"
 """Key of a member's update result that says why the member diverged (and has no metrics)."""
 
@@ -123,6 +126,8 @@ class Member:
         # Round 1 as the reference builds it (permute: already scrambled); checkpointed with the run.
         self.shift_state = initial_shift(run.env_cfg.shift_type, self.shift_rng, num_tiles=run.spec.num_tiles)
         self.model.follow_input_order(self.shift_state.tile_perm)  # statistics per raw feature under permute
+        self.task_shifts = [self.shift_state]
+        """The shift state of every task so far (task i's at index i), for the task matrix."""
         self.reward_scaler = (
             RewardScaler(run.env_cfg.env_copies, run.ppo.gamma, run.opts.reward_clip)
             if run.opts and run.opts.normalize_reward else None
@@ -330,6 +335,7 @@ class Run:
             "gen": member.gen.get_state(),
             "shift_rng": member.shift_rng.bit_generator.state,
             "shift_state": member.shift_state.to_dict(),
+            "task_shifts": [shift.to_dict() for shift in member.task_shifts],
             "env": member.env.get_state(),
             "reward_scaler": member.reward_scaler.state_dict() if member.reward_scaler else None,
             "diagnostics": member.probe.state_dict() if member.probe else None,
@@ -360,6 +366,13 @@ class Run:
             member.gen.set_state(state["gen"].cpu())
             member.shift_rng.bit_generator.state = state["shift_rng"]
             member.shift_state = ShiftState.from_dict(state["shift_state"])
+            if "task_shifts" in state:
+                member.task_shifts = [ShiftState.from_dict(shift) for shift in state["task_shifts"]]
+            elif self.cfg.evaluation.task_matrix:
+                raise CheckpointError(f"{member.ckpt_dir}: written before the task matrix existed; "
+                                      "its earlier tasks' shift states are unknown: start the run anew for evaluation.task_matrix")
+            else:
+                member.task_shifts = [member.shift_state] * (state["task_index"] + 1)  # not read without the matrix
             member.env.set_state(state["env"])
             if member.reward_scaler is not None and state.get("reward_scaler") is not None:
                 member.reward_scaler.load_state_dict(state["reward_scaler"])
@@ -698,6 +711,7 @@ class Run:
             if member.reward_scaler is not None:
                 member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
             member.task_index += 1
+            member.task_shifts.append(member.shift_state)
             with member.own_rng():
                 for iv in member.interventions:
                     iv.at_shift(member.model, self.optimizer_view(member))
@@ -706,10 +720,12 @@ class Run:
         if self.ppo.reset_optimizer_at_shift and not keeps:
             self.optimizer = self.make_optimizer()
 
-    def evaluate(self, epoch: int) -> list[float]:
-        """Mean return of test_episodes complete test episodes per member. Eval mode, so
-        evaluating does not advance spectral norm's power iteration (evaluation settings never
-        change training)."""
+    def evaluate(self, epoch: int, shifts: Sequence[ShiftState] | None = None, episodes: int | None = None) -> list[float]:
+        """Mean return of ``episodes`` (default test_episodes) complete test episodes per member,
+        under each member's current shift state or ``shifts`` (an earlier task's, for the task
+        matrix; the network's input statistics follow that task's order meanwhile). Eval mode,
+        so evaluating does not advance spectral norm's power iteration (evaluation settings
+        never change training)."""
         generators = []
         for member in self.members:
             gen = torch.Generator(device=self.device)
@@ -719,16 +735,36 @@ class Run:
         def policy(frames: np.ndarray, active: np.ndarray) -> np.ndarray:
             return self.policy_sample(torch.from_numpy(frames).to(self.device), generators, active)[0].cpu().numpy()
 
+        shifts = list(shifts) if shifts is not None else [m.shift_state for m in self.members]
         self.net.train(False)
         try:
+            for member, shift in zip(self.members, shifts):
+                member.model.follow_input_order(shift.tile_perm)
             with frozen_conv_weights(m.model for m in self.members):
                 returns, _ = evaluate(
-                    policy, self.env_cfg, self.ppo.test_episodes,
-                    [m.eval_seed + epoch for m in self.members], [m.shift_state for m in self.members],
+                    policy, self.env_cfg, episodes or self.ppo.test_episodes, [m.eval_seed + epoch for m in self.members], shifts,
                 )  # fmt: skip
         finally:
+            for member in self.members:
+                member.model.follow_input_order(member.shift_state.tile_perm)
             self.net.train(True)
         return [float(r) for r in returns.mean(axis=1)]
+
+    def task_matrix(self, epoch: int, test_r: list[float]) -> list[list[dict[str, Any]]]:
+        """At the end of task i: each member's return on every task j <= i under task j's own
+        shift state, with the seeds of this epoch's ordinary evaluation (R[i][i] is that
+        evaluation when the episode counts agree); rows (i, j, epoch, return, episodes) per member."""
+        episodes = self.cfg.evaluation.task_matrix_episodes or self.ppo.test_episodes
+        i = self.members[0].task_index
+        rows: list[list[dict[str, Any]]] = [[] for _ in self.members]
+        for j in range(i + 1):
+            if j == i and episodes == self.ppo.test_episodes:
+                returns = test_r
+            else:
+                returns = self.evaluate(epoch, [m.task_shifts[j] for m in self.members], episodes)
+            for k, value in enumerate(returns):
+                rows[k].append({"i": i, "j": j, "epoch": epoch, "return": value, "episodes": episodes})
+        return rows
 
     def run_epoch(self, epoch: int) -> list[dict[str, Any]]:
         """Collect, update, evaluate if due; returns the metrics row (minus wall_time) of each
@@ -751,6 +787,8 @@ class Run:
         after = [applied_weights(m.model) for m in self.members]
         due = epoch % p.test_interval == 0 or epoch == p.num_epochs - 1 or epoch + 1 in p.shift_points
         test_r = self.evaluate(epoch) if due else [None] * self.size
+        task_end = epoch + 1 in p.shift_points or epoch == p.num_epochs - 1
+        matrix = self.task_matrix(epoch, test_r) if self.cfg.evaluation.task_matrix and task_end else [None] * self.size
         rows = []
         for j, (k, member) in enumerate(zip(keep, self.members)):
             rows.append({
@@ -761,6 +799,7 @@ class Run:
                 "weight_m": weight_rms(after[j]),
                 "weight_diff": weight_change_rms(before[k], after[j]),
                 "steps_per_s": (member.env_steps - steps_before[k]) / seconds,
+                TASK_MATRIX_KEY: matrix[j],
                 **stats[k],
             })
         return rows
@@ -887,6 +926,10 @@ class MemberLogs:
         self.run, self.member = run, member
         self.columns = run.columns
         self.metrics = MetricsCSV(member.run_dir / "metrics.csv", run.columns, run.start_epoch)
+        self.task_matrix = (
+            MetricsCSV(member.run_dir / "task_matrix.csv", TASK_MATRIX_COLUMNS, run.start_epoch)
+            if run.cfg.evaluation.task_matrix else None
+        )  # fmt: skip
         self.writer = SummaryWriter(str(member.run_dir / "tb"), purge_step=run.start_epoch)
         self.diagnostics = (
             DiagnosticsLogger(member.run_dir, run.start_epoch, layer_names(member.model)) if member.probe else None
@@ -895,6 +938,8 @@ class MemberLogs:
 
     def write(self, epoch: int, row: dict[str, Any]) -> None:
         self.metrics.write(row)
+        for cell in row.get(TASK_MATRIX_KEY) or []:
+            self.task_matrix.write(cell)
         scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
                    and not (isinstance(row[key], float) and math.isnan(row[key]))}
         self.scalars(scalars, epoch)
@@ -923,3 +968,5 @@ class MemberLogs:
             self.diagnostics.close()
         self.writer.close()
         self.metrics.close()
+        if self.task_matrix is not None:
+            self.task_matrix.close()
