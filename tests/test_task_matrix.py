@@ -16,6 +16,7 @@ from plasticity_lab.envs import evaluate
 from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.identity import run_differences
 from plasticity_lab.experiment.runner import Run
+from plasticity_lab.metrics.continual import read_task_matrix
 from plasticity_lab.nets import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,6 +57,8 @@ def test_training_is_bit_identical_with_the_matrix_on_and_off(tmp_path):
     rows = matrix_rows(on)
     assert [(r["i"], r["j"], r["epoch"]) for r in rows] == [
         ("0", "0", "1"), ("1", "0", "3"), ("1", "1", "3"), ("2", "0", "5"), ("2", "1", "5"), ("2", "2", "5")]
+    matrix = read_task_matrix(on / "task_matrix.csv")  # the metrics' reader takes the run's file
+    assert matrix.shape == (3, 3) and np.isnan(matrix[0, 1]) and matrix[2, 0] == float(rows[3]["return"])
 
 
 def test_the_matrix_equals_evaluations_by_hand_under_each_tasks_shift(tmp_path):

@@ -52,6 +52,7 @@ from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
+from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS
 from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
     REDO_TAU,
@@ -70,7 +71,6 @@ from plasticity_lab.nets.surgery import applied_weights
 
 TASK_MATRIX_KEY = "task_matrix"
 """Key of a member's metrics row holding its task-matrix rows (task ends only; task_matrix.csv)."""
-TASK_MATRIX_COLUMNS = ["i", "j", "epoch", "return", "episodes"]
 FAILURE_KEY = "failed"
 """Key of a member's update result that says why the member diverged (and has no metrics)."""
 
@@ -927,7 +927,7 @@ class MemberLogs:
         self.columns = run.columns
         self.metrics = MetricsCSV(member.run_dir / "metrics.csv", run.columns, run.start_epoch)
         self.task_matrix = (
-            MetricsCSV(member.run_dir / "task_matrix.csv", TASK_MATRIX_COLUMNS, run.start_epoch)
+            MetricsCSV(member.run_dir / "task_matrix.csv", list(TASK_MATRIX_COLUMNS), run.start_epoch)
             if run.cfg.evaluation.task_matrix else None
         )  # fmt: skip
         self.writer = SummaryWriter(str(member.run_dir / "tb"), purge_step=run.start_epoch)
