@@ -205,9 +205,15 @@ def _other_cell(other: Other, claim: ClaimSpec, where: str) -> str:
         row, found = _compared(table, claim, where)
     except ConfigError:
         return f"{claim.metric} not measured"
-    diff, change = _sizes(row, claim.metric)
+    return f"{comparison_text(table, row)}; **{found}**"
+
+
+def comparison_text(table: pd.DataFrame, row: pd.Series) -> str:
+    """One comparisons.csv row in one phrase: its difference and change with their 95% intervals,
+    n, p (Holm, with the family it was adjusted over) and the verdict."""
+    diff, change = _sizes(row, row["metric"])
     return (f"{diff}, {change} (n = {row['n_pairs']}, p (Holm, k={_family(table, row)}) {_p(row['p_holm'])}): "
-            f"{row['verdict']}; **{found}**")
+            f"{row['verdict']}")
 
 
 def _family(table: pd.DataFrame, row: pd.Series) -> int:
@@ -281,6 +287,32 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- findings in lines
+PLASTICITY = {"holds": "plasticity loss shown", "inconclusive": "not decided", "contradicted": "no plasticity loss"}
+"""The reference (a fresh network each task) vs the baseline, read as the plasticity-loss claim."""
+
+
+def findings(study: str | Path, baseline: str, reference: str | None, metric: str = "test_r") -> list[str]:
+    """What a study found, in a few lines for the terminal (``plab demo``): ``reference`` (a fresh
+    network, e.g. reset-all) vs the baseline, which measures the plasticity loss, then every other
+    condition vs the baseline, each on ``metric`` (its final value) and read from the study's
+    comparisons.csv as plab report wrote it (nothing recomputed)."""
+    study = Path(study)
+    table = _comparisons(str(study), study)
+    rows = table[(table["metric"] == metric) & (table["baseline"] == baseline) & (table["role"] != "all pairs")]
+    conditions = sorted(dict.fromkeys(rows["condition"]), key=lambda c: c != reference)  # the report's order, reference first
+    width = max((len(c) for c in conditions), default=0) + len(baseline) + 3
+    lines = []
+    for condition in conditions:
+        row, _ = _row(table, condition, baseline, metric, str(study))
+        text = f"{condition} - {baseline}".ljust(width) + f"  {comparison_text(table, row)}"
+        if condition == reference:
+            lines.append(f"plasticity loss  {text} -> {PLASTICITY[verdicts.claim_verdict(verdicts.BETTER, row['verdict'])]}")
+        else:
+            lines.append(f"mitigation       {text}")
+    return lines
 
 
 # ------------------------------------------------------------------------------------- document
