@@ -217,3 +217,19 @@ def test_findings_are_lines_read_from_comparisons_csv(claims):
         "mitigation       a - base  +0.50 [+0.40, +0.60], +50.0% [+40.0, +60.0] (n = 10, p (Holm, k=2) 0.01): better",
     ]
     assert findings(claims.parent / "study", "base", "a")[0].endswith("better -> plasticity loss shown")
+
+
+def test_a_findings_block_is_what_plab_demo_prints(claims):
+    """kind findings: findings() against the baseline and reference the study's config.yaml declares,
+    as a text block in the document."""
+    (claims.parent / "study" / "config.yaml").write_text(yaml.safe_dump(
+        {"experiment": {"baseline": "base", "reference": "a"}, "analysis": {"primary": "test_r"}}))
+    spec = yaml.safe_load(claims.read_text())
+    spec["tables"]["demo"] = {"kind": "findings"}
+    claims.write_text(yaml.safe_dump(spec))
+    (claims.parent / "doc.md").write_text(DOC + "\n<!-- plab claims demo -->\n<!-- end plab claims demo -->\n")
+    _, text = render(claims)
+    block = text.split("<!-- plab claims demo -->\n")[1].split("<!-- end plab claims demo -->")[0]
+    assert block == "```text\n" + "\n".join(findings(claims.parent / "study")) + "\n```\n"
+    assert findings(claims.parent / "study") == findings(claims.parent / "study", "base", "a", "test_r")
+    assert block.splitlines()[1].startswith("plasticity loss  a - base  +0.50 [+0.40, +0.60]")
