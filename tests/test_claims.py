@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from plasticity_lab.analysis.claims import render
+from plasticity_lab.analysis.claims import findings, render
 from plasticity_lab.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,3 +204,32 @@ def test_documents_match_their_committed_studies(claims_file):
     comparisons.csv: no number or verdict there is typed by hand."""
     document, text = render(claims_file)
     assert document.read_text() == text, f"run: plab claims docs/{claims_file.name}"
+
+
+def test_findings_are_lines_read_from_comparisons_csv(claims):
+    """plab demo's last lines: the reference vs the baseline (the plasticity loss) first, then every
+    other condition vs the baseline, each comparisons.csv row as it is (difference, change, n, p
+    (Holm, k) and verdict)."""
+    lines = findings(claims.parent / "study", "base", "b")
+    assert lines == [
+        "plasticity loss  b - base  +0.05 [-0.05, +0.15], +5.0% [-5.0, +15.0] (n = 10, p (Holm, k=2) 0.4): inconclusive"
+        " -> not decided",
+        "mitigation       a - base  +0.50 [+0.40, +0.60], +50.0% [+40.0, +60.0] (n = 10, p (Holm, k=2) 0.01): better",
+    ]
+    assert findings(claims.parent / "study", "base", "a")[0].endswith("better -> plasticity loss shown")
+
+
+def test_a_findings_block_is_what_plab_demo_prints(claims):
+    """kind findings: findings() against the baseline and reference the study's config.yaml declares,
+    as a text block in the document."""
+    (claims.parent / "study" / "config.yaml").write_text(yaml.safe_dump(
+        {"experiment": {"baseline": "base", "reference": "a"}, "analysis": {"primary": "test_r"}}))
+    spec = yaml.safe_load(claims.read_text())
+    spec["tables"]["demo"] = {"kind": "findings"}
+    claims.write_text(yaml.safe_dump(spec))
+    (claims.parent / "doc.md").write_text(DOC + "\n<!-- plab claims demo -->\n<!-- end plab claims demo -->\n")
+    _, text = render(claims)
+    block = text.split("<!-- plab claims demo -->\n")[1].split("<!-- end plab claims demo -->")[0]
+    assert block == "```text\n" + "\n".join(findings(claims.parent / "study")) + "\n```\n"
+    assert findings(claims.parent / "study") == findings(claims.parent / "study", "base", "a", "test_r")
+    assert block.splitlines()[1].startswith("plasticity loss  a - base  +0.50 [+0.40, +0.60]")

@@ -55,11 +55,13 @@ def test_a_study_without_the_marker_is_still_writable(reference_copy, write_conf
     """The refusal comes from the marker, not from the name or from existing files."""
     study = load_study(write_config())
     out = reference_copy.parents[1]
+    new_seed = 99  # a seed the committed demo does not have (it has 0-11)
+    assert not (reference_copy / "baseline" / f"seed_{new_seed}").exists()
     with pytest.raises(ConfigError, match=REFERENCE_MARKER):
-        plan_runs(study, "demo", None, [7], out, resume=False)
+        plan_runs(study, "demo", None, [new_seed], out, resume=False)
     (reference_copy / REFERENCE_MARKER).unlink()
-    (spec,) = plan_runs(study, "demo", None, [7], out, resume=False)
-    assert spec.run_dir == reference_copy / "baseline" / "seed_7"
+    (spec,) = plan_runs(study, "demo", None, [new_seed], out, resume=False)
+    assert spec.run_dir == reference_copy / "baseline" / f"seed_{new_seed}"
 
 
 def test_default_study_names_are_new(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 
 from plasticity_lab.config import ConfigError
 
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--out_dir", default=".", help="output root (results go to OUT_DIR/results/NAME)")
     demo.add_argument("--name", default=None,
                       help="study name (default: a new demo-YYYYmmdd-HHMMSS; results/demo is the committed reference demo)")
-    demo.add_argument("--seeds", type=int, default=5, help="seeds per condition")
-    demo.add_argument("--workers", type=int, default=2, help="runs at a time")
+    demo.add_argument("--seeds", type=int, default=None,
+                      help="seeds per condition, trained as one population per condition (default: the config's num_sessions)")
+    demo.add_argument("--workers", type=int, default=2, help="populations at a time")
     demo.set_defaults(func=cmd_demo)
     an = sub.add_parser("analyze", help="probe-set diagnostics of saved networks: spectra, activation rates")
     an.add_argument("results_dir", help="study directory (results/NAME)")
@@ -261,27 +263,33 @@ DEMO_CONFIG = "demo_gridworld.yaml"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Sweep configs/demo_gridworld.yaml, write the report, print its tables."""
+    """Sweep configs/demo_gridworld.yaml, each condition's seeds as one population, write the
+    report, print what it found (read from its comparisons.csv) and where it is."""
+    from plasticity_lab.analysis.claims import findings
     from plasticity_lab.analysis.report import report
-    from plasticity_lab.config import resolve_config_path
+    from plasticity_lab.config import load_study, resolve_config_path
     from plasticity_lab.experiment.study import new_study_name, study_dir
     from plasticity_lab.experiment.sweep import sweep
 
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds}: must be >= 1")
+    config = resolve_config_path(DEMO_CONFIG)
+    study = load_study(config)
+    seeds = args.seeds if args.seeds is not None else study.base.experiment.num_sessions
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be >= 1")
     name = args.name or new_study_name(args.out_dir, "demo")
-    states = sweep(resolve_config_path(DEMO_CONFIG), name=name, seeds=list(range(args.seeds)),
-                   workers=args.workers, out_dir=args.out_dir)
+    start = time.monotonic()
+    states = sweep(config, name=name, seeds=list(range(seeds)), workers=args.workers, out_dir=args.out_dir,
+                   population=True)
     html = report(study_dir(args.out_dir, name))  # the analysis plan is the config's
-    summary = (html.parent / "summary.md").read_text().splitlines()
-    keep = False
-    for line in summary:
-        if line.startswith("## "):
-            keep = line in ("## Results", "## Return at the end of each round")
-            print()
-        if keep and (line.startswith("|") or line.startswith("## ")):
-            print(line)
-    print(f"\nreport: {html}")
+    minutes = (time.monotonic() - start) / 60
+    plan = study.base.analysis
+    window = f"mean of the last {plan.final_window} test evaluations" if plan.final_window else "the last 10% of the test evaluations"
+    print(f"\nWhat the demo found ({len(study.conditions)} conditions x {seeds} seeds, {minutes:.1f} min): final {plan.primary} "
+          f"({window}) of each condition minus the baseline's, paired by seed, with its 95% interval, n and p "
+          f"(Holm-adjusted over the k comparisons), from comparisons.csv:")
+    for line in findings(html.parent):  # against the baseline and reference the study's config.yaml declares
+        print(f"  {line}")
+    print(f"Full report: {html.parent / 'summary.md'} and {html}")
     return 1 if any(s.status == "failed" for s in states) else 0
 
 

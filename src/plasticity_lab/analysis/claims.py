@@ -22,6 +22,8 @@ tables:
   rounds:
     kind: rounds
     metrics: [train_r, test_r]
+  demo:
+    kind: findings                    # the lines plab demo ends with (findings()), as a text block
 ```
 
 A claim's verdict follows from the CSV's verdict column alone (analysis.verdicts.claim_verdict):
@@ -74,7 +76,9 @@ class OtherStudy(Strict):
 
 
 class TableSpec(Strict):
-    kind: Literal["claims", "rounds"]
+    kind: Literal["claims", "rounds", "findings"]
+    """claims: a table of claims; rounds: the per-round rows; findings: the lines plab demo ends with
+    (:func:`findings`, against the study's baseline and reference on its primary metric), as a text block."""
     claims: list[ClaimSpec] = Field(default_factory=list)
     note_header: str = ""
     also: OtherStudy | None = None
@@ -205,9 +209,15 @@ def _other_cell(other: Other, claim: ClaimSpec, where: str) -> str:
         row, found = _compared(table, claim, where)
     except ConfigError:
         return f"{claim.metric} not measured"
-    diff, change = _sizes(row, claim.metric)
+    return f"{comparison_text(table, row)}; **{found}**"
+
+
+def comparison_text(table: pd.DataFrame, row: pd.Series) -> str:
+    """One comparisons.csv row in one phrase: its difference and change with their 95% intervals,
+    n, p (Holm, with the family it was adjusted over) and the verdict."""
+    diff, change = _sizes(row, row["metric"])
     return (f"{diff}, {change} (n = {row['n_pairs']}, p (Holm, k={_family(table, row)}) {_p(row['p_holm'])}): "
-            f"{row['verdict']}; **{found}**")
+            f"{row['verdict']}")
 
 
 def _family(table: pd.DataFrame, row: pd.Series) -> int:
@@ -283,6 +293,36 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------- findings in lines
+PLASTICITY = {"holds": "plasticity loss shown", "inconclusive": "not decided", "contradicted": "no plasticity loss"}
+"""The reference (a fresh network each task) vs the baseline, read as the plasticity-loss claim."""
+
+
+def findings(study: str | Path, baseline: str | None = None, reference: str | None = None, metric: str | None = None) -> list[str]:
+    """What a study found, in a few lines for the terminal (``plab demo``) and docs/demo.md: the
+    reference (a fresh network, e.g. reset-all) vs the baseline, which measures the plasticity loss,
+    then every other condition vs the baseline, each on ``metric`` (its final value) and read from
+    the study's comparisons.csv as plab report wrote it (nothing recomputed). Baseline, reference and
+    metric default to what the study's config.yaml declares (experiment.baseline, .reference,
+    analysis.primary)."""
+    study = Path(study)
+    table = _comparisons(str(study), study)
+    declared = _roles(study)
+    baseline, reference, metric = baseline or declared[0], reference or declared[1], metric or declared[2]
+    rows = table[(table["metric"] == metric) & (table["baseline"] == baseline) & (table["role"] != "all pairs")]
+    conditions = sorted(dict.fromkeys(rows["condition"]), key=lambda c: c != reference)  # the report's order, reference first
+    width = max((len(c) for c in conditions), default=0) + len(baseline) + 3
+    lines = []
+    for condition in conditions:
+        row, _ = _row(table, condition, baseline, metric, str(study))
+        text = f"{condition} - {baseline}".ljust(width) + f"  {comparison_text(table, row)}"
+        if condition == reference:
+            lines.append(f"plasticity loss  {text} -> {PLASTICITY[verdicts.claim_verdict(verdicts.BETTER, row['verdict'])]}")
+        else:
+            lines.append(f"mitigation       {text}")
+    return lines
+
+
 # ------------------------------------------------------------------------------------- document
 def render(path: str | Path) -> tuple[Path, str]:
     """The document named by the claims file at ``path`` and its new text (every table regenerated)."""
@@ -297,6 +337,8 @@ def render(path: str | Path) -> tuple[Path, str]:
         where = f"{path}: tables.{name}"
         if table_spec.kind == "claims":
             generated = claims_table(table, table_spec, where, others.get(name))
+        elif table_spec.kind == "findings":
+            generated = "```text\n" + "\n".join(findings(base / spec.study)) + "\n```"
         else:
             generated = rounds_table(table, table_spec, where)
         begin = re.compile(rf"^<!-- plab claims {re.escape(name)}\b.*?-->\n", re.M)
@@ -314,6 +356,15 @@ def _comparisons(where: str, study: Path) -> pd.DataFrame:
     if not csv.exists():
         raise ConfigError(f"{where}: {csv} not found (run plab report on {study} first)")
     return pd.read_csv(csv)
+
+
+def _roles(study: Path) -> tuple[str, str | None, str]:
+    """The baseline, reference and primary metric the study's config.yaml declares (defaults where
+    it has none)."""
+    config = study / STUDY_CONFIG
+    raw = load_yaml(config) if config.exists() else {}
+    experiment, analysis = raw.get("experiment") or {}, raw.get("analysis") or {}
+    return experiment.get("baseline", "baseline"), experiment.get("reference"), analysis.get("primary", "test_r")
 
 
 def _other_study(where: str, base: Path, also: OtherStudy) -> Other:
