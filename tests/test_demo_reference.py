@@ -1,8 +1,8 @@
 """The committed demo (results/demo) is what `plab demo` makes today: its runs are the conditions,
 seeds and settings of configs/demo_gridworld.yaml, trained as populations, and the current code
 computes the same per-epoch numbers as the committed CSVs (the first round and the first epoch
-after the first permutation of the baseline population, bit for bit as written to metrics.csv and
-diagnostics.csv). When either fails, the committed demo no longer shows what the code does:
+after the first permutation of one baseline and one specnorm seed, trained alone, bit for bit as
+written to metrics.csv and diagnostics.csv). When either fails, the committed demo no longer shows what the code does:
 regenerate it (REFERENCE.md: the commands) and docs/demo.md with `plab claims docs/demo_claims.yaml`."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from plasticity_lab.config import RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.runner import Run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the sweep's children ran (--threads 1 with 2 workers)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "results" / "demo"
@@ -67,17 +68,12 @@ def test_committed_demo_runs_are_the_configs_protocol():
     assert declared == study.base.to_yaml_dict()  # conditions, num_sessions, population, analysis plan, ...
 
 
-def test_current_code_reproduces_the_committed_demos_first_epochs(tmp_path):
-    """The baseline's population (its committed seeds together: a member's floats depend on being
-    in a population, docs/fidelity.md) for the first EPOCHS epochs of the config's real schedule,
-    stopped there, against the committed CSVs' first rows: every column but the timings equal as
-    written."""
-    torch.set_num_threads(1)  # as the sweep's children ran (--threads 1 with 2 workers on 2 cores); conftest restores
-    seeds = seeds_of("baseline")
-    dirs = [tmp_path / f"seed_{s}" for s in seeds]
-    for d in dirs:
-        d.mkdir()
-    run = Run(load_study(CONFIG).condition("baseline"), dirs, seeds, device="cpu")
+@pytest.mark.parametrize(("condition", "seed"), [("baseline", 0), ("specnorm", 11)])
+def test_current_code_reproduces_the_committed_demos_first_epochs(tmp_path, condition, seed):
+    """One committed seed trained alone (a member of a population is its single run, bit for
+    bit: DESIGN.md section 8) for the first EPOCHS epochs of the config's real schedule, stopped
+    there, against its committed CSVs' first rows: every column but the timings equal as written."""
+    run = Run(load_study(CONFIG).condition(condition), tmp_path, seed, device="cpu")
     run_epoch = run.run_epoch
 
     class Enough(Exception):
@@ -91,15 +87,14 @@ def test_current_code_reproduces_the_committed_demos_first_epochs(tmp_path):
     run.run_epoch = stop_at_epochs
     with pytest.raises(Enough):
         run.train()
-    for seed, d in zip(seeds, dirs):
-        for name in ("metrics.csv", "diagnostics.csv"):
-            new = written_rows(d / name)
-            old = [r for r in committed_rows(DEMO / "baseline" / f"seed_{seed}" / f"{name}.gz") if int(r["epoch"]) < EPOCHS]
-            assert [r["epoch"] for r in new] == [r["epoch"] for r in old], (seed, name)
-            assert set(new[0]) == set(old[0]), (seed, name)
-            for a, b in zip(new, old):
-                differ = {k: (a[k], b[k]) for k in a if k not in TIMING and a[k] != b[k]}
-                assert not differ, f"seed {seed}, {name}, epoch {a['epoch']}: now vs committed {differ}"
+    for name in ("metrics.csv", "diagnostics.csv"):
+        new = written_rows(tmp_path / name)
+        old = [r for r in committed_rows(DEMO / condition / f"seed_{seed}" / f"{name}.gz") if int(r["epoch"]) < EPOCHS]
+        assert [r["epoch"] for r in new] == [r["epoch"] for r in old], name
+        assert set(new[0]) == set(old[0]), name
+        for a, b in zip(new, old):
+            differ = {k: (a[k], b[k]) for k in a if k not in TIMING and a[k] != b[k]}
+            assert not differ, f"{condition} seed {seed}, {name}, epoch {a['epoch']}: now vs committed {differ}"
 
 
 def test_committed_comparisons_are_the_report_of_the_committed_runs():
