@@ -53,7 +53,7 @@ def main() -> None:
     runs = {c: [metrics(args.study / c / s) for s in seeds] for c in (args.reference, args.baseline)}
     measures = {
         f"final test return (last {args.window} evaluations)": lambda df: final_test(df, args.window),
-        f"late-round training return (last {args.epochs} epochs of rounds -{args.rounds}..-1)":
+        f"late-round training return (last {args.epochs} epochs of each of the last {args.rounds} rounds)":
             lambda df: late_train(df, args.rounds, args.epochs),
     }
     print(f"{args.study}: {args.reference} - {args.baseline}, paired t test (scipy.stats.ttest_rel), n = {len(seeds)} seeds")
