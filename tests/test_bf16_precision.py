@@ -52,16 +52,17 @@ def test_encoder_stays_bf16_and_outputs_fp32():
     torch.testing.assert_close(values, model.value(features.float()).squeeze(-1), rtol=0, atol=0)
 
 
-def autocast_seen_by_power_iteration(layer: nn.Module, monkeypatch) -> list[bool]:
-    """Whether autocast was on at every matrix-vector product of the spectral-norm computation."""
+def autocast_seen_by_power_iteration(layer: nn.Module, monkeypatch, owner, name: str) -> list[bool]:
+    """Whether autocast was on at every matrix-vector product (``owner.name``) of the
+    spectral-norm computation."""
     seen: list[bool] = []
-    mv = torch.mv
+    product = getattr(owner, name)
 
     def spy(*args, **kwargs):
         seen.append(torch.is_autocast_enabled("cpu"))
-        return mv(*args, **kwargs)
+        return product(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "mv", spy)
+    monkeypatch.setattr(owner, name, spy)
     layer.train()  # the power iteration runs on training forwards
     with torch.autocast(**BF16):
         layer.weight
@@ -69,12 +70,14 @@ def autocast_seen_by_power_iteration(layer: nn.Module, monkeypatch) -> list[bool
 
 
 def test_spectral_norm_power_iteration_and_sigma_run_without_autocast(monkeypatch):
+    from plasticity_lab.nets import layers
+
     torch.manual_seed(0)
-    ours = autocast_seen_by_power_iteration(spectral_norm(nn.Linear(40, 30)), monkeypatch)
+    ours = autocast_seen_by_power_iteration(spectral_norm(nn.Linear(40, 30)), monkeypatch, layers, "member_invariant_mv")
     assert ours and not any(ours)
     # The spy does detect autocast: torch's own parametrization runs its products under it
     # (bf16 on CUDA, where autocast lowers mv).
-    torch_own = autocast_seen_by_power_iteration(parametrizations.spectral_norm(nn.Linear(40, 30)), monkeypatch)
+    torch_own = autocast_seen_by_power_iteration(parametrizations.spectral_norm(nn.Linear(40, 30)), monkeypatch, torch, "mv")
     assert torch_own and all(torch_own)
 
 
@@ -85,7 +88,11 @@ def test_spectral_norm_weight_is_identical_to_fp32_and_keeps_torchs_state_keys()
     theirs = parametrizations.spectral_norm(nn.Linear(40, 30))
     assert ours.state_dict().keys() == theirs.state_dict().keys()
     for key in ours.state_dict():
-        assert torch.equal(ours.state_dict()[key], theirs.state_dict()[key])  # same init draws
+        if key.endswith(("_u", "_v")):  # the same draws, then 15 power iterations whose products
+            # round differently (a product and a sum instead of torch.mv: docs/fidelity.md)
+            torch.testing.assert_close(ours.state_dict()[key], theirs.state_dict()[key], rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(ours.state_dict()[key], theirs.state_dict()[key])  # same init draws
     ours.eval()
     fp32 = ours.weight
     with torch.autocast(**BF16):
