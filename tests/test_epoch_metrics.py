@@ -156,17 +156,18 @@ def test_frozen_layers_are_left_out():
 
 
 def capture_update_features(run: Run) -> list[torch.Tensor]:
-    """Record the trunk features of every forward that builds a graph (the update's minibatches)."""
+    """Record the trunk features of every forward that builds a graph (the update's minibatches):
+    the population's batched call, which a single run's network goes through too."""
     seen: list[torch.Tensor] = []
-    forward = run.member.model.forward
+    batched = run.net._batched
 
-    def recording(obs):
-        out = forward(obs)
+    def recording(params, buffers, obs):
+        out = batched(params, buffers, obs)
         if torch.is_grad_enabled():
-            seen.append(out[2].detach().clone())
+            seen.append(out[2][0].detach().clone())
         return out
 
-    run.member.model.forward = recording
+    run.net._batched = recording
     return seen
 
 

@@ -33,6 +33,8 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.zeros_like(memory_format=)": "1.5",
     "torch.preserve_format": "1.5",
     "torch.channels_last": "1.5",  # nets/layers.py (frozen rollout conv weights)
+    "torch.contiguous_format": "1.5",  # nets/layers.py (spectral norm's u, v clones, as torch's own)
+    "torch.equal": "1.0",  # experiment/identity.py (runs compared bit for bit)
     "torch.cuda.mem_get_info": "1.11",
     "torch.tensor": "1.0",
     "torch.tensor(device=)": "1.0",
@@ -51,7 +53,6 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.nn.functional.normalize": "1.0",
     "torch.nn.functional.normalize(dim=)": "1.0",
     "torch.nn.functional.normalize(eps=)": "1.0",
-    "torch.mv": "1.0",
     "torch.argsort": "1.0",
     "torch.func.vmap": "2.0",  # nets/population.py (a population's batched forward)
     "torch.nn.Parameter(requires_grad=)": "1.0",
@@ -71,6 +72,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.cat": "1.0",
     "torch.stack": "1.0",
     "torch.cat(dim=)": "1.0",
+    "torch.stack(dim=)": "1.0",
     "torch.clone": "1.0",
     "torch.compiler": "2.1",
     "torch.compiler.set_stance": "2.6",  # interventions/optimizers.py (kron)

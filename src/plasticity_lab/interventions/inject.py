@@ -54,6 +54,7 @@ from torch.nn.utils import parametrizations
 from plasticity_lab.interventions.base import Intervention, Params, register
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.actor_critic import Block
+from plasticity_lab.nets.layers import member_invariant_linear
 from plasticity_lab.nets.surgery import follow_parameters
 
 
@@ -65,8 +66,8 @@ class HeadNetwork(nn.Module):
         self.block, self.policy, self.value = block, policy, value
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.block(x)
-        return self.policy(features), self.value(features)
+        features = self.block(x)  # the outputs as the model's own heads compute them
+        return member_invariant_linear(self.policy, features), member_invariant_linear(self.value, features)
 
 
 class FrozenHeads(nn.Module):
@@ -110,7 +111,8 @@ class LinearInjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The difference first: it is exactly zero at injection, so the output is bit-identical.
-        return self.old(x) + (self.new(x) - self.new0(x).detach())
+        old, new, new0 = (member_invariant_linear(layer, x) for layer in (self.old, self.new, self.new0))
+        return old + (new - new0.detach())
 
     @torch.no_grad()
     def merged(self) -> nn.Linear:

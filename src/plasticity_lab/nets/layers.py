@@ -174,12 +174,13 @@ def member_invariant_mv(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Ten
     return (matrix * vector).sum(-1)
 
 
-def member_invariant_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for a layer with one output (the value head, a 1-d action head), computed as a
-    product and a sum: a one-output linear layer under ``vmap`` is a matrix-vector product, whose
-    CPU kernel rounds differently for one member and for several (see :func:`member_invariant_mv`).
-    Layers with two or more outputs round the same either way and use ``layer(x)``."""
-    if layer.out_features != 1:
+def member_invariant_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, for a linear layer with one output (the value head, a 1-d action head)
+    computed as a product and a sum: a one-output linear layer under ``vmap`` is a matrix-vector
+    product, whose CPU kernel rounds differently for one member and for several (see
+    :func:`member_invariant_mv`). Layers with two or more outputs round the same either way, and
+    other modules (an injection wrapper) compute their own parts; both use ``layer(x)``."""
+    if not isinstance(layer, nn.Linear) or layer.out_features != 1:
         return layer(x)
     out = member_invariant_mv(x, layer.weight[0]).unsqueeze(-1)
     return out if layer.bias is None else out + layer.bias
