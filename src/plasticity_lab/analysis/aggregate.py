@@ -19,6 +19,7 @@ import numpy as np
 from plasticity_lab.analysis import stats, verdicts
 from plasticity_lab.analysis.frames import ROW_KEYS, STATUS_RUNNING, StudyData, load_study
 from plasticity_lab.analysis.stats import Interval
+from plasticity_lab.analysis.task_matrices import CONTINUAL, continual_frame, run_matrices
 from plasticity_lab.config import AnalysisConfig, ConfigError
 
 DIAGNOSTICS_PREFIX = "diagnostics/"
@@ -28,12 +29,13 @@ PERCENT = ("dead_units", "dormant_units")
 COMPARED = (
     "test_r", "train_r", "dead_units", "dormant_units",
     DIAGNOSTICS_PREFIX + "overall/dead_frac", DIAGNOSTICS_PREFIX + "overall/activation_rate",
-    DIAGNOSTICS_PREFIX + "dense/effective_rank",
+    DIAGNOSTICS_PREFIX + "dense/effective_rank", *CONTINUAL,
 )
 """Final values compared with the baseline, seed by seed (comparisons.csv): returns, the training
-loop's unit statistics, and the probe's never-active fraction, activation rate and trunk-output
-effective rank where diagnostics ran (the study report's feature-analysis quantities)."""
-LOWER_IS_BETTER = ("dead_units", "dormant_units", DIAGNOSTICS_PREFIX + "overall/dead_frac")
+loop's unit statistics, the probe's never-active fraction, activation rate and trunk-output
+effective rank where diagnostics ran (the study report's feature-analysis quantities), and where
+runs wrote task matrices their continual-learning metrics (analysis.task_matrices)."""
+LOWER_IS_BETTER = ("dead_units", "dormant_units", DIAGNOSTICS_PREFIX + "overall/dead_frac", "forgetting")
 """Compared metrics where less is better (fewer dead or dormant units)."""
 UNDIRECTED = (DIAGNOSTICS_PREFIX + "overall/activation_rate", DIAGNOSTICS_PREFIX + "dense/effective_rank")
 """Compared metrics with no better direction: a difference is higher or lower, nothing beats."""
@@ -172,6 +174,9 @@ class ConditionResult:
     dormant: Interval | None = None
     normalised: Interval | None = None
     """Mean final test return / the reference condition's, paired by seed, Fieller interval."""
+    continual: dict[str, Interval] = field(default_factory=dict)
+    """Continual-learning metric (analysis.task_matrices.CONTINUAL) -> mean over the seeds that
+    have it, Student-t interval; only the metrics some seed has."""
     incomplete: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     """Run label -> why it has no final value although it should (crashed, stopped, NaN return)."""
@@ -183,6 +188,15 @@ class ConditionResult:
 
     def final(self, name: str) -> dict[int, float]:
         return {seed: values.get(name, math.nan) for seed, values in self.finals.items()}
+
+
+@dataclass
+class MeanMatrix:
+    """A condition's task-return matrices averaged over its seeds (the report's heat map)."""
+
+    mean: np.ndarray
+    """(T, T): mean over seeds of R[i][j], the test return on task j after training task i; NaN above the diagonal."""
+    seeds: list[int]
 
 
 @dataclass
@@ -238,12 +252,15 @@ class Comparison:
     """Epochs each round's end value averages."""
     round_ends: dict[str, RoundEnd]
     round_loss: dict[str, list[PairedComparison]]
-    """Plasticity loss itself: metric (train_r, test_r) -> per round, the baseline minus the reference
-    condition at the round's end, paired by seed, Holm-adjusted over the rounds; empty without a
-    reference condition."""
+    """Plasticity loss itself: metric (train_r, test_r, plasticity_ratio where runs wrote task
+    matrices) -> per round, the baseline minus the reference condition at the round's end, paired
+    by seed, Holm-adjusted over the rounds; empty without a reference condition."""
     correlations: list[CorrelationRow]
     sensitivity: Sensitivity | None
     notes: list[str]
+    task_matrices: dict[str, MeanMatrix] = field(default_factory=dict)
+    """Condition -> its mean task-return matrix over the seeds whose metrics are compared; empty
+    when no run wrote task_matrix.csv."""
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -505,6 +522,7 @@ def compare(study: Study, plan: AnalysisConfig | None = None, reps: int = 99_999
     results = {
         condition: _condition_result(study, condition, eligible, start, horizon, last_task, notes) for condition in study.conditions
     }
+    task_matrices = _continual(study, results, notes)
     paired = {metric: _paired(study, results, metric, plan, reps, seed) for metric in COMPARED}
     paired = {metric: table for metric, table in paired.items() if table}
     _normalised(study, results)
@@ -512,7 +530,7 @@ def compare(study: Study, plan: AnalysisConfig | None = None, reps: int = 99_999
     return Comparison(
         plan, horizon, (start, horizon), count, results, paired, _pairwise(results, plan, reps, seed), rounds, windows,
         round_ends, _round_loss(study, results, windows, plan, reps, seed), _correlations(study, results),
-        _sensitivity(study, results, plan, reps, seed), notes,
+        _sensitivity(study, results, plan, reps, seed), notes, task_matrices,
     )
 
 
@@ -700,8 +718,15 @@ def _round_view(
     return rounds, windows, round_ends
 
 
-ROUND_LOSS_METRICS = ("train_r", "test_r")
-"""Training return (trainability: can it still fit the new task) and test return (generalisation)."""
+ROUND_LOSS_METRICS = ("train_r", "test_r", "plasticity_ratio")
+"""Training return (trainability: can it still fit the new task), test return (generalisation) and,
+where runs wrote task matrices, each task's plasticity ratio (the return right after training it
+over the reference's, whose own ratio is 1)."""
+
+
+def round_metric(metric: str, k: int) -> str:
+    """comparisons.csv's name of ``metric`` at the end of round ``k`` (0-based): ``<metric>_round_<k + 1>``."""
+    return f"{metric}_round_{k + 1}"
 
 
 def _round_loss(
@@ -718,6 +743,8 @@ def _round_loss(
     out: dict[str, list[PairedComparison]] = {}
     for metric in ROUND_LOSS_METRICS:
         def ends(condition: str) -> list[dict[int, float]]:
+            if metric == "plasticity_ratio":  # per task, among the final values (_continual)
+                return [results[condition].final(round_metric(metric, k)) for k in range(len(windows))]
             runs = [r for r in study.runs_of(condition) if r.seed in results[condition].finals and metric in r.series]
             return [{r.seed: window_mean(r.series[metric], a, b) for r in runs} for a, b in windows]
 
@@ -728,6 +755,64 @@ def _round_loss(
         decide(table, plan.alpha)
         out[metric] = table
     return out
+
+
+def _continual(study: Study, results: dict[str, ConditionResult], notes: list[str]) -> dict[str, MeanMatrix]:
+    """Each run's continual-learning metrics (analysis.task_matrices) added to its final values, so
+    they are compared like any other metric, with per task the plasticity ratio as
+    ``plasticity_ratio_round_K``; forward transfer and plasticity ratios against the reference
+    condition's run of the same seed. Only runs with final values and a matrix of every task of the
+    study count. Returns each condition's mean matrix over those runs; notes every run left out and
+    every metric without a value (absent, never 0)."""
+    unreadable = {(row.condition, row.seed): row.task_matrix_error for row in study.data.runs.itertuples(index=False)
+                  if row.task_matrix_error}
+    notes += [f"{c}/seed_{s}: {error}; no continual-learning metrics." for (c, s), error in unreadable.items()]
+    if study.data.task_matrix.empty:
+        return {}
+    tasks = len(study.shift_points) + 1
+    matrices = {}
+    for (condition, seed), matrix in run_matrices(study.data.task_matrix).items():
+        if condition not in results or seed not in results[condition].finals:
+            continue
+        if len(matrix) == tasks:
+            matrices[(condition, seed)] = matrix
+        else:
+            notes.append(f"{condition}/seed_{seed}: task_matrix.csv covers {len(matrix)} of the study's {tasks} tasks; "
+                         "no continual-learning metrics.")
+    written = set(zip(study.data.task_matrix["condition"], study.data.task_matrix["seed"])) | set(unreadable)
+    without: dict[str, list[int]] = {}
+    for condition, result in results.items():
+        for seed in result.finals:
+            if (condition, seed) not in written:
+                without.setdefault(condition, []).append(seed)
+    if without:
+        notes.append(f"no task_matrix.csv (evaluation.task_matrix off, or a run made before it) for {_runs_text(without)}: "
+                     "their continual-learning metrics are absent.")
+    reasons: dict[str, dict[str, list[int]]] = {}
+    for row in continual_frame(matrices, study.reference).to_dict("records"):
+        values = results[row["condition"]].finals[row["seed"]]
+        values.update({name: row[name] for name in CONTINUAL if math.isfinite(row[name])})
+        values.update({round_metric("plasticity_ratio", k): r for k, r in enumerate(row["plasticity_ratios"]) if math.isfinite(r)})
+        for reason in row["undefined"]:
+            reasons.setdefault(reason, {}).setdefault(row["condition"], []).append(row["seed"])
+    notes += [f"{reason}: absent for {_runs_text(runs)} (not counted as 0)." for reason, runs in reasons.items()]
+    for result in results.values():
+        for name in CONTINUAL:
+            values = result.final_values(name)
+            if np.isfinite(values).any():
+                result.continual[name] = stats.mean_estimate(values)
+    by_condition: dict[str, dict[int, np.ndarray]] = {}
+    for (condition, seed), matrix in matrices.items():
+        by_condition.setdefault(condition, {})[seed] = matrix
+    return {
+        condition: MeanMatrix(np.mean(list(seeds.values()), axis=0), sorted(seeds))
+        for condition, seeds in by_condition.items()
+    }
+
+
+def _runs_text(runs: dict[str, list[int]]) -> str:
+    """{condition: seeds} -> 'baseline seeds 0-3; method seed 2'."""
+    return "; ".join(f"{c} seed{'s' if len(s) > 1 else ''} {seed_list(s)}" for c, s in runs.items())
 
 
 def _correlated_names(study: Study) -> list[str]:

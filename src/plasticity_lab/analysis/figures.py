@@ -1,7 +1,7 @@
 """Figures of a study report: curves per condition (mean over seeds with a 95% t band, or the
 seeds themselves when there are few; shift points marked), the final-value bar chart, the paired
-differences from the baseline, rliable's IQM curves and performance profiles, and the
-plasticity-vs-return scatter plots.
+differences from the baseline, rliable's IQM curves and performance profiles, the
+plasticity-vs-return scatter plots, and each condition's mean task-return matrix as a heat map.
 
 Matplotlib's object API (``Figure``, no pyplot) keeps no global state and needs no display, so a
 report can be drawn from any process, including tests.
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from plasticity_lab.analysis import stats
-from plasticity_lab.analysis.aggregate import DIAGNOSTICS_PREFIX, Comparison, Study, curve_band, curve_matrix, epoch_range
+from plasticity_lab.analysis.aggregate import DIAGNOSTICS_PREFIX, Comparison, MeanMatrix, Study, curve_band, curve_matrix, epoch_range
 from plasticity_lab.analysis.stats import WEAK_BELOW, Interval
 
 LABELS = {
@@ -39,6 +39,11 @@ LABELS = {
     "clipfrac": "clip fraction",
     "explained_variance": "explained variance",
     "steps_per_s": "throughput (env steps/s)",
+    "final_average_return": "final average return (task matrix)",
+    "forgetting": "forgetting (task matrix)",
+    "backward_transfer": "backward transfer (task matrix)",
+    "forward_transfer": "forward transfer vs reference (task matrix)",
+    "plasticity_ratio": "plasticity ratio vs reference (task matrix)",
 }
 DPI = 100
 
@@ -50,8 +55,9 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def metric_filename(name: str) -> str:
-    return "metric_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png"
+def metric_filename(name: str, prefix: str = "metric_") -> str:
+    """A figure's file name for a series (or, with another ``prefix``, a condition)."""
+    return prefix + re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".png"
 
 
 def condition_colors(conditions: list[str]) -> dict[str, tuple]:
@@ -380,11 +386,38 @@ def correlation_figure(study: Study, comparison: Comparison, path: Path) -> Path
     return path
 
 
+def task_matrix_figure(condition: str, matrix: MeanMatrix, path: Path, limits: tuple[float, float]) -> Path:
+    """Heat map of a condition's mean task-return matrix: row i = after training task i, column j
+    = evaluated on task j, only the lower triangle (a task is evaluated once seen), every entry
+    written in its cell; ``limits`` is one colour scale for every condition, so colours compare."""
+    mean = matrix.mean
+    tasks = len(mean)
+    size = max(3.6, 0.55 * tasks + 2.2)
+    fig = Figure(figsize=(size + 1.0, size), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(mean), cmap="viridis", vmin=limits[0], vmax=limits[1])
+    fig.colorbar(image, ax=ax, label="mean test return")
+    span = (limits[1] - limits[0]) or 1.0
+    for i in range(tasks):
+        for j in range(i + 1):
+            light = (mean[i, j] - limits[0]) / span > 0.6  # viridis is light at the top of its scale
+            ax.text(j, i, format(mean[i, j], ".3g"), ha="center", va="center", fontsize=9 if tasks <= 8 else 6,
+                    color="black" if light else "white")
+    ax.set_xticks(range(tasks), [str(j) for j in range(tasks)])
+    ax.set_yticks(range(tasks), [str(i) for i in range(tasks)])
+    ax.set_xlabel("evaluated on task j")
+    ax.set_ylabel("after training task i")
+    ax.set_title(f"{condition}: R[i][j], n={len(matrix.seeds)}", fontsize=10)
+    fig.savefig(path)
+    return path
+
+
 def write_figures(study: Study, comparison: Comparison, out_dir: Path, *, smooth_epochs: int) -> dict[str, Path]:
     """Every figure of the report, by caption, in the order the report shows them.
 
     Test return and dead units are drawn once, under the study report's file names; every other
-    logged series gets ``metric_<name>.png``.
+    logged series gets ``metric_<name>.png``, and each condition with task matrices
+    ``task_matrix_<condition>.png``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = {
@@ -401,4 +434,12 @@ def write_figures(study: Study, comparison: Comparison, out_dir: Path, *, smooth
     others = [n for n in study.metric_names() if n not in ("test_r", "dead_units")]
     for title, (stem, names) in metric_groups(others).items():
         figures[title] = curve_figure(study, names, out_dir / metric_filename(stem), title, smooth_epochs=smooth_epochs)
+    matrices = comparison.task_matrices
+    if matrices:
+        entries = np.concatenate([m.mean[np.tril_indices(len(m.mean))] for m in matrices.values()])
+        limits = (float(entries.min()), float(entries.max()))
+        for condition, matrix in matrices.items():
+            seeds = f"{len(matrix.seeds)} seed{'s' if len(matrix.seeds) != 1 else ''}"
+            caption = f"Task-return matrix of {condition}: mean over {seeds} of R[i][j], the test return on task j after training task i"
+            figures[caption] = task_matrix_figure(condition, matrix, out_dir / metric_filename(condition, "task_matrix_"), limits)
     return figures

@@ -2,7 +2,7 @@
 ``plab report``, ``plab power`` and notebooks share.
 
 Layout read (DESIGN.md section 3): ``RESULTS_DIR/config.yaml`` and
-``RESULTS_DIR/<condition>/seed_<s>/{metrics.csv, diagnostics.csv, config.yaml, run.json, DONE}``.
+``RESULTS_DIR/<condition>/seed_<s>/{metrics.csv, diagnostics.csv, task_matrix.csv, config.yaml, run.json, DONE}``.
 Nothing is filtered or averaged here: every run found is in ``runs`` with what is known about it
 (status, code version, how its config differs from the study's), so the analysis decides, and
 says, what it leaves out.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import csv
 import gzip
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from plasticity_lab.analysis.task_matrices import continual_frame, run_matrices
 from plasticity_lab.config import ConfigError, StudyConfig, set_dotted
 from plasticity_lab.experiment.study import FAILED_NAME, is_reference_study, lock_is_held
+from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, task_matrix_rows
 
 ROW_KEYS = ("epoch", "env_steps", "wall_time", "task")
 """metrics.csv columns that describe the row rather than the agent."""
@@ -36,6 +37,9 @@ a run computes: the run's own name, seed and hooks; the condition table (its eff
 resolved keys); report settings and the analysis plan (the study's config.yaml is the one read);
 the sweep's seed count; checkpoint cadence (resume is exact)."""
 STATUS_DONE, STATUS_RUNNING, STATUS_STOPPED, STATUS_NO_MARKER = "done", "running", "stopped", "all epochs, no DONE file"
+TASK_MATRIX_FILE = "task_matrix.csv"
+TASK_MATRIX_TYPES = {"seed": int, **{c: float if c == "return" else int for c in TASK_MATRIX_COLUMNS}}
+"""The task_matrix frame's columns after ``condition``: the seed, then task_matrix.csv's."""
 
 
 @dataclass
@@ -54,8 +58,20 @@ class StudyData:
       overrides), a resolved-config summary (``activation, norm, spectral_norm, h_size,
       interventions, precision``), ``config`` (the run's whole resolved config), ``commands``,
       ``invocations`` (run.json's entries: command, device, start time, code version), ``devices``,
-      ``started``, ``log_tail`` (last lines of train.log, for runs not done) and ``failure``
-      (the FAILED file's first line: why the run will not finish).
+      ``started``, ``log_tail`` (last lines of train.log, for runs not done), ``failure``
+      (the FAILED file's first line: why the run will not finish) and ``task_matrix_error`` (why
+      its task_matrix.csv could not be read; "" when it was, or there is none).
+    * ``task_matrix``: one row per run and evaluated ``(i, j)`` of the runs that wrote
+      task_matrix.csv (``evaluation.task_matrix: true``): ``condition, seed, i, j, epoch, return,
+      episodes``, the test return on task j after training task i (0-based; ``epoch``: the last
+      of task i; ``episodes`` it averages). Empty when no run has the file.
+    * ``continual``: one row per run with a task matrix, its continual-learning metrics
+      (metrics.continual; NaN where undefined): ``condition, seed, tasks`` (T of its matrix, fewer
+      than the study's while it runs), ``final_average_return, forgetting, backward_transfer``,
+      against the run of the same seed of config.yaml's ``experiment.reference`` condition
+      ``forward_transfer`` and ``plasticity_ratio`` (the mean over tasks; NaN unless every task has
+      one), ``plasticity_ratios`` (a list: task j's ratio), and ``undefined`` (a list: why each
+      missing metric has no value).
     """
 
     root: Path
@@ -67,6 +83,8 @@ class StudyData:
     metrics: pd.DataFrame
     diagnostics: pd.DataFrame
     runs: pd.DataFrame
+    task_matrix: pd.DataFrame
+    continual: pd.DataFrame
 
     @property
     def conditions(self) -> list[str]:
@@ -85,6 +103,22 @@ def _read_text(path: Path) -> str:
     return gzip.decompress(packed.read_bytes()).decode() if packed.exists() else ""
 
 
+def _complete_lines(text: str) -> list[str]:
+    """The lines of a file the training loop appends to, less a last line without its newline
+    (half written: a file read mid-run)."""
+    lines = text.splitlines()
+    return lines[:-1] if lines and not text.endswith("\n") else lines
+
+
+def _read_task_matrix(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """A run's checked task_matrix.csv rows (metrics.continual), and why none when it is malformed."""
+    text = _read_text(path / TASK_MATRIX_FILE)
+    try:
+        return (task_matrix_rows(_complete_lines(text), path / TASK_MATRIX_FILE) if text else []), ""
+    except ValueError as err:
+        return [], str(err)
+
+
 def read_epoch_csv(path: Path) -> pd.DataFrame:
     """A per-epoch CSV as a frame sorted by epoch, numbers as floats (NaN for empty cells).
 
@@ -93,11 +127,7 @@ def read_epoch_csv(path: Path) -> pd.DataFrame:
     integer epoch, is skipped rather than parsed into a wrong number. A repeated epoch keeps its
     last row. A committed study's ``<name>.gz`` is read where ``path`` itself is absent.
     """
-    text = _read_text(path)
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        lines = lines[:-1]
-    rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    rows = list(csv.reader(_complete_lines(_read_text(path))))
     if not rows or "epoch" not in [h.strip() for h in rows[0]]:
         return pd.DataFrame({"epoch": pd.Series(dtype=int)})
     header = [h.strip() for h in rows[0]]
@@ -196,8 +226,11 @@ def _first_line(path: Path) -> str:
         return ""
 
 
-def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+def _read_run(
+    condition: str, seed: int, path: Path, study_config: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
     metrics = read_epoch_csv(path / "metrics.csv")
+    matrix, matrix_error = _read_task_matrix(path)
     diagnostics = read_epoch_csv(path / "diagnostics.csv")
     for frame in (metrics, diagnostics):
         frame.insert(0, "seed", seed)
@@ -237,8 +270,9 @@ def _read_run(condition: str, seed: int, path: Path, study_config: dict[str, Any
         "started": str(invocations[0].get("started", "")) if invocations else "",
         "log_tail": "" if done else _tail(path / "train.log"),
         "failure": "" if done else _first_line(path / FAILED_NAME),
+        "task_matrix_error": matrix_error,
     }
-    return run, metrics, diagnostics
+    return run, metrics, diagnostics, [{"condition": condition, "seed": seed, **row} for row in matrix]
 
 
 def load_study(results_dir: str | Path) -> StudyData:
@@ -266,7 +300,10 @@ def load_study(results_dir: str | Path) -> StudyData:
     ]
     if not read:
         raise ConfigError(f"{root}: no run directories (<condition>/seed_<s>/) found")
-    runs = pd.DataFrame([r for r, _, _ in read]).sort_values(["condition", "seed"], ignore_index=True)
-    metrics = pd.concat([m for _, m, _ in read], ignore_index=True).sort_values(["condition", "seed", "epoch"], ignore_index=True)
-    diagnostics = pd.concat([d for _, _, d in read], ignore_index=True).sort_values(["condition", "seed", "epoch"], ignore_index=True)
-    return StudyData(root, config, config_text, is_reference_study(root), metrics, diagnostics, runs)
+    runs = pd.DataFrame([r for r, _, _, _ in read]).sort_values(["condition", "seed"], ignore_index=True)
+    metrics = pd.concat([m for _, m, _, _ in read], ignore_index=True).sort_values(["condition", "seed", "epoch"], ignore_index=True)
+    diagnostics = pd.concat([d for _, _, d, _ in read], ignore_index=True).sort_values(["condition", "seed", "epoch"], ignore_index=True)
+    matrices = pd.DataFrame([row for *_, rows in read for row in rows], columns=["condition", *TASK_MATRIX_TYPES])
+    matrices = matrices.astype(TASK_MATRIX_TYPES).sort_values(["condition", "seed", "i", "j"], ignore_index=True)
+    continual = continual_frame(run_matrices(matrices), (config.get("experiment") or {}).get("reference"))
+    return StudyData(root, config, config_text, is_reference_study(root), metrics, diagnostics, runs, matrices, continual)

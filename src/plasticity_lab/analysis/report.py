@@ -33,6 +33,7 @@ from plasticity_lab.analysis.aggregate import (
     open_study,
     pairwise_verdicts,
     power_analysis,
+    round_metric,
     seed_list,
 )
 from plasticity_lab.analysis.figures import label, write_figures
@@ -46,6 +47,7 @@ from plasticity_lab.analysis.stats import (
     Interval,
     min_sign_flip_pairs,
 )
+from plasticity_lab.analysis.task_matrices import CONTINUAL
 from plasticity_lab.config import AnalysisConfig, ConfigError, load_analysis
 from plasticity_lab.experiment.study import is_reference_study, write_atomic
 
@@ -270,6 +272,10 @@ def _sections(
         ("Return at the end of each round",
          [_rounds_table(comparison) if comparison.rounds and comparison.round_ends else "No round has ended within the compared epochs yet."]
          + ([_round_loss_table(study, comparison)] if comparison.round_loss else [])),
+        *([("Forgetting and transfer (task-return matrix)", [
+            *_continual_tables(study, comparison),
+            Images(pick(*(p.name for p in figures.values() if p.name.startswith("task_matrix_"))), grid=True),
+        ])] if comparison.task_matrices else []),
         ("Method vs method: every pair of conditions", _pairwise_blocks(comparison)),
         ("Plasticity metrics vs. final test return", [_correlation_table(comparison), Images(pick("correlations.png"))]),
         ("Seeds needed", [_power_table(power) if power else "Needs paired final values of the baseline and another condition."]),
@@ -447,11 +453,12 @@ def _rounds_table(comparison: Comparison) -> Table:
 
 
 def _round_loss_table(study: Study, comparison: Comparison) -> Table:
-    names = {"train_r": "training return", "test_r": "test return"}
+    names = {"train_r": "training return", "test_r": "test return", "plasticity_ratio": "plasticity ratio - 1 (task matrix)"}
     rows = []
     for metric, table in comparison.round_loss.items():
         n = max(len(c.seeds) for c in table)
-        rows.append([names.get(metric, metric), str(n)] + [f"{_ci(c.diff, '+.3g')}; p {_p(c.p_holm)}; {c.verdict}" for c in table])
+        rows.append([names.get(metric, metric), str(n)] + [
+            f"{_ci(c.diff, '+.3g')}; p {_p(c.p_holm)}; {c.verdict}" if c.seeds else "- (see Notes)" for c in table])
     return Table(
         ["Return", "n"] + [f"round {k + 1}" for k in range(len(comparison.round_windows))], rows,
         f"Plasticity loss per round: {study.baseline} minus {study.reference} at each round's end (the windows of the "
@@ -460,8 +467,53 @@ def _round_loss_table(study: Study, comparison: Comparison) -> Table:
         f"{study.baseline} against {study.reference}. {study.reference} carries "
         f"nothing across a shift, so a difference that grows negative round after round is plasticity lost; round 1 "
         "precedes every shift. Every number of this table, with the seeds paired, is in comparisons.csv (metric "
-        "train_r_round_K / test_r_round_K).",
+        "train_r_round_K / test_r_round_K"
+        + (" / plasticity_ratio_round_K). Plasticity ratio: per seed, the baseline's return on task K right after "
+           f"training it over {study.reference}'s (the task-return matrix's diagonal), minus {study.reference}'s own "
+           "ratio of 1." if "plasticity_ratio" in comparison.round_loss else ")."),
     )
+
+
+CONTINUAL_HEADINGS = {
+    "final_average_return": "Final average return", "forgetting": "Forgetting (lower is better)",
+    "backward_transfer": "Backward transfer", "forward_transfer": "Forward transfer vs {reference}",
+    "plasticity_ratio": "Plasticity ratio vs {reference} (mean over tasks)",
+}
+
+
+def _continual_tables(study: Study, comparison: Comparison) -> list[Block]:
+    """Each condition's continual-learning metrics, then each condition against the baseline on them."""
+    headings = {m: CONTINUAL_HEADINGS[m].format(reference=study.reference) for m in CONTINUAL}
+    shown = [m for m in CONTINUAL if any(m in r.continual for r in comparison.results.values())]
+    means = Table(
+        ["Condition", "Runs with a matrix", *(headings[m] for m in shown)],
+        [[condition, str(len(comparison.task_matrices[condition].seeds)), *(_ci(result.continual.get(m)) for m in shown)]
+         for condition, result in comparison.results.items() if condition in comparison.task_matrices],
+        "Mean over seeds of each run's metric of its task-return matrix R[i][j] (test return on task j after training "
+        "task i, at task i's last epoch), 95% t interval. Final average return: the last row's mean. Forgetting: over "
+        "the earlier tasks, the best return before the last task minus the final one. Backward transfer: over the "
+        "earlier tasks, the final return minus the one right after training the task. Forward transfer: over the "
+        f"tasks, R[j][j] minus the reference condition's ({study.reference or 'none'}) of the same seed; plasticity "
+        "ratio: R[j][j] / the reference's. "
+        "A metric without a value (one task, no reference condition, a reference return <= 0) is absent, its reason "
+        "under Notes.",
+    )
+    rows = [
+        [condition, headings[metric], _ci(c.diff, "+.3g"), _ci(c.relative, "+.1f", "%"), f"{_p(c.p)} ({_test_name(c)})",
+         _p(c.p_holm), c.verdict]
+        for metric in CONTINUAL for condition, c in comparison.paired.get(metric, {}).items()
+    ]
+    if not rows:
+        return [means, f"No paired comparison: {study.baseline} and the other conditions share no seed with these metrics."]
+    paired = Table(
+        ["Condition", "Metric", f"Difference vs {study.baseline} [95% CI]", "Change [95% CI]", "p (test)",
+         "p (Holm over conditions)", "Verdict"],
+        rows,
+        f"Each condition minus {study.baseline} in the same seed, like the other secondary metrics (Statistics), "
+        "Holm-adjusted over the conditions of each metric; exploratory. In comparisons.csv as metric "
+        + ", ".join(CONTINUAL) + " (role secondary).",
+    )
+    return [means, paired]
 
 
 def _correlation_table(comparison: Comparison) -> Table:
@@ -581,7 +633,8 @@ def comparisons_frame(study: Study, comparison: Comparison) -> pd.DataFrame:
         rows += [_comparison_row(c, role, comparison.plan.alpha) for c in table.values()]
     for metric, table in comparison.round_loss.items():
         for k, c in enumerate(table):
-            rows.append({**_comparison_row(c, ROLES[2], comparison.plan.alpha), "metric": f"{metric}_round_{k + 1}"})
+            if c.seeds:  # a round where no pair has the metric (a ratio over a return <= 0) is absent
+                rows.append({**_comparison_row(c, ROLES[2], comparison.plan.alpha), "metric": round_metric(metric, k)})
     rows += [_comparison_row(c, ROLES[3], comparison.plan.alpha) for c in comparison.pairwise]
     columns = [
         "condition", "baseline", "metric", "role", "verdict", "n_pairs", "seeds", "diff", "ci_low", "ci_high",

@@ -10,7 +10,8 @@ task ``i`` it is evaluated on every task ``j <= i`` seen so far, which gives the
 
 Rows are "after training task i", columns are "evaluated on task j"; the diagonal ``R[j][j]`` is
 how well task ``j`` is done right after it was trained. :func:`read_task_matrix` reads a run's
-``task_matrix.csv`` into this layout.
+``task_matrix.csv`` into this layout (:func:`task_matrix_rows` and :func:`matrix_from_rows` are its
+two steps, for text that is not a plain file, e.g. a committed study's gzipped copy).
 
 Every function is pure: the inputs (a ``(T, T)`` numpy array, torch tensor or nested list) are
 never modified, and values are computed in float64 on the CPU (a matrix has a handful of
@@ -37,6 +38,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 import numpy as np
@@ -55,6 +57,8 @@ __all__ = [
     "plasticity_ratio",
     "continual_metrics",
     "read_task_matrix",
+    "task_matrix_rows",
+    "matrix_from_rows",
 ]
 
 
@@ -296,33 +300,58 @@ def read_task_matrix(path: str | Path) -> np.ndarray:
     ``T`` is the largest ``i`` plus one; pairs with no row (above the diagonal, or not evaluated
     because the run stopped) are NaN, and the metrics above reject a NaN on or below the diagonal.
 
-    A malformed file raises ``ValueError`` naming the file and line: no header or no rows, a
-    missing column, ``i``/``j``/``epoch``/``episodes`` not non-negative integers, ``j > i``, a
-    repeated ``(i, j)``, a ``return`` that is not a finite number, or ``episodes`` of 0.
+    A malformed file raises ``ValueError`` naming the file and line (:func:`task_matrix_rows`), and
+    so does a file with a header but no rows.
     """
     path = Path(path)
     with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path}: empty file, expected a header {','.join(TASK_MATRIX_COLUMNS)}")
-        missing = [c for c in TASK_MATRIX_COLUMNS if c not in reader.fieldnames]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames)})")
-        entries: dict[tuple[int, int], float] = {}
-        for row in reader:
-            line = reader.line_num
-            if None in row or any(row[c] is None for c in TASK_MATRIX_COLUMNS):
-                raise ValueError(f"{path}: line {line}: expected {len(reader.fieldnames)} fields")
-            i, j, _, episodes = (_index(row[c], c, path, line) for c in ("i", "j", "epoch", "episodes"))
-            if j > i:
-                raise ValueError(f"{path}: line {line}: j = {j} > i = {i} (a task is evaluated only once seen)")
-            if (i, j) in entries:
-                raise ValueError(f"{path}: line {line}: a second row for (i, j) = ({i}, {j})")
-            if episodes == 0:
-                raise ValueError(f"{path}: line {line}: a return over 0 episodes")
-            entries[(i, j)] = _return(row["return"], path, line)
-    if not entries:
+        rows = task_matrix_rows(handle, path)
+    if not rows:
         raise ValueError(f"{path}: no rows")
+    return matrix_from_rows(rows)
+
+
+def task_matrix_rows(lines: Iterable[str], source: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``task_matrix.csv`` read from ``lines`` (an open file, or the text of a
+    committed study's ``task_matrix.csv.gz``), checked, in file order: dicts of ``i, j, epoch,
+    episodes`` (int) and ``return`` (float). A header without rows gives ``[]`` (a run still in its
+    first task).
+
+    Raises ``ValueError`` naming ``source`` and the line: no header, a missing column,
+    ``i``/``j``/``epoch``/``episodes`` not non-negative integers, ``j > i``, a repeated ``(i, j)``,
+    a ``return`` that is not a finite number, or ``episodes`` of 0.
+    """
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:
+        raise ValueError(f"{source}: empty file, expected a header {','.join(TASK_MATRIX_COLUMNS)}")
+    missing = [c for c in TASK_MATRIX_COLUMNS if c not in reader.fieldnames]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames)})")
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[int, int]] = set()
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(row[c] is None for c in TASK_MATRIX_COLUMNS):
+            raise ValueError(f"{source}: line {line}: expected {len(reader.fieldnames)} fields")
+        i, j, epoch, episodes = (_index(row[c], c, source, line) for c in ("i", "j", "epoch", "episodes"))
+        if j > i:
+            raise ValueError(f"{source}: line {line}: j = {j} > i = {i} (a task is evaluated only once seen)")
+        if (i, j) in seen:
+            raise ValueError(f"{source}: line {line}: a second row for (i, j) = ({i}, {j})")
+        if episodes == 0:
+            raise ValueError(f"{source}: line {line}: a return over 0 episodes")
+        seen.add((i, j))
+        rows.append({"i": i, "j": j, "epoch": epoch, "return": _return(row["return"], source, line), "episodes": episodes})
+    return rows
+
+
+def matrix_from_rows(rows: Iterable[Mapping[str, Any]]) -> np.ndarray:
+    """The float64 ``(T, T)`` matrix of rows with ``i``, ``j`` and ``return`` (e.g. those of
+    :func:`task_matrix_rows`, or one run's rows of a study's frame): ``T`` is the largest ``i``
+    plus one, and every ``(i, j)`` without a row is NaN. Raises ``ValueError`` for no rows."""
+    entries = {(int(r["i"]), int(r["j"])): float(r["return"]) for r in rows}
+    if not entries:
+        raise ValueError("rows: no rows, so no task")
     t = max(i for i, _ in entries) + 1
     matrix = np.full((t, t), np.nan)
     for (i, j), value in entries.items():
@@ -330,18 +359,18 @@ def read_task_matrix(path: str | Path) -> np.ndarray:
     return matrix
 
 
-def _index(text: str, column: str, path: Path, line: int) -> int:
+def _index(text: str, column: str, source: str | Path, line: int) -> int:
     value = text.strip()
     if not (value.isascii() and value.isdecimal()):  # ASCII digits only: no sign, point or exponent
-        raise ValueError(f"{path}: line {line}: {column} = {text!r} is not a non-negative integer")
+        raise ValueError(f"{source}: line {line}: {column} = {text!r} is not a non-negative integer")
     return int(value)
 
 
-def _return(text: str, path: Path, line: int) -> float:
+def _return(text: str, source: str | Path, line: int) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{path}: line {line}: return = {text!r} is not a number") from None
+        raise ValueError(f"{source}: line {line}: return = {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"{path}: line {line}: return = {text!r} is not finite")
+        raise ValueError(f"{source}: line {line}: return = {text!r} is not finite")
     return value
