@@ -671,22 +671,20 @@ class Run:
                 continue
             out = {key: values[k] for key, values in means.items()}
             rows_k = float(taken[k]) * p.batch_size
-            # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
-            with self.isolated(member, failing, "the dormant-unit score"):
-                out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
-            if k in failing:
-                outs.append({FAILURE_KEY: failing[k]})
-                continue
             n = batch.lengths[k]
-            rets_k, values_k = rets[k, :n], batch.values[k, :n]
-            var = torch.var(rets_k)
-            out["explained_variance"] = float(1 - torch.var(rets_k - values_k) / var) if var > 0 else float("nan")
-            out["v_estimate"] = float(values_k.mean())
             obs_k = obs[k, :n]
-            periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
-            with member.own_rng(), self.isolated(member, failing, "a periodic hook"):
-                for iv in member.interventions:
-                    out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
+            # a metric or a method meeting non-finite values fails this member alone
+            with self.isolated(member, failing, "the epoch's statistics or a periodic hook"):
+                # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
+                out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
+                rets_k, values_k = rets[k, :n], batch.values[k, :n]
+                var = torch.var(rets_k)
+                out["explained_variance"] = float(1 - torch.var(rets_k - values_k) / var) if var > 0 else float("nan")
+                out["v_estimate"] = float(values_k.mean())
+                periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
+                with member.own_rng():
+                    for iv in member.interventions:
+                        out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
             if k in failing:
                 outs.append({FAILURE_KEY: failing[k]})
                 continue
