@@ -14,11 +14,14 @@ import torch
 from plasticity_lab.config import load_study
 from plasticity_lab.envs.registry import FAMILIES
 from plasticity_lab.experiment import cost_model as cm
-from plasticity_lab.experiment.cost_model import ENV_COSTS, ItemCosts, NetworkShape, collection_steps
+from plasticity_lab.experiment.cost_model import (
+    ENV_COSTS, ItemCosts, NetworkShape, collection_steps, evaluation_seconds, task_matrix_evaluations,
+)
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, plan_diagnostics, run_item_costs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-HAND = ItemCosts(epoch=1000.0, probe=220.0, collect=80.0, churn=100.0, fit=160.0, reference=260.0)
+HAND = ItemCosts(epoch=1000.0, probe=220.0, collect=80.0, churn=100.0, fit=160.0, reference=260.0,
+                 matrix_evaluation=100.0)
 
 
 def plan(budget, trainability_every=0, costs=HAND, **kw):
@@ -55,6 +58,46 @@ def test_nothing_fits_is_one_plain_line():
         "diagnostics: none fit the budget of 2% of the training time (one probe would cost an estimated 3.0%); "
         "raise diagnostics.budget, or set it to null, to probe anyway"
     )
+
+
+def test_task_matrix_is_spent_first_by_hand():
+    """The matrix was asked for: it always runs, and the probes get what it leaves."""
+    two = plan(0.09, matrix_evaluations=2)  # limit 900: matrix 200 + ends 4 (300) and 9 (400) = 900
+    assert two.probes == (4, 9) and two.cost == pytest.approx(0.09) and two.matrix == pytest.approx(0.02)
+    assert "(estimated 9.0%, the task matrix an estimated 2.0%)" in two.describe()
+    # 300 + end 4 (300) = 600; task 1's end (400) would make 1000; epoch 0 (same task: 220) makes 820
+    three = plan(0.09, matrix_evaluations=3)
+    assert three.probes == (0, 4) and three.cost == pytest.approx(0.082)
+    over = plan(0.02, matrix_evaluations=3)  # the matrix alone (3%) is over the 2% budget: no probe, matrix kept
+    assert over.probes == () and over.cost == pytest.approx(0.03) and over.matrix == pytest.approx(0.03)
+    assert "the task matrix an estimated 3.0%" in over.describe()
+    unbudgeted = plan(None, matrix_evaluations=3)
+    assert unbudgeted.cost == pytest.approx((2460 + 300) / 10_000) and plan(None).matrix == 0
+
+
+def test_task_matrix_evaluations_and_their_cost_by_hand():
+    cfg = load_study("gridworld_study.yaml").condition("baseline")  # 10 tasks, 64 test episodes of <= 30 steps
+    assert cfg.evaluation.task_matrix and task_matrix_evaluations(cfg) == 45  # 55 cells less the 10 diagonal
+    fewer = cfg.model_copy(deep=True)
+    fewer.evaluation.task_matrix_episodes = 16  # the diagonal is no longer the ordinary evaluation
+    assert task_matrix_evaluations(fewer) == 55
+    fewer.evaluation.task_matrix = False
+    assert task_matrix_evaluations(fewer) == 0
+    shape = NetworkShape.of(cfg)
+    env = ENV_COSTS["gridworld"]
+    macs = 147 * 128 + 128 * 128 + 128 * 5
+    # 64 copies made, stepped 30 times (the episode cap), one batched forward per step
+    hand = 64 * env.make + 30 * (cm.ROLLOUT_STEP_S + 64 * env.step) + 64 * 30 * macs * cm.MAC_S + 30 * cm.FORWARD_CALL_S
+    assert evaluation_seconds(cfg, 64, shape) == pytest.approx(hand)
+    assert cm.item_costs(cfg, 64, 8, 4, 128, shape).matrix_evaluation == pytest.approx(hand)
+    minatar = load_study("minatar_permuted.yaml").condition("baseline")  # no length in the config: the family's
+    capped = minatar.model_copy(deep=True)
+    capped.environment.minatar.max_episode_steps = 50  # a configured cap bounds it
+    shape = NetworkShape.of(minatar)
+    assert evaluation_seconds(capped, 8, shape) < evaluation_seconds(minatar, 8, shape)
+    assert evaluation_seconds(capped, 8, shape) == pytest.approx(
+        8 * ENV_COSTS["minatar"].make + 50 * (cm.ROLLOUT_STEP_S + 8 * ENV_COSTS["minatar"].step)
+        + shape.forward(8 * 50, 50))
 
 
 def test_cost_line_without_probes(tmp_path):
@@ -171,3 +214,8 @@ def test_shipped_configs_keep_their_budget():
                  "minatar_permuted"):
         assert plans[name].skipped_probes == () and plans[name].skipped_fits == ()
     assert plans["hyperparams_quick"].fits == (0, 499, 999, 1499, 1999, 2499, 2999)
+    # the task matrix is on where it fits beside every probe (README, "Its cost"), off elsewhere
+    on = {name for name, p in plans.items() if p.matrix > 0}
+    assert on == {"gridworld_study", "hyperparams", "hyperparams_quick", "atari_continual", "minatar_continual",
+                  "slippery_ant"}
+    assert all(plans[name].skipped_probes == () for name in on)

@@ -59,6 +59,22 @@ def test_training_is_bit_identical_with_the_matrix_on_and_off(tmp_path):
         ("0", "0", "1"), ("1", "0", "3"), ("1", "1", "3"), ("2", "0", "5"), ("2", "1", "5"), ("2", "2", "5")]
     matrix = read_task_matrix(on / "task_matrix.csv")  # the metrics' reader takes the run's file
     assert matrix.shape == (3, 3) and np.isnan(matrix[0, 1]) and matrix[2, 0] == float(rows[3]["return"])
+    assert all(float(r["eval_seconds"]) > 0 for r in rows)  # 3 episodes: every cell is its own evaluation
+
+
+def test_the_diagonal_reuses_the_ordinary_evaluation_and_the_cost_is_logged(tmp_path, capsys):
+    run_dir = train(config(True), tmp_path / "run")  # task_matrix_episodes = test_episodes
+    rows = matrix_rows(run_dir)
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        test_r = {row["epoch"]: row["test_r"] for row in csv.DictReader(handle)}
+    diagonal = [r for r in rows if r["i"] == r["j"]]
+    assert [float(r["eval_seconds"]) for r in diagonal] == [0.0, 0.0, 0.0]  # nothing extra was run
+    assert all(float(r["return"]) == pytest.approx(float(test_r[r["epoch"]]), abs=1e-5) for r in diagonal)
+    below = [float(r["eval_seconds"]) for r in rows if r["i"] != r["j"]]
+    assert len(below) == 3 and min(below) > 0
+    log = capsys.readouterr().out
+    assert "task matrix: 3 evaluations, estimated" in log  # the modelled cost, first (no probes in this run)
+    assert f"task matrix: 3 evaluations took {sum(below):.1f} s" in log  # the measured one, last
 
 
 def test_the_matrix_equals_evaluations_by_hand_under_each_tasks_shift(tmp_path):
@@ -112,5 +128,4 @@ def test_a_killed_run_resumes_to_the_same_matrix(tmp_path):
         stopped.train()
     resumed = Run(cfg, cut, 3, device="cpu")
     assert resumed.train(resumed.load_resume_state()) == "done"
-    assert matrix_rows(cut) == matrix_rows(full)
-    assert run_differences(cut, full) == []
+    assert run_differences(cut, full) == []  # task_matrix.csv included, its eval_seconds aside

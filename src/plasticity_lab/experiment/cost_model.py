@@ -74,6 +74,17 @@ ENV_COSTS: dict[str, EnvCost] = {
 }
 """Per-family environment costs (measured with ``plab bench --config``; random actions)."""
 
+EVAL_EPISODE_STEPS: dict[str, int] = {
+    "procgen": 1000,  # ProcGen's own time limit: an untrained or shifted agent's longest episode reaches it
+    "ale": 5000,  # a few thousand agent steps (frame skip 4) for the longest of a test batch
+    "mujoco": 1000,  # the registered limit of the MuJoCo tasks
+    "gymnasium": 500,  # CartPole-v1's limit; other tasks' differ
+    "minatar": 300,  # permuted Breakout: the longest of 50 test episodes, 100-300 steps (results/minatar_study)
+}
+"""Agent steps of an evaluation in families whose episodes have no length in the config: the
+longest of a test batch's first episodes (an evaluation steps every copy until all have ended).
+The gridworld's is its ``episode_steps``; a configured cap bounds the others."""
+
 
 @dataclass(frozen=True)
 class NetworkShape:
@@ -136,12 +147,38 @@ class ItemCosts:
     """One trainability fit."""
     reference: float
     """Extra at a task's first fit: the fresh network's fit and the targets."""
+    matrix_evaluation: float = 0.0
+    """One evaluation of the task-return matrix (``evaluation.task_matrix_episodes`` episodes);
+    a run has :func:`task_matrix_evaluations` of them."""
 
 
 def collection_steps(n: int, envs: int, warmup: int, stride: int) -> int:
     """Steps of ``envs`` copies that :func:`~plasticity_lab.experiment.probes.collect_probe_frames`
     takes for ``n`` frames: frames are kept at step ``warmup`` and every ``stride``-th after it."""
     return warmup + stride * (math.ceil(n / envs) - 1) + 1
+
+
+def evaluation_seconds(cfg: RunConfig, episodes: int, shape: NetworkShape) -> float:
+    """Modelled seconds of one evaluation of ``episodes`` test episodes (one environment copy per
+    episode, stepped until all have ended: :func:`plasticity_lab.envs.evaluate`)."""
+    e = cfg.environment
+    env = ENV_COSTS[e.name]
+    caps = {"gridworld": e.episode_steps, "minatar": e.minatar.max_episode_steps}
+    options = e.options()
+    steps = min(x for x in (EVAL_EPISODE_STEPS.get(e.name), caps.get(e.name),
+                            options.max_episode_steps if options else None) if x is not None)
+    return episodes * env.make + steps * (ROLLOUT_STEP_S + episodes * env.step) + shape.forward(episodes * steps, steps)
+
+
+def task_matrix_evaluations(cfg: RunConfig) -> int:
+    """Evaluations the task matrix adds to a run: at the end of task i, one per task j <= i, less
+    the diagonal when it is the epoch's ordinary evaluation (same episode count); 0 when off."""
+    if not cfg.evaluation.task_matrix:
+        return 0
+    tasks = len(cfg.ppo_trainer.shift_points) + 1
+    episodes = cfg.evaluation.task_matrix_episodes or cfg.ppo_trainer.test_episodes
+    reused = tasks if episodes == cfg.ppo_trainer.test_episodes else 0
+    return tasks * (tasks + 1) // 2 - reused
 
 
 def item_costs(
@@ -165,7 +202,9 @@ def item_costs(
     collect = envs * env.make + collection_steps(n, envs, warmup, stride) * envs * env.step
     fit_chunks = math.ceil(n / fit_batch)
     fit = d.trainability_steps * shape.train_step(fit_batch, FIT_STEP_S) + shape.forward(n, fit_chunks)
+    matrix_episodes = cfg.evaluation.task_matrix_episodes or p.test_episodes
     return ItemCosts(
         epoch=rollout + update, probe=probe, collect=collect, churn=shape.forward(n, chunks),
         fit=fit, reference=fit + shape.forward(n, fit_chunks),
+        matrix_evaluation=evaluation_seconds(cfg, matrix_episodes, shape),
     )

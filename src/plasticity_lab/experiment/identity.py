@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-TIMING_COLUMNS = frozenset({"wall_time", "steps_per_s", "probe_seconds"})
+TIMING_COLUMNS = frozenset({"wall_time", "steps_per_s", "probe_seconds", "eval_seconds"})
 """Columns that measure the machine, not the run."""
 
 
@@ -52,13 +52,13 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def run_differences(a: Path, b: Path) -> list[str]:
-    """Where run directories ``a`` and ``b`` differ: metrics.csv and diagnostics.csv as written
-    (timings aside) and the final checkpoint (its wall time and config aside); [] when they hold
-    the same run."""
+    """Where run directories ``a`` and ``b`` differ: metrics.csv, diagnostics.csv and task_matrix.csv
+    as written (timings aside; a file only one of them wrote is not compared) and the final
+    checkpoint (its wall time and config aside); [] when they hold the same run."""
     out = []
-    for name in ("metrics.csv", "diagnostics.csv"):
-        if not (a / name).exists() and not (b / name).exists():
-            continue
+    for name in ("metrics.csv", "diagnostics.csv", "task_matrix.csv"):
+        if not (a / name).exists() or not (b / name).exists():
+            continue  # e.g. the task matrix on in one run only: evaluation, not training
         ra, rb = _rows(a / name), _rows(b / name)
         if len(ra) != len(rb):
             out.append(f"{name}: {len(ra)} vs {len(rb)} rows")

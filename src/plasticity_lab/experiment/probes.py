@@ -41,7 +41,7 @@ from torch import nn
 from plasticity_lab.config import EnvironmentConfig, RunConfig
 from plasticity_lab.envs import make_env
 from plasticity_lab.envs.shifts import ShiftState
-from plasticity_lab.experiment.cost_model import ItemCosts, item_costs
+from plasticity_lab.experiment.cost_model import ItemCosts, item_costs, task_matrix_evaluations
 from plasticity_lab.experiment.logger import MetricsCSV
 from plasticity_lab.metrics.diagnostics import ProbeResult, churn, policy_outputs, probe_columns, probe_network
 from plasticity_lab.metrics.trainability import TrainabilityProbe
@@ -133,20 +133,24 @@ class DiagnosticsPlan:
     budget: float | None
     cheapest: float | None = None
     """Estimated fraction of the cheapest single probe (a task's end, with its frame collection)."""
+    matrix: float = 0.0
+    """Estimated fraction of the task-return matrix (``evaluation.task_matrix``; included in
+    ``cost``): asked for explicitly, so it is always kept and the probes get what it leaves."""
 
     def describe(self) -> str:
         """One log line: what runs, what the budget skipped, the estimated cost."""
         probes, fits = len(self.probes), len(self.fits)
+        matrix = f", the task matrix an estimated {100 * self.matrix:.1f}%" if self.matrix else ""
         if self.budget is None:
-            cost = "" if self.cost is None else f"; estimated {100 * self.cost:.1f}% of the training time"
+            cost = "" if self.cost is None else f"; estimated {100 * self.cost:.1f}% of the training time{matrix}"
             return f"diagnostics: {probes} probes, {fits} trainability fits (no budget{cost})"
         if not probes:
             return (f"diagnostics: none fit the budget of {100 * self.budget:g}% of the training time (one probe "
-                    f"would cost an estimated {100 * self.cheapest:.1f}%); raise diagnostics.budget, or set it "
-                    f"to null, to probe anyway")
+                    f"would cost an estimated {100 * self.cheapest:.1f}%{matrix}); raise diagnostics.budget, or "
+                    f"set it to null, to probe anyway")
         text = (f"diagnostics: {probes} of {probes + len(self.skipped_probes)} probes and {fits} of "
                 f"{fits + len(self.skipped_fits)} trainability fits fit the budget of {100 * self.budget:g}% "
-                f"of the training time (estimated {100 * self.cost:.1f}%)")
+                f"of the training time (estimated {100 * self.cost:.1f}%{matrix})")
         for what, epochs in (("probes", self.skipped_probes), ("fits", self.skipped_fits)):
             if epochs:
                 text += f"; skipped {what} after epochs {_epoch_list(epochs)}"
@@ -173,6 +177,7 @@ def plan_diagnostics(
     trainability_every: int,
     costs: ItemCosts | None = None,
     budget: float | None = None,
+    matrix_evaluations: int = 0,
 ) -> DiagnosticsPlan:
     """The probe and fit epochs of a run (see the module docstring).
 
@@ -184,7 +189,9 @@ def plan_diagnostics(
     ends (in order), the epoch-0 probe, as many of the periodic probes as fit, evenly spaced;
     then fits at task ends, the epoch-0 fit and evenly spaced periodic fits. A task's first probe
     also pays for collecting its frames (and, after a shift, the churn forward on the previous
-    task's frames); its first fit also pays ``costs.reference``.
+    task's frames); its first fit also pays ``costs.reference``. The task matrix
+    (``matrix_evaluations`` x ``costs.matrix_evaluation``) is spent first: it was asked for, so
+    it always runs.
     """
     if budget is not None and costs is None:
         raise ValueError("plan_diagnostics: a budget needs the item costs")
@@ -208,9 +215,11 @@ def plan_diagnostics(
 
     training = num_epochs * costs.epoch
     cheapest = min(probe_cost({e}) for e in task_ends) / training
+    spent_on_matrix = matrix_evaluations * costs.matrix_evaluation
+    matrix = spent_on_matrix / training
     if budget is None:
-        cost = (probe_cost(set(probes)) + fits_cost(set(fits))) / training
-        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), cost, None, cheapest)
+        cost = matrix + (probe_cost(set(probes)) + fits_cost(set(fits))) / training
+        return DiagnosticsPlan(tuple(probes), tuple(fits), (), (), cost, None, cheapest, matrix)
 
     limit = budget * training
 
@@ -230,8 +239,8 @@ def plan_diagnostics(
         return chosen | set(_evenly_spaced(periodic, low))
 
     first = task_ends + [0]
-    kept_probes = choose(first, [e for e in probes if e not in first], probe_cost, 0.0)
-    spent = probe_cost(kept_probes)
+    kept_probes = choose(first, [e for e in probes if e not in first], probe_cost, spent_on_matrix)
+    spent = spent_on_matrix + probe_cost(kept_probes)
     fit_first = [e for e in first if e in fits and e in kept_probes]
     fit_periodic = [e for e in fits if e not in fit_first and e in kept_probes]
     kept_fits = choose(fit_first, fit_periodic, fits_cost, spent)
@@ -239,7 +248,7 @@ def plan_diagnostics(
     return DiagnosticsPlan(
         tuple(sorted(kept_probes)), tuple(sorted(kept_fits)),
         tuple(e for e in probes if e not in kept_probes), tuple(e for e in fits if e not in kept_fits),
-        cost, budget, cheapest,
+        cost, budget, cheapest, matrix,
     )
 
 
@@ -247,6 +256,13 @@ def run_item_costs(cfg: RunConfig) -> ItemCosts:
     """The modelled seconds of ``cfg``'s epoch and diagnostics items, with this module's probe
     frame collection and trainability fit settings."""
     return item_costs(cfg, PROBE_ENVS, PROBE_WARMUP, PROBE_STRIDE, TrainabilityProbe.BATCH_SIZE)
+
+
+def task_matrix_estimate(cfg: RunConfig) -> str:
+    """The log line of a run whose task matrix is on without probes: its modelled cost."""
+    costs = run_item_costs(cfg)
+    share = task_matrix_evaluations(cfg) * costs.matrix_evaluation / (cfg.ppo_trainer.num_epochs * costs.epoch)
+    return f"task matrix: {task_matrix_evaluations(cfg)} evaluations, estimated {100 * share:.1f}% of the training time"
 
 
 # --------------------------------------------------------------------------- a run's probes
@@ -288,13 +304,16 @@ class PlasticityProbe:
         chunk: int = 256,
         budget: float | None = None,
         costs: ItemCosts | None = None,
+        matrix_evaluations: int = 0,
     ) -> None:
         if probe_size <= 0 or trainability_every < 0 or chunk <= 0:
             raise ValueError("probe_size and chunk must be positive, trainability_every >= 0")
         self.env_cfg, self.seed, self.chunk, self.probe_size = env_cfg, seed, chunk, probe_size
         self.interval = interval or default_probe_interval(num_epochs)
         self.trainability = TrainabilityProbe(trainability_steps, seed=seed) if trainability_every else None
-        self.plan = plan_diagnostics(num_epochs, shift_points, self.interval, trainability_every, costs, budget)
+        self.plan = plan_diagnostics(
+            num_epochs, shift_points, self.interval, trainability_every, costs, budget, matrix_evaluations
+        )
         self._probe_epochs, self._fit_epochs = set(self.plan.probes), set(self.plan.fits)
         self._frames: dict[int, np.ndarray] = {}
         self._previous: _Previous | None = None
@@ -307,6 +326,7 @@ class PlasticityProbe:
             cfg.environment, seed=seed, num_epochs=p.num_epochs, shift_points=p.shift_points,
             interval=d.probe_interval, probe_size=d.probe_size, trainability_every=d.trainability_every,
             trainability_steps=d.trainability_steps, budget=d.budget, costs=run_item_costs(cfg),
+            matrix_evaluations=task_matrix_evaluations(cfg),
         )
 
     def due(self, epoch: int) -> bool:

@@ -48,7 +48,7 @@ from plasticity_lab.experiment.checkpoint import (
     FORMAT_VERSION, CheckpointError, checkpoint_epochs, common_epoch, load_checkpoint, save_atomic, save_population,
 )
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
-from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe
+from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, task_matrix_estimate
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
@@ -71,6 +71,9 @@ from plasticity_lab.nets.surgery import applied_weights
 
 TASK_MATRIX_KEY = "task_matrix"
 """Key of a member's metrics row holding its task-matrix rows (task ends only; task_matrix.csv)."""
+MATRIX_SECONDS = "eval_seconds"
+"""task_matrix.csv's timing column: wall seconds of that evaluation, for the whole population
+(every member's row says the same; 0 where R[i][i] is the epoch's ordinary evaluation)."""
 FAILURE_KEY = "failed"
 """Key of a member's update result that says why the member diverged (and has no metrics)."""
 
@@ -751,17 +754,21 @@ class Run:
     def task_matrix(self, epoch: int, test_r: list[float]) -> list[list[dict[str, Any]]]:
         """At the end of task i: each member's return on every task j <= i under task j's own
         shift state, with the seeds of this epoch's ordinary evaluation (R[i][i] is that
-        evaluation when the episode counts agree); rows (i, j, epoch, return, episodes) per member."""
+        evaluation when the episode counts agree); rows (i, j, epoch, return, episodes,
+        eval_seconds) per member."""
         episodes = self.cfg.evaluation.task_matrix_episodes or self.ppo.test_episodes
         i = self.members[0].task_index
         rows: list[list[dict[str, Any]]] = [[] for _ in self.members]
         for j in range(i + 1):
             if j == i and episodes == self.ppo.test_episodes:
-                returns = test_r
+                returns, seconds = test_r, 0.0
             else:
+                t0 = time.monotonic()
                 returns = self.evaluate(epoch, [m.task_shifts[j] for m in self.members], episodes)
+                seconds = time.monotonic() - t0
             for k, value in enumerate(returns):
-                rows[k].append({"i": i, "j": j, "epoch": epoch, "return": value, "episodes": episodes})
+                rows[k].append({"i": i, "j": j, "epoch": epoch, "return": value, "episodes": episodes,
+                                MATRIX_SECONDS: seconds})
         return rows
 
     def run_epoch(self, epoch: int) -> list[dict[str, Any]]:
@@ -842,6 +849,8 @@ class Run:
         progress = Progress(label, p.num_epochs, self.start_epoch)
         if self.members[0].probe:
             print(f"[{label}] {self.members[0].probe.plan.describe()}", flush=True)
+        elif self.cfg.evaluation.task_matrix:
+            print(f"[{label}] {task_matrix_estimate(self.cfg)}", flush=True)
         t0 = time.monotonic() - max(m.wall_offset for m in self.members)
         status = "failed"
         try:
@@ -925,9 +934,10 @@ class MemberLogs:
         self.columns = run.columns
         self.metrics = MetricsCSV(member.run_dir / "metrics.csv", run.columns, run.start_epoch)
         self.task_matrix = (
-            MetricsCSV(member.run_dir / "task_matrix.csv", list(TASK_MATRIX_COLUMNS), run.start_epoch)
+            MetricsCSV(member.run_dir / "task_matrix.csv", [*TASK_MATRIX_COLUMNS, MATRIX_SECONDS], run.start_epoch)
             if run.cfg.evaluation.task_matrix else None
         )  # fmt: skip
+        self.matrix_seconds, self.matrix_evaluations = 0.0, 0
         self.writer = SummaryWriter(str(member.run_dir / "tb"), purge_step=run.start_epoch)
         self.diagnostics = (
             DiagnosticsLogger(member.run_dir, run.start_epoch, layer_names(member.model)) if member.probe else None
@@ -938,6 +948,8 @@ class MemberLogs:
         self.metrics.write(row)
         for cell in row.get(TASK_MATRIX_KEY) or []:
             self.task_matrix.write(cell)
+            self.matrix_seconds += cell[MATRIX_SECONDS]
+            self.matrix_evaluations += cell[MATRIX_SECONDS] > 0
         scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
                    and not (isinstance(row[key], float) and math.isnan(row[key]))}
         self.scalars(scalars, epoch)
@@ -967,4 +979,8 @@ class MemberLogs:
         self.writer.close()
         self.metrics.close()
         if self.task_matrix is not None:
+            training = wall_time - self.matrix_seconds
+            share = f" = {100 * self.matrix_seconds / training:.1f}% on top of {training:.0f} s" if training > 0 else ""
+            print(f"[{self.member.label}] task matrix: {self.matrix_evaluations} evaluations took "
+                  f"{self.matrix_seconds:.1f} s{share} (this session; the population's time)", flush=True)
             self.task_matrix.close()
