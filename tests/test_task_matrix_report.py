@@ -31,6 +31,7 @@ import plasticity_lab
 from plasticity_lab.analysis.aggregate import compare, open_study
 from plasticity_lab.analysis.claims import TableSpec, claims_table, rounds_table
 from plasticity_lab.analysis.report import comparisons_frame, report
+from plasticity_lab.analysis.task_matrices import matrix_cost
 from tests.test_report import EPOCHS, SHIFTS, constant, write_run, write_study
 
 REPS = 200
@@ -86,7 +87,8 @@ def reported(tmp_path_factory) -> Path:
 def test_load_study_has_every_runs_matrix_and_its_metrics(tmp_path):
     data = plasticity_lab.load_study(matrix_study(tmp_path / "s"))
     frame = data.task_matrix
-    assert list(frame.columns) == ["condition", "seed", "i", "j", "epoch", "return", "episodes"]
+    assert list(frame.columns) == ["condition", "seed", "i", "j", "epoch", "return", "episodes", "eval_seconds"]
+    assert frame["eval_seconds"].isna().all()  # files written before the timing column: NaN, never 0
     assert len(frame) == 3 * SEEDS * 6  # every (i, j <= i) of 3 tasks
     assert all(frame[c].dtype == np.int64 for c in ("seed", "i", "j", "epoch", "episodes"))
     run = frame[(frame.condition == "baseline") & (frame.seed == 2)].set_index(["i", "j"])  # a = 12
@@ -107,6 +109,32 @@ def test_load_study_has_every_runs_matrix_and_its_metrics(tmp_path):
     reference = metrics.loc[("reset-all", 5)]
     assert (reference["forward_transfer"], reference["plasticity_ratio"]) == (0.0, 1.0)
     assert reference["forgetting"] == pytest.approx(15.0 - 2.0)
+
+
+def test_matrix_cost_by_hand():
+    """Seconds per run and their share of the rest of the run, per condition; a run with an
+    untimed row (a file from before eval_seconds) is left out of the timing, not counted as 0."""
+    rows = [("a", 0, 0.0), ("a", 0, 2.0), ("a", 0, 1.0), ("a", 1, 0.0), ("a", 1, 5.0), ("a", 1, 1.0),
+            ("b", 0, 4.0), ("b", 0, float("nan")), ("b", 1, 2.0)]
+    matrix = pd.DataFrame(rows, columns=["condition", "seed", "eval_seconds"])
+    walls = [("a", 0, 10.0), ("a", 0, 33.0), ("a", 1, 66.0), ("b", 0, 40.0), ("b", 1, 12.0)]
+    metrics = pd.DataFrame(walls, columns=["condition", "seed", "wall_time"])
+    cost = matrix_cost(matrix, metrics).set_index("condition")
+    # a: seed 0 3 s of 33 (30 s rest: 10%), seed 1 6 s of 66 (60 s rest: 10%); b: only seed 1 timed, 2 s of 12
+    assert cost.loc["a", "runs"] == 2 and cost.loc["a", "seconds"] == pytest.approx(4.5)
+    assert cost.loc["a", "share"] == pytest.approx(10.0)
+    assert cost.loc["b", "runs"] == 1 and cost.loc["b", "seconds"] == pytest.approx(2.0)
+    assert cost.loc["b", "share"] == pytest.approx(20.0)
+    assert matrix_cost(matrix.iloc[:0], metrics).empty
+
+
+def test_the_report_shows_what_the_matrix_cost(tmp_path):
+    root = matrix_study(tmp_path / "s")
+    for path in root.glob("*/seed_*/task_matrix.csv"):
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([lines[0] + ",eval_seconds"] + [line + ",0.25" for line in lines[1:]]) + "\n")
+    text = (quiet_report(root).parent / "summary.md").read_text()
+    assert "Seconds per run" in text and "| 1.5 |" in text  # 6 cells x 0.25 s
 
 
 def test_a_study_without_matrices_has_empty_matrix_frames(tmp_path):

@@ -24,7 +24,7 @@ import yaml
 from plasticity_lab.analysis.task_matrices import continual_frame, run_matrices
 from plasticity_lab.config import ConfigError, StudyConfig, set_dotted
 from plasticity_lab.experiment.study import FAILED_NAME, is_reference_study, lock_is_held
-from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, task_matrix_rows
+from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, TASK_MATRIX_SECONDS, task_matrix_rows
 
 ROW_KEYS = ("epoch", "env_steps", "wall_time", "task")
 """metrics.csv columns that describe the row rather than the agent."""
@@ -38,7 +38,8 @@ resolved keys); report settings and the analysis plan (the study's config.yaml i
 the sweep's seed count; checkpoint cadence (resume is exact)."""
 STATUS_DONE, STATUS_RUNNING, STATUS_STOPPED, STATUS_NO_MARKER = "done", "running", "stopped", "all epochs, no DONE file"
 TASK_MATRIX_FILE = "task_matrix.csv"
-TASK_MATRIX_TYPES = {"seed": int, **{c: float if c == "return" else int for c in TASK_MATRIX_COLUMNS}}
+TASK_MATRIX_TYPES = {"seed": int, **{c: float if c == "return" else int for c in TASK_MATRIX_COLUMNS},
+                     TASK_MATRIX_SECONDS: float}
 """The task_matrix frame's columns after ``condition``: the seed, then task_matrix.csv's."""
 
 
@@ -63,8 +64,9 @@ class StudyData:
       its task_matrix.csv could not be read; "" when it was, or there is none).
     * ``task_matrix``: one row per run and evaluated ``(i, j)`` of the runs that wrote
       task_matrix.csv (``evaluation.task_matrix: true``): ``condition, seed, i, j, epoch, return,
-      episodes``, the test return on task j after training task i (0-based; ``epoch``: the last
-      of task i; ``episodes`` it averages). Empty when no run has the file.
+      episodes, eval_seconds``, the test return on task j after training task i (0-based;
+      ``epoch``: the last of task i; ``episodes`` it averages; ``eval_seconds`` what that
+      evaluation took, NaN in files written before it was logged). Empty when no run has the file.
     * ``continual``: one row per run with a task matrix, its continual-learning metrics
       (metrics.continual; NaN where undefined): ``condition, seed, tasks`` (T of its matrix, fewer
       than the study's while it runs), ``final_average_return, forgetting, backward_transfer``,

@@ -47,7 +47,7 @@ from plasticity_lab.analysis.stats import (
     Interval,
     min_sign_flip_pairs,
 )
-from plasticity_lab.analysis.task_matrices import CONTINUAL
+from plasticity_lab.analysis.task_matrices import CONTINUAL, matrix_cost
 from plasticity_lab.config import AnalysisConfig, ConfigError, load_analysis
 from plasticity_lab.experiment.study import is_reference_study, write_atomic
 
@@ -503,8 +503,16 @@ def _continual_tables(study: Study, comparison: Comparison) -> list[Block]:
          _p(c.p_holm), c.verdict]
         for metric in CONTINUAL for condition, c in comparison.paired.get(metric, {}).items()
     ]
+    cost = matrix_cost(study.data.task_matrix, study.data.metrics)
+    costs = [] if cost.empty else [Table(
+        ["Condition", "Runs timed", "Seconds per run", "% of the rest of the run"],
+        [[row.condition, str(row.runs), f"{row.seconds:.1f}", "-" if math.isnan(row.share) else f"{row.share:.1f}%"] for row in cost.itertuples(index=False)],
+        "What the matrix's evaluations took (the sum of task_matrix.csv's eval_seconds, the population's wall time when "
+        "the runs were populations), mean over runs, against the rest of the run's wall time: measured on the machine "
+        "and load that made the runs.",
+    )]
     if not rows:
-        return [means, f"No paired comparison: {study.baseline} and the other conditions share no seed with these metrics."]
+        return [means, *costs, f"No paired comparison: {study.baseline} and the other conditions share no seed with these metrics."]
     paired = Table(
         ["Condition", "Metric", f"Difference vs {study.baseline} [95% CI]", "Change [95% CI]", "p (test)",
          "p (Holm over conditions)", "Verdict"],
@@ -513,7 +521,7 @@ def _continual_tables(study: Study, comparison: Comparison) -> list[Block]:
         "Holm-adjusted over the conditions of each metric; exploratory. In comparisons.csv as metric "
         + ", ".join(CONTINUAL) + " (role secondary).",
     )
-    return [means, paired]
+    return [means, paired, *costs]
 
 
 def _correlation_table(comparison: Comparison) -> Table:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from plasticity_lab.metrics.continual import (
+    TASK_MATRIX_SECONDS,
     Metric,
     Undefined,
     backward_transfer,
@@ -29,6 +30,7 @@ CONTINUAL = ("final_average_return", "forgetting", "backward_transfer", "forward
 PER_TASK = "plasticity_ratios"
 """Column of the per-run frame: the plasticity ratio of each task j (NaN where undefined)."""
 COLUMNS = ("condition", "seed", "tasks", *CONTINUAL, PER_TASK, "undefined")
+COST_COLUMNS = ("condition", "runs", "seconds", "share")
 
 
 def run_matrices(frame: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
@@ -36,6 +38,23 @@ def run_matrices(frame: pd.DataFrame) -> dict[tuple[str, int], np.ndarray]:
     if frame.empty:
         return {}
     return {(c, int(s)): matrix_from_rows(g.to_dict("records")) for (c, s), g in frame.groupby(["condition", "seed"])}
+
+
+def matrix_cost(task_matrix: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """What the matrix cost each condition's runs, from ``load_study``'s frames: per condition the
+    runs whose every row has its ``eval_seconds``, their mean total seconds, and the mean share of
+    the rest of the run's wall time (its last ``wall_time`` less the matrix's), in percent.
+    Measured, so it says how long the evaluations took on that machine and its load."""
+    rows = []
+    if not task_matrix.empty:
+        timed = task_matrix.groupby(["condition", "seed"])[TASK_MATRIX_SECONDS].agg(lambda s: s.sum(min_count=len(s)))
+        wall = metrics.groupby(["condition", "seed"])["wall_time"].max()
+        for condition, seconds in timed.dropna().groupby(level="condition"):
+            rest = wall.reindex(seconds.index).to_numpy() - seconds.to_numpy()
+            share = 100 * seconds.to_numpy() / np.where(rest > 0, rest, np.nan)
+            rows.append({"condition": condition, "runs": len(seconds), "seconds": float(seconds.mean()),
+                         "share": float(np.nanmean(share)) if np.isfinite(share).any() else np.nan})
+    return pd.DataFrame(rows, columns=COST_COLUMNS)
 
 
 def continual_frame(matrices: dict[tuple[str, int], np.ndarray], reference: str | None) -> pd.DataFrame:

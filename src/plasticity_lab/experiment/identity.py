@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-TIMING_COLUMNS = frozenset({"wall_time", "steps_per_s", "probe_seconds", "eval_seconds"})
+from plasticity_lab.metrics.continual import TASK_MATRIX_SECONDS
+
+TIMING_COLUMNS = frozenset({"wall_time", "steps_per_s", "probe_seconds", TASK_MATRIX_SECONDS})
 """Columns that measure the machine, not the run."""
 
 

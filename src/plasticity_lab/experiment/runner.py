@@ -52,7 +52,7 @@ from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe,
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
-from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS
+from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, TASK_MATRIX_SECONDS
 from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
     REDO_TAU,
@@ -71,9 +71,6 @@ from plasticity_lab.nets.surgery import applied_weights
 
 TASK_MATRIX_KEY = "task_matrix"
 """Key of a member's metrics row holding its task-matrix rows (task ends only; task_matrix.csv)."""
-MATRIX_SECONDS = "eval_seconds"
-"""task_matrix.csv's timing column: wall seconds of that evaluation, for the whole population
-(every member's row says the same; 0 where R[i][i] is the epoch's ordinary evaluation)."""
 FAILURE_KEY = "failed"
 """Key of a member's update result that says why the member diverged (and has no metrics)."""
 
@@ -768,7 +765,7 @@ class Run:
                 seconds = time.monotonic() - t0
             for k, value in enumerate(returns):
                 rows[k].append({"i": i, "j": j, "epoch": epoch, "return": value, "episodes": episodes,
-                                MATRIX_SECONDS: seconds})
+                                TASK_MATRIX_SECONDS: seconds})
         return rows
 
     def run_epoch(self, epoch: int) -> list[dict[str, Any]]:
@@ -934,7 +931,7 @@ class MemberLogs:
         self.columns = run.columns
         self.metrics = MetricsCSV(member.run_dir / "metrics.csv", run.columns, run.start_epoch)
         self.task_matrix = (
-            MetricsCSV(member.run_dir / "task_matrix.csv", [*TASK_MATRIX_COLUMNS, MATRIX_SECONDS], run.start_epoch)
+            MetricsCSV(member.run_dir / "task_matrix.csv", [*TASK_MATRIX_COLUMNS, TASK_MATRIX_SECONDS], run.start_epoch)
             if run.cfg.evaluation.task_matrix else None
         )  # fmt: skip
         self.matrix_seconds, self.matrix_evaluations = 0.0, 0
@@ -948,8 +945,8 @@ class MemberLogs:
         self.metrics.write(row)
         for cell in row.get(TASK_MATRIX_KEY) or []:
             self.task_matrix.write(cell)
-            self.matrix_seconds += cell[MATRIX_SECONDS]
-            self.matrix_evaluations += cell[MATRIX_SECONDS] > 0
+            self.matrix_seconds += cell[TASK_MATRIX_SECONDS]
+            self.matrix_evaluations += cell[TASK_MATRIX_SECONDS] > 0
         scalars = {key: row[key] for key in self.columns[1:] if isinstance(row.get(key), (int, float))
                    and not (isinstance(row[key], float) and math.isnan(row[key]))}
         self.scalars(scalars, epoch)

@@ -48,6 +48,7 @@ __all__ = [
     "Undefined",
     "Metric",
     "TASK_MATRIX_COLUMNS",
+    "TASK_MATRIX_SECONDS",
     "average_returns",
     "final_average_return",
     "average_incremental_return",
@@ -80,6 +81,10 @@ Metric = Union[float, Undefined]
 TASK_MATRIX_COLUMNS = ("i", "j", "epoch", "return", "episodes")
 """The columns of a run's ``task_matrix.csv``, one row per evaluated ``(i, j)``: after training
 task ``i`` (ending at ``epoch``), the mean test return on task ``j`` over ``episodes`` episodes."""
+TASK_MATRIX_SECONDS = "eval_seconds"
+"""The optional timing column the training loop adds: wall seconds of that evaluation, for the
+whole population (every member's row says the same; 0 where R[i][i] is the epoch's ordinary
+evaluation). The machine's, not the run's: left out of every metric and of bit-identity checks."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -314,7 +319,8 @@ def read_task_matrix(path: str | Path) -> np.ndarray:
 def task_matrix_rows(lines: Iterable[str], source: str | Path) -> list[dict[str, Any]]:
     """The rows of a ``task_matrix.csv`` read from ``lines`` (an open file, or the text of a
     committed study's ``task_matrix.csv.gz``), checked, in file order: dicts of ``i, j, epoch,
-    episodes`` (int) and ``return`` (float). A header without rows gives ``[]`` (a run still in its
+    episodes`` (int), ``return`` (float) and :data:`TASK_MATRIX_SECONDS` (float; NaN where the file
+    has no such column or an empty cell). A header without rows gives ``[]`` (a run still in its
     first task).
 
     Raises ``ValueError`` naming ``source`` and the line: no header, a missing column,
@@ -341,7 +347,8 @@ def task_matrix_rows(lines: Iterable[str], source: str | Path) -> list[dict[str,
         if episodes == 0:
             raise ValueError(f"{source}: line {line}: a return over 0 episodes")
         seen.add((i, j))
-        rows.append({"i": i, "j": j, "epoch": epoch, "return": _return(row["return"], source, line), "episodes": episodes})
+        rows.append({"i": i, "j": j, "epoch": epoch, "return": _return(row["return"], source, line), "episodes": episodes,
+                     TASK_MATRIX_SECONDS: _seconds(row.get(TASK_MATRIX_SECONDS), source, line)})
     return rows
 
 
@@ -373,4 +380,16 @@ def _return(text: str, source: str | Path, line: int) -> float:
         raise ValueError(f"{source}: line {line}: return = {text!r} is not a number") from None
     if not math.isfinite(value):
         raise ValueError(f"{source}: line {line}: return = {text!r} is not finite")
+    return value
+
+
+def _seconds(text: str | None, source: str | Path, line: int) -> float:
+    if text is None or text == "":
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{source}: line {line}: {TASK_MATRIX_SECONDS} = {text!r} is not a number") from None
+    if not value >= 0:
+        raise ValueError(f"{source}: line {line}: {TASK_MATRIX_SECONDS} = {text!r} is not a duration >= 0")
     return value
