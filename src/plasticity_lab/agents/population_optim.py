@@ -150,7 +150,8 @@ class PopulationAdamW:
 class MemberOptimizers:
     """One optimiser per member, built by ``factory(member parameters)`` (a method's own
     optimiser); its steps reach the stacked parameters through the members' aliases. A step of
-    member k runs inside ``contexts[k]()`` (the member's own global RNG stream: Kron draws
+    member k runs inside ``contexts[k]()`` (a global RNG keyed by the member's own stream,
+    :meth:`plasticity_lab.streams.Streams.keyed_global`: Kron's package draws from the global RNG
     whether to update its preconditioners)."""
 
     def __init__(

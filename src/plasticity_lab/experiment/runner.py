@@ -52,6 +52,7 @@ from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe,
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
+from plasticity_lab.streams import Streams
 from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, TASK_MATRIX_SECONDS
 from plasticity_lab.metrics.diagnostics import layer_names
 from plasticity_lab.metrics.plasticity import (
@@ -137,23 +138,11 @@ class Member:
         self.env_steps = 0
         self.start_epoch = 0
         self.wall_offset = 0.0
-        self.cuda = device.type == "cuda"
-        self.rng_state = torch.get_rng_state()
-        self.cuda_rng_state = torch.cuda.get_rng_state(device) if self.cuda else None
-
-    @contextlib.contextmanager
-    def own_rng(self) -> Iterator[None]:
-        """The global torch RNG (fresh initialisations, perturbations) is this member's stream
-        while inside; a single run's draws are the same with or without the swap."""
-        torch.set_rng_state(self.rng_state)
-        if self.cuda:
-            torch.cuda.set_rng_state(self.cuda_rng_state)
-        try:
-            yield
-        finally:
-            self.rng_state = torch.get_rng_state()
-            if self.cuda:
-                self.cuda_rng_state = torch.cuda.get_rng_state()
+        self.streams = Streams.split_from_global(device)
+        """The methods' draws (re-initialisations, perturbations): this member's own generators,
+        continuing the global RNG's stream where the construction left it."""
+        for iv in self.interventions:
+            iv.streams = self.streams
 
     def scaled_reward(self, res: Any, active: np.ndarray | None = None) -> np.ndarray:
         """The step's training reward, through the reward scaler where the environment has one."""
@@ -239,7 +228,7 @@ class Run:
         slot = self.members[0].interventions.index(provider)
         return MemberOptimizers(
             [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings),
-            [m.own_rng for m in self.members],
+            [m.streams.keyed_global if provider.optimizer_draws else contextlib.nullcontext for m in self.members],
         )
 
     def optimizer_view(self, member: Member) -> Any:
@@ -329,8 +318,8 @@ class Run:
             "model": {k: v.clone() for k, v in member.model.state_dict().items()},
             "optimizer": self.optimizer.member_state_dict(member.index),
             "interventions": [iv.state_dict() for iv in member.interventions],
-            "torch_rng": member.rng_state.clone(),
-            "cuda_rng": member.cuda_rng_state.clone() if member.cuda_rng_state is not None else None,
+            "torch_rng": member.streams.state_dict()["cpu"],
+            "cuda_rng": member.streams.state_dict()["device"],
             "device_type": self.device.type,
             "gen": member.gen.get_state(),
             "shift_rng": member.shift_rng.bit_generator.state,
@@ -360,9 +349,7 @@ class Run:
             member.model.load_state_dict(state["model"])  # in place: into the stacked tensors
             self.optimizer.load_member_state_dict(member.index, state["optimizer"])
             # RNG states are CPU byte tensors whatever map_location moved them to
-            member.rng_state = state["torch_rng"].cpu()
-            if state["cuda_rng"] is not None and member.cuda:
-                member.cuda_rng_state = state["cuda_rng"].cpu()
+            member.streams.load_state_dict({"cpu": state["torch_rng"], "device": state["cuda_rng"]})
             member.gen.set_state(state["gen"].cpu())
             member.shift_rng.bit_generator.state = state["shift_rng"]
             member.shift_state = ShiftState.from_dict(state["shift_state"])
@@ -638,7 +625,7 @@ class Run:
                 if not hooks or (active is not None and not active[k]) or k in failing:
                     continue
                 ctx = LossContext(mb_obs[k], parts.policy[k].detach(), obs[k, : batch.lengths[k]], member.gen)
-                with member.own_rng(), self.isolated(member, failing, "a loss term"):
+                with self.isolated(member, failing, "a loss term"):
                     for iv in hooks:
                         extra = iv.loss(member.model, ctx)
                         if extra is not None:
@@ -649,7 +636,7 @@ class Run:
             for member, hooks in zip(self.members, step_hooks):
                 if not hooks or (active is not None and not active[member.index]) or member.index in failing:
                     continue
-                with member.own_rng(), self.isolated(member, failing, "a step hook"):
+                with self.isolated(member, failing, "a step hook"):
                     for iv in hooks:
                         iv.after_step(member.model, self.optimizer_view(member))
             stats = {
@@ -682,9 +669,8 @@ class Run:
                 out["explained_variance"] = float(1 - torch.var(rets_k - values_k) / var) if var > 0 else float("nan")
                 out["v_estimate"] = float(values_k.mean())
                 periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
-                with member.own_rng():
-                    for iv in member.interventions:
-                        out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
+                for iv in member.interventions:
+                    out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
             if k in failing:
                 outs.append({FAILURE_KEY: failing[k]})
                 continue
@@ -710,9 +696,8 @@ class Run:
                 member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
             member.task_index += 1
             member.task_shifts.append(member.shift_state)
-            with member.own_rng():
-                for iv in member.interventions:
-                    iv.at_shift(member.model, self.optimizer_view(member))
+            for iv in member.interventions:
+                iv.at_shift(member.model, self.optimizer_view(member))
         self.follow_structure()
         keeps = any(iv.keeps_optimizer for iv in self.members[0].interventions)
         if self.ppo.reset_optimizer_at_shift and not keeps:
@@ -894,7 +879,7 @@ class Run:
         for member in self.members:
             if member.probe is None or not member.probe.due(epoch):
                 continue
-            with member.own_rng(), self.isolated(member, failing, "a diagnostics probe"):
+            with self.isolated(member, failing, "a diagnostics probe"):
                 result = member.probe.measure(member.model, member.task_index, member.shift_state, epoch)
             if member.index not in failing:
                 logs[member].probe(epoch, member.task_index, result)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from plasticity_lab.streams import Streams
+
 if TYPE_CHECKING:
     from plasticity_lab.config import RunConfig
 
@@ -90,6 +92,10 @@ class Intervention:
     needs_sole_updates: ClassVar[bool] = False
     """The optimiser's state assumes that only its own steps move the weights (TRAC scales the
     displacement from its reference weights), so no method that ``edits_weights`` may run beside it."""
+    optimizer_draws: ClassVar[bool] = False
+    """The optimiser that ``optimizer`` builds draws from the global RNG in its step (a package
+    that takes no generator: kron-torch), so the runner steps it on a stream of the member's
+    (:meth:`plasticity_lab.streams.Streams.keyed_global`)."""
     settings_used: ClassVar[frozenset[str]] = SETTINGS
     """The settings the optimiser that ``optimizer`` builds applies (a method changing another
     one cannot be combined with it: the change would be silently ignored)."""
@@ -97,6 +103,9 @@ class Intervention:
     def __init__(self, params: BaseModel, model: torch.nn.Module, plan: TrainingPlan) -> None:
         self.params = params
         self.plan = plan
+        self.streams = Streams()
+        """Where the method's draws come from: its member's own generators once the runner binds
+        them (:mod:`plasticity_lab.streams`); built by hand, the global default generators."""
 
     @classmethod
     def settings_changed_by(cls, params: BaseModel) -> frozenset[str]:

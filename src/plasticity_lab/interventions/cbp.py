@@ -225,7 +225,7 @@ class ContinualBackprop(Intervention):
                     if layer.bias is not None:
                         layer.bias.add_(mean_input_response(layer, x.view_as(mean)))
             per_unit[:, chosen] = 0.0
-        recycle_units(block, link, chosen, optimizer, zero_bias=True)
+        recycle_units(block, link, chosen, optimizer, self.streams.on("cpu"), zero_bias=True)
         self.utility[i][chosen] = 0.0
         self.ages[i][chosen] = 0
 

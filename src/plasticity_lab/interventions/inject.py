@@ -141,11 +141,16 @@ class Inject(Intervention):
         self.model = model
         self.count = 0
 
-    def inject(self, model: nn.Module) -> None:
-        if self.params.variant == "paper":
-            self._inject_head_network(model)
-        else:
-            self._inject_linear_heads(model)
+    def inject(self, model: nn.Module, replay: bool = False) -> None:
+        """Add heads. Module constructors draw from the global RNG only, so the fresh heads are
+        built on a stream of the member's (:meth:`Streams.keyed_global`); a ``replay`` (rebuilding
+        the structure before a checkpoint's weights are loaded over it) draws nothing from it."""
+        draws = torch.random.fork_rng(devices=[]) if replay else self.streams.keyed_global()
+        with draws:
+            if self.params.variant == "paper":
+                self._inject_head_network(model)
+            else:
+                self._inject_linear_heads(model)
         self.count += 1
 
     @staticmethod
@@ -187,4 +192,4 @@ class Inject(Intervention):
         if state["injections"] < self.count:
             raise ValueError(f"inject: checkpoint has {state['injections']} injections, the model already {self.count}")
         while self.count < state["injections"]:
-            self.inject(self.model)
+            self.inject(self.model, replay=True)

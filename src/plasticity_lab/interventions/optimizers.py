@@ -222,6 +222,7 @@ class KronMethod(Intervention):
     has no Adam betas. The package prints the buffer sizes at its first step."""
 
     name = "kron"
+    optimizer_draws = True
     Params = KronParams
     settings_changed = frozenset({"lr"})
     settings_used = frozenset({"lr", "weight_decay"})  # no Adam betas, no coupled decay

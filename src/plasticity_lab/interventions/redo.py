@@ -42,19 +42,21 @@ class Redo(Intervention):
             scores = dormant_scores(act).view(link.copies, -1).max(dim=0).values
             dormant = torch.nonzero(scores <= self.params.tau).flatten()
             if dormant.numel():
-                recycle_units(model.blocks[link.block], link, dormant, optimizer)
+                recycle_units(model.blocks[link.block], link, dormant, optimizer, self.streams.on("cpu"))
             total += dormant.numel()
         return {"redo_reset_units": float(total)}
 
 
 @torch.no_grad()
 def recycle_units(
-    block: nn.Module, link, units: torch.Tensor, optimizer: torch.optim.Optimizer | None, zero_bias: bool = False,
+    block: nn.Module, link, units: torch.Tensor, optimizer: torch.optim.Optimizer | None,
+    generator: torch.Generator | None = None, zero_bias: bool = False,
 ) -> None:
     """Re-initialise the incoming weights of ``units`` (and their bias: freshly drawn, or 0 with
-    ``zero_bias``) and zero what reads them downstream."""
+    ``zero_bias``), drawn from ``generator`` (CPU; None: the global RNG), and zero what reads them
+    downstream."""
     layer = block.layer
-    weight, bias = fresh_init(layer)
+    weight, bias = fresh_init(layer, generator)
     assign(weight_param(layer), (units,), weight[units], optimizer)
     if layer.bias is not None:
         assign(layer.bias, (units,), 0.0 if zero_bias else bias[units], optimizer)

@@ -43,7 +43,7 @@ class Reset(Intervention):
 
     def at_shift(self, model, optimizer):
         for layer in part_layers(model, self.params.parts):
-            for param, value in fresh_params(layer):
+            for param, value in fresh_params(layer, self.streams.on("cpu")):
                 if param.requires_grad:
                     assign(param, (...,), value, optimizer)
 
@@ -69,7 +69,7 @@ class ShrinkPerturb(Intervention):
     def at_shift(self, model, optimizer):
         p = self.params
         for layer in part_layers(model, p.parts):
-            for param, fresh in fresh_params(layer):
+            for param, fresh in fresh_params(layer, self.streams.on("cpu")):
                 if param.requires_grad:
                     param.mul_(p.shrink).add_(fresh, alpha=p.perturb)
 
@@ -165,7 +165,7 @@ class SoftShrinkPerturb(Intervention):
                 param.mul_(self.shrink).add_(target, alpha=self.perturb)
             return
         for draw in self._draws(model):
-            draw.param.mul_(self.shrink).add_(draw.draw(), alpha=self.perturb)
+            draw.param.mul_(self.shrink).add_(draw.draw(self.streams.on(draw.param.device)), alpha=self.perturb)
 
     def state_dict(self):
         return {"theta0": self.anchors.state_dict()} if self.anchors is not None else {}

@@ -25,20 +25,23 @@ def weight_param(layer: nn.Module) -> nn.Parameter:
     return layer.weight
 
 
-def fresh_init(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight and bias as torch's default initialiser would draw them for this layer now."""
-    if isinstance(layer, nn.Conv2d):
-        twin: nn.Module = nn.Conv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-            bias=layer.bias is not None,
-        )
-    elif isinstance(layer, nn.Linear):
-        twin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
-    else:
+@torch.no_grad()
+def fresh_init(layer: nn.Module, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight and bias as torch's default initialiser would draw them for this layer now, from
+    ``generator`` (a CPU generator; None: the global RNG): the draws of ``reset_parameters`` of
+    nn.Linear / nn.Conv2d, on the CPU as a constructor makes them (kaiming_uniform with
+    a = sqrt(5), then the bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)))."""
+    if not isinstance(layer, AFFINE):
         raise TypeError(f"no fresh initialiser for {type(layer).__name__}")
-    device = weight_param(layer).device
-    bias = twin.bias.detach().to(device) if twin.bias is not None else None
-    return twin.weight.detach().to(device), bias
+    current = weight_param(layer)
+    weight = torch.empty(current.shape)  # the default dtype, as a constructor draws it
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    bias = None
+    if layer.bias is not None:
+        bound = init_bound(layer)
+        bias = nn.init.uniform_(torch.empty(layer.bias.shape), -bound, bound, generator=generator)
+        bias = bias.to(current.device)
+    return weight.to(current.device), bias
 
 
 @torch.no_grad()
@@ -130,10 +133,11 @@ class FreshDraw:
     bound: float | None = None
     fill: float | None = None
 
-    def draw(self) -> torch.Tensor:
+    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A fresh value (``generator`` on the parameter's device; None: the global RNG)."""
         if self.bound is None:
             return torch.full_like(self.param, self.fill)
-        return torch.empty_like(self.param).uniform_(-self.bound, self.bound)
+        return torch.empty_like(self.param).uniform_(-self.bound, self.bound, generator=generator)
 
 
 def fresh_draws(layer: nn.Module) -> list[FreshDraw]:
@@ -149,11 +153,11 @@ def fresh_draws(layer: nn.Module) -> list[FreshDraw]:
 
 
 @torch.no_grad()
-def fresh_params(layer: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+def fresh_params(layer: nn.Module, generator: torch.Generator | None = None) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """(parameter, value torch's default init would give it now) for an affine or norm layer:
-    affine layers from :func:`fresh_init`, norm scales 1 and offsets 0."""
+    affine layers from :func:`fresh_init` (``generator``: a CPU one), norm scales 1 and offsets 0."""
     if isinstance(layer, AFFINE):
-        weight, bias = fresh_init(layer)
+        weight, bias = fresh_init(layer, generator)
         pairs = [(weight_param(layer), weight)]
         return pairs + ([(layer.bias, bias)] if bias is not None else [])
     return [(d.param, d.draw()) for d in fresh_draws(layer)]

@@ -1,0 +1,93 @@
+"""Each member's own random streams (plasticity_lab.streams): the methods draw from them, never
+from the global RNG, so no member's draws depend on another's and training leaves the global RNG
+as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from plasticity_lab.experiment.runner import Run
+from plasticity_lab.interventions import REGISTRY
+from plasticity_lab.nets.surgery import FreshDraw, fresh_init
+from plasticity_lab.streams import Streams
+from tests.test_population import METHODS, config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DRAWING = ["reset", "shrink_perturb", "soft_shrink_perturb", "redo", "cbp", "inject", "kron", "parseval"]
+"""The methods that draw during training (parseval only at construction)."""
+
+
+def test_split_streams_continue_the_global_stream_and_leave_it_alone():
+    torch.manual_seed(11)
+    state = torch.get_rng_state()
+    streams = Streams.split_from_global(torch.device("cpu"))
+    assert streams.on("cpu") is streams.on(torch.device("cpu"))
+    mine = torch.rand(5, generator=streams.on("cpu"))
+    assert torch.equal(torch.get_rng_state(), state)  # the split drew nothing from the global RNG
+    assert torch.equal(mine, torch.rand(5))  # ... and continues exactly where it stood
+
+
+def test_unbound_streams_are_the_global_generators():
+    assert Streams().on("cpu") is torch.default_generator
+
+
+def test_keyed_global_draws_from_the_member_and_restores_the_global_rng():
+    torch.manual_seed(3)
+    outside = torch.get_rng_state()
+    a, b = (Streams(torch.Generator().manual_seed(7)) for _ in range(2))
+    other = Streams(torch.Generator().manual_seed(8))
+    draws = []
+    for streams in (a, b, other):
+        with streams.keyed_global():
+            draws.append(torch.rand(4))
+    assert torch.equal(torch.get_rng_state(), outside)
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    with a.keyed_global():  # the member's stream moved on: the next block draws anew
+        assert not torch.equal(torch.rand(4), draws[0])
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(7, 5), nn.Linear(6, 2, bias=False), nn.Conv2d(3, 4, 3, 2, 1)],
+                         ids=["linear", "no-bias", "conv"])
+def test_fresh_init_from_a_generator_is_what_a_constructor_draws(layer):
+    """The same numbers torch's own constructor draws from the same state (so a run's
+    re-initialisations did not change when they moved off the global RNG)."""
+    torch.manual_seed(5)
+    gen = torch.Generator()
+    gen.set_state(torch.get_rng_state())
+    weight, bias = fresh_init(layer, gen)
+    if isinstance(layer, nn.Conv2d):
+        twin = nn.Conv2d(3, 4, 3, 2, 1)
+    else:
+        twin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    assert torch.equal(weight, twin.weight)
+    assert (bias is None and twin.bias is None) or torch.equal(bias, twin.bias)
+    draw = FreshDraw(layer.weight, bound=0.3)
+    state = gen.get_state()
+    first = draw.draw(gen)
+    gen.set_state(state)
+    assert torch.equal(first, draw.draw(gen)) and first.abs().max() <= 0.3
+
+
+def test_every_drawing_method_is_listed():
+    """A method that edits weights draws fresh values in this project (or shrinks toward an
+    anchor); the ones here are all the methods whose hooks or construction draw."""
+    assert {n for n, cls in REGISTRY.items() if cls.edits_weights} - {"nap"} <= set(DRAWING)
+
+
+@pytest.mark.parametrize("name", DRAWING)
+def test_training_never_touches_the_global_rng(tmp_path, name):
+    """A population of two with a method that draws, through its shift: the global RNG's state is
+    the same before and after training (every draw came from a member's own streams)."""
+    if name == "kron":
+        pytest.importorskip("kron_torch")
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    run = Run(config({name: METHODS[name]}), dirs, [0, 1], device="cpu")
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    assert run.train() == "done"
+    assert torch.equal(torch.get_rng_state(), before)
