@@ -5,6 +5,7 @@ as a pure function of the config."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def test_task_matrix_evaluations_and_their_cost_by_hand():
     capped.environment.minatar.max_episode_steps = 50  # a configured cap bounds it
     shape = NetworkShape.of(minatar)
     assert evaluation_seconds(capped, 8, shape) < evaluation_seconds(minatar, 8, shape)
+    atari = load_study("atari_continual_cpu.yaml").condition("baseline")  # episodes capped at 2000 frames
+    steps = math.ceil(atari.environment.ale.max_episode_frames / atari.environment.ale.frame_skip)
+    assert steps < cm.EVAL_EPISODE_STEPS["ale"]
+    ale, atari_shape = ENV_COSTS["ale"], NetworkShape.of(atari)
+    assert evaluation_seconds(atari, 4, atari_shape) == pytest.approx(
+        4 * ale.make + steps * (cm.ROLLOUT_STEP_S + 4 * ale.step) + atari_shape.forward(4 * steps, steps))
     assert evaluation_seconds(capped, 8, shape) == pytest.approx(
         8 * ENV_COSTS["minatar"].make + 50 * (cm.ROLLOUT_STEP_S + 8 * ENV_COSTS["minatar"].step)
         + shape.forward(8 * 50, 50))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from plasticity_lab.experiment.identity import run_differences
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY
 from plasticity_lab.nets.surgery import FreshDraw, fresh_init
@@ -16,8 +17,9 @@ from tests.test_population import METHODS, config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DRAWING = ["reset", "shrink_perturb", "soft_shrink_perturb", "redo", "cbp", "inject", "kron", "parseval"]
-"""The methods that draw during training (parseval only at construction)."""
+DRAWING = ["reset", "shrink_perturb", "soft_shrink_perturb", "redo", "cbp", "inject", "kron"]
+"""The methods that draw during training (Parseval draws only at construction, before a member's
+streams are split off)."""
 
 
 def test_split_streams_continue_the_global_stream_and_leave_it_alone():
@@ -47,6 +49,10 @@ def test_keyed_global_draws_from_the_member_and_restores_the_global_rng():
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     with a.keyed_global():  # the member's stream moved on: the next block draws anew
         assert not torch.equal(torch.rand(4), draws[0])
+    state = a.on("cpu").get_state()
+    with a.keyed_global(draw=False):  # a replay: the same fork, nothing drawn from the member
+        torch.rand(4)
+    assert torch.equal(a.on("cpu").get_state(), state) and torch.equal(torch.get_rng_state(), outside)
 
 
 @pytest.mark.parametrize("layer", [nn.Linear(7, 5), nn.Linear(6, 2, bias=False), nn.Conv2d(3, 4, 3, 2, 1)],
@@ -75,6 +81,7 @@ def test_every_drawing_method_is_listed():
     """A method that edits weights draws fresh values in this project (or shrinks toward an
     anchor); the ones here are all the methods whose hooks or construction draw."""
     assert {n for n, cls in REGISTRY.items() if cls.edits_weights} - {"nap"} <= set(DRAWING)
+    assert all(REGISTRY[n].optimizer_draws == (n == "kron") for n in REGISTRY)
 
 
 @pytest.mark.parametrize("name", DRAWING)
@@ -91,3 +98,34 @@ def test_training_never_touches_the_global_rng(tmp_path, name):
     before = torch.get_rng_state()
     assert run.train() == "done"
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("name", ["inject", "kron", "soft_shrink_perturb"])
+def test_killed_and_resumed_streams_draw_as_the_uninterrupted_run(tmp_path, name):
+    """The streams are checkpointed: a population stopped after its shift and resumed draws what
+    the uninterrupted one draws (injection rebuilds its heads on resume without drawing)."""
+    if name == "kron":
+        pytest.importorskip("kron_torch")
+    cfg = config({name: METHODS[name]}, num_epochs=4, shift_points=[1, 3])
+    cfg.experiment.save_freq = 1
+    full = [tmp_path / "full" / s for s in ("a", "b")]
+    cut = [tmp_path / "cut" / s for s in ("a", "b")]
+    for d in (*full, *cut):
+        d.mkdir(parents=True)
+    assert Run(cfg, full, [0, 1], device="cpu").train() == "done"
+    stopped = Run(cfg, cut, [0, 1], device="cpu")
+    run_epoch = stopped.run_epoch
+
+    def stop_at_2(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return run_epoch(epoch)
+
+    stopped.run_epoch = stop_at_2
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train()
+    resumed = Run(cfg, cut, [0, 1], device="cpu")
+    assert resumed.train(resumed.load_resume_state()) == "done"
+    assert resumed.start_epoch == 2  # it continued from the checkpoint, not from the start
+    for a, b in zip(full, cut):
+        assert run_differences(a, b) == []

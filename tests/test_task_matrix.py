@@ -128,4 +128,14 @@ def test_a_killed_run_resumes_to_the_same_matrix(tmp_path):
         stopped.train()
     resumed = Run(cfg, cut, 3, device="cpu")
     assert resumed.train(resumed.load_resume_state()) == "done"
+    assert (cut / "task_matrix.csv").exists()
     assert run_differences(cut, full) == []  # task_matrix.csv included, its eval_seconds aside
+
+
+def test_identity_reports_a_training_file_only_one_run_wrote(tmp_path):
+    """Only the task matrix may be in one run alone (evaluation); a missing metrics.csv is a difference."""
+    a = train(config(False), tmp_path / "a")
+    b = train(config(False), tmp_path / "b")
+    assert run_differences(a, b) == []
+    (b / "metrics.csv").unlink()
+    assert run_differences(a, b) == [f"metrics.csv: only in {a}"]

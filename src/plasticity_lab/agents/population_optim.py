@@ -151,8 +151,8 @@ class MemberOptimizers:
     """One optimiser per member, built by ``factory(member parameters)`` (a method's own
     optimiser); its steps reach the stacked parameters through the members' aliases. A step of
     member k runs inside ``contexts[k]()`` (a global RNG keyed by the member's own stream,
-    :meth:`plasticity_lab.streams.Streams.keyed_global`: Kron's package draws from the global RNG
-    whether to update its preconditioners)."""
+    :meth:`plasticity_lab.streams.Streams.keyed_global`: Kron's package draws its preconditioner
+    fits' noise, ``torch.randn_like``, from the global RNG)."""
 
     def __init__(
         self,

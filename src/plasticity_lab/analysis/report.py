@@ -504,6 +504,7 @@ def _continual_tables(study: Study, comparison: Comparison) -> list[Block]:
         for metric in CONTINUAL for condition, c in comparison.paired.get(metric, {}).items()
     ]
     cost = matrix_cost(study.data.task_matrix, study.data.metrics)
+    cost = cost.set_index("condition").reindex([c for c in comparison.results if c in set(cost["condition"])]).reset_index()
     costs = [] if cost.empty else [Table(
         ["Condition", "Runs timed", "Seconds per run", "% of the rest of the run"],
         [[row.condition, str(row.runs), f"{row.seconds:.1f}", "-" if math.isnan(row.share) else f"{row.share:.1f}%"] for row in cost.itertuples(index=False)],

@@ -163,11 +163,18 @@ def evaluation_seconds(cfg: RunConfig, episodes: int, shape: NetworkShape) -> fl
     episode, stepped until all have ended: :func:`plasticity_lab.envs.evaluate`)."""
     e = cfg.environment
     env = ENV_COSTS[e.name]
-    caps = {"gridworld": e.episode_steps, "minatar": e.minatar.max_episode_steps}
+    caps = {"gridworld": e.episode_steps, "minatar": e.minatar.max_episode_steps,
+            "ale": math.ceil(e.ale.max_episode_frames / e.ale.frame_skip)}
     options = e.options()
     steps = min(x for x in (EVAL_EPISODE_STEPS.get(e.name), caps.get(e.name),
                             options.max_episode_steps if options else None) if x is not None)
     return episodes * env.make + steps * (ROLLOUT_STEP_S + episodes * env.step) + shape.forward(episodes * steps, steps)
+
+
+def matrix_episodes(cfg: RunConfig) -> int:
+    """Episodes of each task-matrix evaluation: ``evaluation.task_matrix_episodes``, else the
+    ordinary evaluation's ``test_episodes``."""
+    return cfg.evaluation.task_matrix_episodes or cfg.ppo_trainer.test_episodes
 
 
 def task_matrix_evaluations(cfg: RunConfig) -> int:
@@ -176,8 +183,7 @@ def task_matrix_evaluations(cfg: RunConfig) -> int:
     if not cfg.evaluation.task_matrix:
         return 0
     tasks = len(cfg.ppo_trainer.shift_points) + 1
-    episodes = cfg.evaluation.task_matrix_episodes or cfg.ppo_trainer.test_episodes
-    reused = tasks if episodes == cfg.ppo_trainer.test_episodes else 0
+    reused = tasks if matrix_episodes(cfg) == cfg.ppo_trainer.test_episodes else 0
     return tasks * (tasks + 1) // 2 - reused
 
 
@@ -202,9 +208,8 @@ def item_costs(
     collect = envs * env.make + collection_steps(n, envs, warmup, stride) * envs * env.step
     fit_chunks = math.ceil(n / fit_batch)
     fit = d.trainability_steps * shape.train_step(fit_batch, FIT_STEP_S) + shape.forward(n, fit_chunks)
-    matrix_episodes = cfg.evaluation.task_matrix_episodes or p.test_episodes
     return ItemCosts(
         epoch=rollout + update, probe=probe, collect=collect, churn=shape.forward(n, chunks),
         fit=fit, reference=fit + shape.forward(n, fit_chunks),
-        matrix_evaluation=evaluation_seconds(cfg, matrix_episodes, shape),
+        matrix_evaluation=evaluation_seconds(cfg, matrix_episodes(cfg), shape),
     )

@@ -55,12 +55,17 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def run_differences(a: Path, b: Path) -> list[str]:
     """Where run directories ``a`` and ``b`` differ: metrics.csv, diagnostics.csv and task_matrix.csv
-    as written (timings aside; a file only one of them wrote is not compared) and the final
+    as written (timings aside; a task_matrix.csv only one of them wrote is not compared, any other
+    file only one wrote is a difference) and the final
     checkpoint (its wall time and config aside); [] when they hold the same run."""
     out = []
     for name in ("metrics.csv", "diagnostics.csv", "task_matrix.csv"):
-        if not (a / name).exists() or not (b / name).exists():
-            continue  # e.g. the task matrix on in one run only: evaluation, not training
+        if not (a / name).exists() and not (b / name).exists():
+            continue
+        if (a / name).exists() != (b / name).exists():
+            if name != "task_matrix.csv":  # the matrix on in one run only: evaluation, not training
+                out.append(f"{name}: only in {a if (a / name).exists() else b}")
+            continue
         ra, rb = _rows(a / name), _rows(b / name)
         if len(ra) != len(rb):
             out.append(f"{name}: {len(ra)} vs {len(rb)} rows")

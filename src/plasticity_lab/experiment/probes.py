@@ -260,9 +260,9 @@ def run_item_costs(cfg: RunConfig) -> ItemCosts:
 
 def task_matrix_estimate(cfg: RunConfig) -> str:
     """The log line of a run whose task matrix is on without probes: its modelled cost."""
-    costs = run_item_costs(cfg)
-    share = task_matrix_evaluations(cfg) * costs.matrix_evaluation / (cfg.ppo_trainer.num_epochs * costs.epoch)
-    return f"task matrix: {task_matrix_evaluations(cfg)} evaluations, estimated {100 * share:.1f}% of the training time"
+    costs, evaluations = run_item_costs(cfg), task_matrix_evaluations(cfg)
+    share = evaluations * costs.matrix_evaluation / (cfg.ppo_trainer.num_epochs * costs.epoch)
+    return f"task matrix: {evaluations} evaluations, estimated {100 * share:.1f}% of the training time"
 
 
 # --------------------------------------------------------------------------- a run's probes

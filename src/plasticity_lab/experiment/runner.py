@@ -48,6 +48,7 @@ from plasticity_lab.experiment.checkpoint import (
     FORMAT_VERSION, CheckpointError, checkpoint_epochs, common_epoch, load_checkpoint, save_atomic, save_population,
 )
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
+from plasticity_lab.experiment.cost_model import matrix_episodes
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, task_matrix_estimate
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
@@ -308,6 +309,7 @@ class Run:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self, member: Member, next_epoch: int, wall_time: float) -> dict[str, Any]:
         """Everything member ``member`` needs to continue bit-exactly, as a single run would."""
+        streams = member.streams.state_dict()
         return {
             "format": FORMAT_VERSION,
             "next_epoch": next_epoch,
@@ -318,8 +320,8 @@ class Run:
             "model": {k: v.clone() for k, v in member.model.state_dict().items()},
             "optimizer": self.optimizer.member_state_dict(member.index),
             "interventions": [iv.state_dict() for iv in member.interventions],
-            "torch_rng": member.streams.state_dict()["cpu"],
-            "cuda_rng": member.streams.state_dict()["device"],
+            "torch_rng": streams["cpu"],
+            "cuda_rng": streams["device"],
             "device_type": self.device.type,
             "gen": member.gen.get_state(),
             "shift_rng": member.shift_rng.bit_generator.state,
@@ -738,7 +740,7 @@ class Run:
         shift state, with the seeds of this epoch's ordinary evaluation (R[i][i] is that
         evaluation when the episode counts agree); rows (i, j, epoch, return, episodes,
         eval_seconds) per member."""
-        episodes = self.cfg.evaluation.task_matrix_episodes or self.ppo.test_episodes
+        episodes = matrix_episodes(self.cfg)
         i = self.members[0].task_index
         rows: list[list[dict[str, Any]]] = [[] for _ in self.members]
         for j in range(i + 1):
@@ -961,7 +963,7 @@ class MemberLogs:
         self.writer.close()
         self.metrics.close()
         if self.task_matrix is not None:
-            training = wall_time - self.matrix_seconds
+            training = wall_time - self.member.wall_offset - self.matrix_seconds  # this session's
             share = f" = {100 * self.matrix_seconds / training:.1f}% on top of {training:.0f} s" if training > 0 else ""
             print(f"[{self.member.label}] task matrix: {self.matrix_evaluations} evaluations took "
                   f"{self.matrix_seconds:.1f} s{share} (this session; the population's time)", flush=True)

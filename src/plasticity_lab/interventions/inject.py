@@ -145,8 +145,7 @@ class Inject(Intervention):
         """Add heads. Module constructors draw from the global RNG only, so the fresh heads are
         built on a stream of the member's (:meth:`Streams.keyed_global`); a ``replay`` (rebuilding
         the structure before a checkpoint's weights are loaded over it) draws nothing from it."""
-        draws = torch.random.fork_rng(devices=[]) if replay else self.streams.keyed_global()
-        with draws:
+        with self.streams.keyed_global(draw=not replay):
             if self.params.variant == "paper":
                 self._inject_head_network(model)
             else:
