@@ -88,28 +88,31 @@ class PopulationAdamW:
     @torch.no_grad()
     def step(self, active: torch.Tensor | None = None) -> None:
         """One AdamW step of every member (``active`` None) or of the members where the bool
-        (K,) mask is True; the others keep parameters, moments and step count."""
+        (K,) mask is True; the others keep parameters, moments and step count. One program for
+        both: a member that does not step gets coefficients that leave its slices exactly as they
+        are (decay factor 1, moment weights 0, step size 0), so nothing is copied to restore it,
+        and a stepping member's arithmetic is the unmasked one, bit for bit."""
         beta1, beta2 = self.betas
-        self.steps += 1 if active is None else active.to(self.steps.dtype)
+        on = torch.ones_like(self.steps) if active is None else active.to(self.steps.dtype)
+        self.steps += on
         steps = self.steps.clamp(min=1)  # a member that never stepped has no correction to make
-        step_size = self.lr / (1 - beta1**steps)
+        step_size = self.lr / (1 - beta1**steps) * on
         bias2_sqrt = (1 - beta2**steps).sqrt()
+        decay = 1 - self.lr * self.weight_decay * on
         for name, p in self.params.items():
             grad, m, v = p.grad, self.exp_avg[name], self.exp_avg_sq[name]
-            if active is not None:
-                old = (p.clone(), m.clone(), v.clone())
+
+            def each(x: torch.Tensor) -> torch.Tensor:
+                return _per_member(x, p).to(p.dtype)
+
             if self.coupled_weight_decay:
                 grad = grad.add(p, alpha=self.coupled_weight_decay)
             if self.weight_decay:
-                p.mul_(1 - self.lr * self.weight_decay)
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / _per_member(bias2_sqrt, v).to(v.dtype)).add_(self.eps)
-            p.sub_(m / denom * _per_member(step_size, p).to(p.dtype))
-            if active is not None:
-                keep = ~_per_member(active, p)
-                for now, before in zip((p, m, v), old):
-                    now.copy_(torch.where(keep, before, now))
+                p.mul_(each(decay))
+            m.lerp_(grad, each((1 - beta1) * on))
+            v.mul_(each(beta2**on)).addcmul_(grad * each((1 - beta2) * on), grad)
+            denom = (v.sqrt() / each(bias2_sqrt)).add_(self.eps)
+            p.sub_(m / denom * each(step_size))
 
     def member_view(self, k: int, member: nn.Module) -> MemberStateView:
         """Member ``k``'s moments keyed by its module's parameters (views: edits reach the stack)."""
