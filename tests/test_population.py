@@ -472,8 +472,9 @@ def test_a_sweep_retries_a_diverged_member_once_and_reports_it_failed(tmp_path, 
 # ----------------------------------------------------------------- kills and resumes
 
 
-def study_file(tmp_path: Path, **ppo) -> Path:
-    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], **ppo}, "experiment": {"save_freq": 1, "conditions": {"baseline": {}}}}
+def study_file(tmp_path: Path, matrix: bool = False, **ppo) -> Path:
+    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], **ppo}, "experiment": {"save_freq": 1, "conditions": {"baseline": {}}},
+           "evaluation": {"task_matrix": matrix}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -487,26 +488,34 @@ def plab_train(config: Path, out: Path, seeds: str, resume: bool = False) -> sub
 
 def test_sigkill_at_five_random_moments_then_resume_is_bit_identical(tmp_path):
     """A population of four killed with SIGKILL at five random moments (startup, an epoch, a
-    checkpoint commit...) and resumed each time ends bit-identical to an uninterrupted run."""
-    config = study_file(tmp_path, num_epochs=12, shift_points=[4, 8])
-    start = time.monotonic()
+    checkpoint commit...) and resumed each time ends bit-identical to an uninterrupted run, its
+    task-return matrix included (issue 26)."""
+    config = study_file(tmp_path, matrix=True, num_epochs=12, shift_points=[4, 8])
     assert plab_train(config, tmp_path / "full", "0,1,2,3").wait() == 0
-    duration = time.monotonic() - start
+    metrics = tmp_path / "cut" / "results" / "s" / "baseline" / "seed_0" / "metrics.csv"
+
+    def epochs_written() -> int:
+        return max(0, len(metrics.read_text().splitlines()) - 1) if metrics.exists() else 0
+
     rng = random.Random(0)
     kills = 0
     for _ in range(5):
+        # the moment is drawn in the run's progress, not in seconds (the machine's speed varies):
+        # once a random epoch not yet written appears, plus a random fraction of a second
+        target, delay = rng.randint(epochs_written(), 11), rng.uniform(0.0, 0.3)
         proc = plab_train(config, tmp_path / "cut", "0,1,2,3", resume=True)
-        try:
-            proc.wait(timeout=rng.uniform(0.2, 1.0) * duration)
-        except subprocess.TimeoutExpired:
+        while proc.poll() is None and epochs_written() < target:
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
             kills += 1
+        proc.wait()
     assert kills >= 3  # most tries really cut a run short
     assert plab_train(config, tmp_path / "cut", "0,1,2,3", resume=True).wait() == 0
     for seed in range(4):
         run = Path("results") / "s" / "baseline" / f"seed_{seed}"
-        assert (tmp_path / "cut" / run / "DONE").exists()
+        assert (tmp_path / "cut" / run / "DONE").exists() and (tmp_path / "cut" / run / "task_matrix.csv").exists()
         assert_same_run(tmp_path / "cut" / run, tmp_path / "full" / run)
 
 
