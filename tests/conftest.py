@@ -35,6 +35,21 @@ def _keep_torch_threads():
     torch.set_num_threads(threads)
 
 
+def interrupt_at(run: Any, epoch: int) -> None:
+    """Train ``run`` (a ``Run``) until it is interrupted as the given epoch starts: a run killed
+    mid-way, with the checkpoints it wrote before, for the resume tests."""
+    run_epoch = run.run_epoch
+
+    def interrupted(e: int) -> Any:
+        if e == epoch:
+            raise KeyboardInterrupt
+        return run_epoch(e)
+
+    run.run_epoch = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        run.train()
+
+
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in extra.items():

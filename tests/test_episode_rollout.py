@@ -13,6 +13,7 @@ from plasticity_lab.envs.procgen import MAX_EPISODE_STEPS, ProcgenVecEnv
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import Intervention
 from plasticity_lab.interventions.base import Params
+from tests.conftest import interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,16 +165,7 @@ def test_gridworld_episode_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
     Run(cfg, tmp_path / "full", seed=0, device="cpu").train()
 
     stopped = Run(cfg, tmp_path / "cut", seed=0, device="cpu")
-    run_epoch = stopped.run_epoch
-
-    def killed_at_3(epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt  # dies mid-run, after the checkpoint written at the end of epoch 1
-        return run_epoch(epoch)
-
-    stopped.run_epoch = killed_at_3
-    with pytest.raises(KeyboardInterrupt):
-        stopped.train()
+    interrupt_at(stopped, 3)  # dies mid-run, after the checkpoint written at the end of epoch 1
     resumed = Run(cfg, tmp_path / "cut", seed=0, device="cpu")
     state = resumed.load_resume_state()
     assert state[0]["next_epoch"] == 3  # shift point 3: saved after epoch 2

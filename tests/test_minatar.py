@@ -21,6 +21,7 @@ from plasticity_lab.envs.minatar import GAMES, MinatarSettings, MinatarVecEnv, s
 from plasticity_lab.envs.shifts import ShiftState, next_shift  # noqa: E402
 from plasticity_lab.experiment.runner import Run  # noqa: E402
 from plasticity_lab.nets.actor_critic import build_model  # noqa: E402
+from tests.conftest import interrupt_at, merge
 
 
 def settings(*games: str, sticky: float = 0.1, cap: int = 10_000) -> MinatarSettings:
@@ -203,16 +204,7 @@ def test_run_resumes_bit_exactly_from_a_checkpoint(tmp_path):
         (tmp_path / name).mkdir()
     Run(cfg, tmp_path / "full", 0, device="cpu").train()
     stopped = Run(cfg, tmp_path / "cut", 0, device="cpu")
-    run_epoch = stopped.run_epoch
-
-    def killed_at_4(epoch):
-        if epoch == 4:
-            raise KeyboardInterrupt  # after the checkpoint written at the end of epoch 3 (save_freq 2)
-        return run_epoch(epoch)
-
-    stopped.run_epoch = killed_at_4
-    with pytest.raises(KeyboardInterrupt):
-        stopped.train()
+    interrupt_at(stopped, 4)  # after the checkpoint written at the end of epoch 3 (save_freq 2)
     resumed = Run(cfg, tmp_path / "cut", 0, device="cpu")
     resumed.train(resumed.load_resume_state())
 
@@ -256,8 +248,6 @@ BASE = {
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_config_error(change, message, tmp_path, capsys):
-    from tests.conftest import merge
-
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(merge(BASE, change)))
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 2
@@ -267,8 +257,6 @@ def test_bad_input_is_a_one_line_config_error(change, message, tmp_path, capsys)
 
 
 def test_game_shift_needs_a_sequence(tmp_path, capsys):
-    from tests.conftest import merge
-
     cfg = tmp_path / "one_game.yaml"
     cfg.write_text(yaml.safe_dump(merge(BASE, {"environment": {"shift_type": "game"}})))
     assert train_main(["-n", "t", "-p", str(cfg), "-o", str(tmp_path)]) == 2

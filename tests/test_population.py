@@ -33,6 +33,7 @@ from plasticity_lab.distributions import Categorical
 from plasticity_lab.experiment.identity import run_differences
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY, validate_interventions
+from tests.conftest import interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -262,16 +263,7 @@ def test_a_killed_population_resumes_to_the_uninterrupted_result(tmp_path):
     for d in dirs:
         d.mkdir(parents=True)
     stopped = Run(cfg, dirs, [0, 1, 2], device="cpu")
-    run_epoch = stopped.run_epoch
-
-    def killed_at_3(epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return run_epoch(epoch)
-
-    stopped.run_epoch = killed_at_3
-    with pytest.raises(KeyboardInterrupt):
-        stopped.train()
+    interrupt_at(stopped, 3)
     resumed = Run(cfg, dirs, [0, 1, 2], device="cpu")
     states = resumed.load_resume_state()
     assert [s["next_epoch"] for s in states] == [3, 3, 3]

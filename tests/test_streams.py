@@ -13,6 +13,7 @@ from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import REGISTRY
 from plasticity_lab.nets.surgery import FreshDraw, fresh_init
 from plasticity_lab.streams import Streams
+from tests.conftest import interrupt_at
 from tests.test_population import METHODS, config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,16 +115,7 @@ def test_killed_and_resumed_streams_draw_as_the_uninterrupted_run(tmp_path, name
         d.mkdir(parents=True)
     assert Run(cfg, full, [0, 1], device="cpu").train() == "done"
     stopped = Run(cfg, cut, [0, 1], device="cpu")
-    run_epoch = stopped.run_epoch
-
-    def stop_at_2(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return run_epoch(epoch)
-
-    stopped.run_epoch = stop_at_2
-    with pytest.raises(KeyboardInterrupt):
-        stopped.train()
+    interrupt_at(stopped, 2)
     resumed = Run(cfg, cut, [0, 1], device="cpu")
     assert resumed.train(resumed.load_resume_state()) == "done"
     assert resumed.start_epoch == 2  # it continued from the checkpoint, not from the start

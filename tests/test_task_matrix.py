@@ -18,6 +18,7 @@ from plasticity_lab.experiment.identity import run_differences
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.metrics.continual import read_task_matrix
 from plasticity_lab.nets import build_model
+from tests.conftest import interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -116,16 +117,7 @@ def test_a_killed_run_resumes_to_the_same_matrix(tmp_path):
     cut = tmp_path / "cut"
     cut.mkdir()
     stopped = Run(cfg, cut, 3, device="cpu")
-    run_epoch = stopped.run_epoch
-
-    def killed_at_4(epoch):
-        if epoch == 4:
-            raise KeyboardInterrupt
-        return run_epoch(epoch)
-
-    stopped.run_epoch = killed_at_4
-    with pytest.raises(KeyboardInterrupt):
-        stopped.train()
+    interrupt_at(stopped, 4)
     resumed = Run(cfg, cut, 3, device="cpu")
     assert resumed.train(resumed.load_resume_state()) == "done"
     assert (cut / "task_matrix.csv").exists()
