@@ -18,6 +18,7 @@ import yaml
 from plasticity_lab.config import RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.runner import Run
+from tests.conftest import interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # as the sweep's children ran (--threads 1 with 2 workers)
 
@@ -74,19 +75,7 @@ def test_current_code_reproduces_the_committed_demos_first_epochs(tmp_path, cond
     bit: DESIGN.md section 8) for the first EPOCHS epochs of the config's real schedule, stopped
     there, against its committed CSVs' first rows: every column but the timings equal as written."""
     run = Run(load_study(CONFIG).condition(condition), tmp_path, seed, device="cpu")
-    run_epoch = run.run_epoch
-
-    class Enough(Exception):
-        pass
-
-    def stop_at_epochs(epoch: int):
-        if epoch == EPOCHS:
-            raise Enough
-        return run_epoch(epoch)
-
-    run.run_epoch = stop_at_epochs
-    with pytest.raises(Enough):
-        run.train()
+    interrupt_at(run, EPOCHS)
     for name in ("metrics.csv", "diagnostics.csv"):
         new = written_rows(tmp_path / name)
         old = [r for r in committed_rows(DEMO / condition / f"seed_{seed}" / f"{name}.gz") if int(r["epoch"]) < EPOCHS]
