@@ -15,7 +15,7 @@ from plasticity_lab.config import RunConfig
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.interventions import validate_interventions
 from plasticity_lab.interventions.cbp import EntrywiseAdamW
-from plasticity_lab.nets.surgery import assign, init_bound
+from plasticity_lab.nets.surgery import clear_state, init_bound
 from tests.test_interventions import build, frames, make_model, make_optimizer, snapshot, train_step
 
 BETAS = (0.9, 0.999)
@@ -55,7 +55,10 @@ def test_a_recycled_entry_takes_a_first_adam_step_not_a_stale_bias_corrected_one
         for grad in history:
             p.grad = grad.clone()
             opt.step()
-        assign(p, (torch.tensor([1, 2]),), 0.0, opt)  # what a unit replacement does
+        recycled = torch.tensor([False, True, True, False])
+        with torch.no_grad():  # what a unit replacement does
+            p[recycled] = 0.0
+        clear_state(opt, p, recycled)
     assert opts[0].state[ours]["entry_steps"].tolist() == [t0, 0, 0, t0]
     steps = {"ours": [], "theirs": []}
     for _ in range(30):
@@ -88,7 +91,7 @@ def test_the_runner_builds_entrywise_adamw_for_cbp_with_the_ppo_settings(tmp_pat
     assert type(opt) is EntrywiseAdamW
     group = opt.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.8, 0.95), 0.01)
-    run.shift()  # a re-created optimiser is one again
+    run.shift(0)  # a re-created optimiser is one again
     assert type(run.optimizer.optimizers[0]) is EntrywiseAdamW
 
 

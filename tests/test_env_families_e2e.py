@@ -101,7 +101,7 @@ def test_resume_restores_statistics_and_restarts_episodes(family, tmp_path: Path
     first = Run(cfg, tmp_path / "run", seed=0)
     for epoch in range(3):
         if epoch in cfg.ppo_trainer.shift_points:
-            first.shift()
+            first.shift(0)
         first.run_epoch(epoch)
     first.save(3, 1.0)
     second = Run(cfg, tmp_path / "run", seed=0)

@@ -110,6 +110,6 @@ def test_a_restored_run_keeps_the_checkpointed_round1_state(tmp_path):
     assert other.member.shift_state == original.member.shift_state and other.member.env.shift == original.member.shift_state
     assert np.array_equal(other.member.env.observe_current(), original.member.env.observe_current())
     # The next shift continues the original's sequence.
-    original.shift()
-    other.shift()
+    original.shift(0)
+    other.shift(0)
     assert other.member.shift_state == original.member.shift_state and other.member.shift_state.round == 1

@@ -78,7 +78,7 @@ def make_run(precision: str, device: str, root: Path, config: str = "hyperparams
     cfg.ppo_trainer.precision = precision
     cfg.ppo_trainer.test_interval = 10**6  # evaluation is timed separately
     run = Run(cfg, root / f"{precision}-{rollout}", seed=0, device=device, label=f"bench-{precision}-{rollout}")
-    run.shift()  # apply one shift (e.g. the tile permutation) so it is part of every step
+    run.shift(0)  # apply one shift (e.g. the tile permutation) so it is part of every step
     return run
 
 

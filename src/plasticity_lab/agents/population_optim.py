@@ -13,7 +13,7 @@ tensors through the members' aliases (:mod:`plasticity_lab.nets.population`).
 
 Either way, hooks see one member's optimiser through :meth:`member_view`: an object whose
 ``state[param]`` holds that member's moments (views into the stacked state), so a method that
-clears the moments of re-initialised weights (``nets.surgery.assign``) clears only that member's.
+clears the moments of re-initialised weights (``nets.surgery.clear_state``) clears only that member's.
 """
 
 from __future__ import annotations

@@ -10,10 +10,12 @@ the loop carries a leading member dimension; the network compute of all members 
 once (:mod:`plasticity_lab.agents.population_optim`). Everything else is a member's own
 (:class:`Member`): its network module, interventions, environments, random streams, shift
 sequence, minibatch order, gradient clip, advantage normalisation, evaluation, diagnostics,
-checkpoints and run directory. Interventions are called per member on the member's module, so a
-member computes what the single run of its seed computes. Every random draw comes from a
-member's generator stored in its checkpoint (the global torch RNG too: it is swapped per member
-around every hook), so a resumed run continues exactly where the uninterrupted one would be.
+checkpoints and run directory. A method that is elementwise or per unit runs once for all acting
+members on the stacked state (:mod:`plasticity_lab.interventions.cohort`); the others run per
+member on the member's module (docs/populations.md lists them). Either way a member computes
+what the single run of its seed computes. Every random draw comes from a member's own generators,
+stored in its checkpoint (:mod:`plasticity_lab.streams`), so a resumed run continues exactly
+where the uninterrupted one would be.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe,
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
+from plasticity_lab.interventions.cohort import Cohort
 from plasticity_lab.streams import Streams
 from plasticity_lab.metrics.continual import TASK_MATRIX_COLUMNS, TASK_MATRIX_SECONDS
 from plasticity_lab.metrics.diagnostics import layer_names
@@ -224,6 +227,7 @@ class Run:
         defaults = dict(lr=self.ppo.lr, betas=self.ppo.adam_betas, weight_decay=self.ppo.weight_decay)
         provider, settings = resolve_optimizer(self.members[0].interventions, defaults)
         self._views: dict[int, Any] = {}
+        self._cohorts: dict[int, Cohort] = {}
         if provider is None:
             return PopulationAdamW(self.net.trainable(), **settings)
         slot = self.members[0].interventions.index(provider)
@@ -231,6 +235,41 @@ class Run:
             [m.model for m in self.members], lambda k, params: self.members[k].interventions[slot].optimizer(params, settings),
             [m.streams.keyed_global if provider.optimizer_draws else contextlib.nullcontext for m in self.members],
         )
+
+    def cohort(self, slot: int, acting: Sequence[int], failing: dict[int, str]) -> Cohort:
+        """The members at ``acting`` for the batched hooks of method ``slot`` (their stacked
+        state, their instances of the method); built once per set of members, structure and
+        optimiser (:meth:`make_optimizer` clears them)."""
+        full = self._cohorts.get(slot)
+        if full is None:
+            full = self._cohorts[slot] = Cohort(
+                [m.interventions[slot] for m in self.members], [m.model for m in self.members], self.net.params,
+                lambda k: self.optimizer_view(self.members[k]),
+            )  # fmt: skip
+        return full.acting(acting, failing)
+
+    def run_hook(self, hook: str, acting: Sequence[int], failing: dict[int, str], what: str, call: Any) -> list[Any]:
+        """Hook ``hook`` of every method for the members at ``acting`` (those failing skipped):
+        once for all of them where the method is batched (``call(iv, cohort=...)``), else member
+        by member on its module, a non-finite metric failing that member alone (``call(iv,
+        member=...)``). Returns each batched call's result and each member call's, in order."""
+        out = []
+        members = [self.members[k] for k in acting if k not in failing]
+        if not members:
+            return out
+        for slot, first in enumerate(members[0].interventions):
+            if not first.uses(hook):
+                continue
+            if first.batched(hook):
+                cohort = self.cohort(slot, [m.index for m in members], failing)
+                out.append(call(members[0].interventions[slot], cohort=cohort))
+                continue
+            for member in members:
+                if member.index in failing:
+                    continue
+                with self.isolated(member, failing, what):
+                    out.append(call(member.interventions[slot], member=member))
+        return out
 
     def optimizer_view(self, member: Member) -> Any:
         """What a hook of ``member`` gets as its optimiser (its slice of the population's)."""
@@ -602,8 +641,7 @@ class Run:
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
         unit_abs_sum = None  # for dormant_units
         failing: dict[int, str] = {}  # member index -> why it diverged (its hooks stop running)
-        loss_hooks = [[iv for iv in m.interventions if iv.uses("loss")] for m in self.members]
-        step_hooks = [[iv for iv in m.interventions if iv.uses("after_step")] for m in self.members]
+        everyone = list(range(K))
         trainable = list(self.net.trainable().values())
         for i in range(steps):
             if uniform:
@@ -622,25 +660,22 @@ class Run:
             weight = torch.ones(K, device=dev) if active is None else active.float()
             loss = (member_loss * weight).sum()
             self.net.zero_grad()
-            for member, hooks in zip(self.members, loss_hooks):
-                k = member.index
-                if not hooks or (active is not None and not active[k]) or k in failing:
-                    continue
-                ctx = LossContext(mb_obs[k], parts.policy[k].detach(), obs[k, : batch.lengths[k]], member.gen)
-                with self.isolated(member, failing, "a loss term"):
-                    for iv in hooks:
-                        extra = iv.loss(member.model, ctx)
-                        if extra is not None:
-                            loss = loss + extra
+            acting = everyone if active is None else [k for k in everyone if bool(active[k])]
+
+            def context(k: int) -> LossContext:
+                return LossContext(mb_obs[k], parts.policy[k].detach(), obs[k, : batch.lengths[k]], self.members[k].gen)
+
+            extras = self.run_hook("loss", acting, failing, "a loss term", lambda iv, cohort=None, member=None: (
+                iv.loss_members(cohort, [context(k) for k in cohort.positions]) if cohort is not None
+                else iv.loss(member.model, context(member.index))))
+            for extra in extras:
+                if extra is not None:
+                    loss = loss + extra
             loss.backward()
             grad_norm = clip_member_grad_norms(trainable, p.max_grad_norm)
             self.optimizer.step(active)
-            for member, hooks in zip(self.members, step_hooks):
-                if not hooks or (active is not None and not active[member.index]) or member.index in failing:
-                    continue
-                with self.isolated(member, failing, "a step hook"):
-                    for iv in hooks:
-                        iv.after_step(member.model, self.optimizer_view(member))
+            self.run_hook("after_step", acting, failing, "a step hook", lambda iv, cohort=None, member=None: (
+                iv.after_step_members(cohort) if cohort is not None else iv.after_step(member.model, self.optimizer_view(member))))
             stats = {
                 "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
                 "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
@@ -653,36 +688,43 @@ class Run:
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         means = {key: (value / taken).tolist() for key, value in sums.items()}
         failing = self.diverged(sums, trainable, failing)
-        outs = []
+        outs = [{key: values[k] for key, values in means.items()} for k in everyone]
         for k, member in enumerate(self.members):
             if k in failing:
-                outs.append({FAILURE_KEY: failing[k]})
                 continue
-            out = {key: values[k] for key, values in means.items()}
-            rows_k = float(taken[k]) * p.batch_size
+            out = outs[k]
             n = batch.lengths[k]
-            obs_k = obs[k, :n]
-            # a metric or a method meeting non-finite values fails this member alone
-            with self.isolated(member, failing, "the epoch's statistics or a periodic hook"):
+            # a metric meeting non-finite values fails this member alone
+            with self.isolated(member, failing, "the epoch's statistics"):
                 # ReDo scores of the trunk units over every minibatch row of the update (no extra forward)
-                out["dormant_units"] = dormant_fraction_from_scores(dormant_scores_from_mean_abs(unit_abs_sum[k] / rows_k), REDO_TAU)
+                out["dormant_units"] = dormant_fraction_from_scores(
+                    dormant_scores_from_mean_abs(unit_abs_sum[k] / (float(taken[k]) * p.batch_size)), REDO_TAU)
                 rets_k, values_k = rets[k, :n], batch.values[k, :n]
                 var = torch.var(rets_k)
                 out["explained_variance"] = float(1 - torch.var(rets_k - values_k) / var) if var > 0 else float("nan")
                 out["v_estimate"] = float(values_k.mean())
-                periodic_obs = obs_k[last_perms[k][: min(n, 256)]]
-                for iv in member.interventions:
-                    out.update(iv.periodic(member.model, self.optimizer_view(member), periodic_obs, self.current_epoch))
+        recent = [obs[k, : batch.lengths[k]][last_perms[k][: min(batch.lengths[k], 256)]] for k in everyone]
+
+        def periodic(iv: Intervention, cohort: Cohort | None = None, member: Member | None = None) -> None:
+            if cohort is not None:
+                stats = iv.periodic_members(cohort, [recent[k] for k in cohort.positions], self.current_epoch)
+                for k, values in zip(cohort.positions, stats):
+                    outs[k].update(values)
+            else:
+                outs[member.index].update(iv.periodic(member.model, self.optimizer_view(member), recent[member.index], self.current_epoch))
+
+        self.run_hook("periodic", everyone, failing, "a periodic hook", periodic)
+        for k, member in enumerate(self.members):
             if k in failing:
-                outs.append({FAILURE_KEY: failing[k]})
-                continue
-            if self.normalize_obs:
+                outs[k] = {FAILURE_KEY: failing[k]}
+            elif self.normalize_obs:
                 # after the update, so the epoch's actions and its PPO ratios saw the same statistics
-                member.model.obs_norm.update(obs_k)
-            outs.append(out)
+                member.model.obs_norm.update(obs[k, : batch.lengths[k]])
         return outs
 
-    def shift(self) -> None:
+    def shift(self, epoch: int) -> None:
+        """Every member's next task, then the methods' shift hooks (a member whose hook meets
+        non-finite values fails alone)."""
         for member in self.members:
             member.shift_state = next_shift(
                 member.shift_state, self.env_cfg.shift_type, member.shift_rng, self.shift_k,
@@ -698,8 +740,13 @@ class Run:
                 member.reward_scaler.restart_episodes()  # a new world (friction, game, ...) restarts episodes
             member.task_index += 1
             member.task_shifts.append(member.shift_state)
-            for iv in member.interventions:
-                iv.at_shift(member.model, self.optimizer_view(member))
+        failing: dict[int, str] = {}
+        self.run_hook("at_shift", range(self.size), failing, "a shift hook", lambda iv, cohort=None, member=None: (
+            iv.at_shift_members(cohort) if cohort is not None else iv.at_shift(member.model, self.optimizer_view(member))))
+        if failing:
+            self.drop(failing, epoch)
+            if not self.members:
+                return
         self.follow_structure()
         keeps = any(iv.keeps_optimizer for iv in self.members[0].interventions)
         if self.ppo.reset_optimizer_at_shift and not keeps:
@@ -841,8 +888,8 @@ class Run:
             with StopRequested() as stop:
                 for epoch in range(self.start_epoch, p.num_epochs):
                     if epoch in p.shift_points:
-                        self.shift()
-                    rows = self.run_epoch(epoch)
+                        self.shift(epoch)
+                    rows = self.run_epoch(epoch) if self.members else []
                     wall = time.monotonic() - t0
                     self.retire(logs, wall)
                     if not self.members:

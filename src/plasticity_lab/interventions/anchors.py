@@ -44,7 +44,9 @@ class ParamAnchors:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        named = {name: self.values[p] for name, p in self.model.named_parameters() if p in self.values}
+        # clones: in a population the values are views of the members' stacked anchors
+        # (interventions.cohort), and saving a view would save the whole stack
+        named = {name: self.values[p].clone() for name, p in self.model.named_parameters() if p in self.values}
         return {**self.pending, **named}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from plasticity_lab.interventions.cohort import Cohort
 from plasticity_lab.streams import Streams
 
 if TYPE_CHECKING:
@@ -125,7 +126,15 @@ class Intervention:
 
     @classmethod
     def hooks(cls) -> list[str]:
-        return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h)]
+        return [h for h in HOOKS if getattr(cls, h) is not getattr(Intervention, h) or cls.batched(h)]
+
+    @classmethod
+    def batched(cls, hook: str) -> bool:
+        """Whether the method implements ``hook`` once for a cohort of members (``<hook>_members``,
+        :mod:`plasticity_lab.interventions.cohort`): the loop then calls it once for every acting
+        member, and the one-network hook runs it on a cohort of one."""
+        form = f"{hook}_members"
+        return hasattr(Intervention, form) and getattr(cls, form) is not getattr(Intervention, form)
 
     def uses(self, hook: str) -> bool:
         """Whether the loop must call ``hook`` on this instance (a method whose hook does
@@ -143,17 +152,42 @@ class Intervention:
 
     def loss(self, model: torch.nn.Module, ctx: LossContext) -> torch.Tensor | None:
         """Extra loss term added to the PPO loss of every minibatch."""
+        if self.batched("loss"):
+            return self.loss_members(Cohort.of_module(self, model, None), [ctx])
         return None
 
     def after_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after every optimiser step."""
+        if self.batched("after_step"):
+            self.after_step_members(Cohort.of_module(self, model, optimizer))
 
     def periodic(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, obs: torch.Tensor, epoch: int) -> dict[str, float]:
         """Called after every epoch's update with recent observations; returns stats to log."""
+        if self.batched("periodic"):
+            return self.periodic_members(Cohort.of_module(self, model, optimizer), [obs], epoch)[0]
         return {}
 
     def at_shift(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called at each distribution shift, after the environments changed."""
+        if self.batched("at_shift"):
+            self.at_shift_members(Cohort.of_module(self, model, optimizer))
+
+    # The same hooks for a cohort of members, on their stacked state (cohort.py); a method that
+    # is elementwise or per unit implements these instead of the one-network forms above.
+    def loss_members(self, cohort: Cohort, contexts: list[LossContext]) -> torch.Tensor | None:
+        """The sum over the acting members of their loss terms (each one's gradient is its own)."""
+        return None
+
+    def after_step_members(self, cohort: Cohort) -> None:
+        """After the acting members' optimiser step."""
+
+    def periodic_members(self, cohort: Cohort, obs: list[torch.Tensor], epoch: int) -> list[dict[str, float]]:
+        """After the epoch's update, ``obs[j]`` the recent observations of acting member j;
+        returns each one's stats."""
+        return [{} for _ in obs]
+
+    def at_shift_members(self, cohort: Cohort) -> None:
+        """At a distribution shift, for every member."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

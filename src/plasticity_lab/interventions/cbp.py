@@ -50,7 +50,7 @@ class EntrywiseAdamW(torch.optim.Optimizer):
     count steps per tensor, so an entry whose moments a unit replacement cleared would be
     bias-corrected as if it had a long history: with constant gradients its next steps reach
     ~6.5x an ordinary Adam step (beta1 0.9, beta2 0.999) and stay above it for ~100 steps.
-    :func:`plasticity_lab.nets.surgery.assign` clears every state tensor of a parameter's shape,
+    :func:`plasticity_lab.nets.surgery.clear_state` clears every state tensor of a parameter's shape,
     the count included, so a recycled entry's next step is a first step. Otherwise the update is
     torch.optim.AdamW's (decoupled weight decay; eps added to the bias-corrected sqrt(v)), with
     ``coupled_weight_decay`` * theta added to the gradient first where set (Adam's L2, what

@@ -70,25 +70,27 @@ class NormalizeProject(Intervention):
         if cfg.model.norm == "none":
             raise ValueError(NAP_NEEDS_NORM)
 
-    def loss(self, model, ctx):
+    def loss_members(self, cohort, contexts):
         """No loss term: sees a parameter created during the run (an injected head) before its
         first update, so its target is its initial norm."""
-        self.targets.pairs()
+        cohort.stack_anchors("targets")
         return None
 
     @torch.no_grad()
-    def after_step(self, model, optimizer):
-        target = dict(self.targets.pairs())
-        for group in projection_groups(model):
-            group = [p for p in group if p in target]
-            if not group:
+    def after_step_members(self, cohort):
+        """Every acting member's groups rescaled at once: each member's norm is a reduction over
+        its own row; a member whose group is all zeros is left as it is."""
+        target = cohort.stack_anchors("targets")
+        for group in projection_groups(cohort.model):
+            names = [cohort.name(p) for p in group if cohort.name(p) in target]
+            if not names:
                 continue
-            current = torch.sqrt(sum(_squared_norm(p) for p in group))
-            if current == 0:
-                continue
-            scale = (torch.sqrt(sum(target[p] for p in group)) / current).to(group[0].dtype)
-            for p in group:
-                p.mul_(scale)
+            values = [cohort.values(name) for name in names]
+            current = torch.sqrt(sum(v.double().pow(2).flatten(1).sum(1) for v in values))
+            scale = torch.where(current == 0, 1.0, torch.sqrt(sum(target[name] for name in names)) / current)
+            for name, value in zip(names, values):
+                value.mul_(scale.to(value.dtype).view(-1, *[1] * (value.dim() - 1)))
+                cohort.store(name, value)
 
     def state_dict(self):
         return {"targets": self.targets.state_dict()}

@@ -55,10 +55,12 @@ class L2Init(AnchoredRegularizer):
     name = "l2_init"
     Params = L2InitParams
 
-    def loss(self, model, ctx):
-        diff = torch.cat([(p - p0).flatten() for p, p0 in self.anchors.pairs()])
-        value = diff.pow(2).sum() if self.params.squared else torch.linalg.vector_norm(diff)
-        return self.params.coef * value
+    def loss_members(self, cohort, contexts):
+        """Every acting member's penalty from its own row of the stacked parameters (a reduction
+        over one member's row rounds as its single run's)."""
+        diff = torch.cat([(cohort.values(name) - p0).flatten(1) for name, p0 in cohort.stack_anchors("anchors").items()], dim=1)
+        value = diff.pow(2).sum(1) if self.params.squared else torch.linalg.vector_norm(diff, dim=1)
+        return (self.params.coef * value).sum()
 
 
 class W2InitParams(Params):
@@ -77,9 +79,11 @@ class W2Init(AnchoredRegularizer):
     Params = W2InitParams
     reference = staticmethod(_sorted_flat)
 
-    def loss(self, model, ctx):
-        diff = torch.cat([_sorted_flat(p) - s0 for p, s0 in self.anchors.pairs()])
-        return self.params.coef * torch.linalg.vector_norm(diff)
+    def loss_members(self, cohort, contexts):
+        """Every acting member's penalty, its tensors' values sorted within its own row."""
+        diff = torch.cat([cohort.values(name).flatten(1).sort(dim=1).values - s0
+                          for name, s0 in cohort.stack_anchors("anchors").items()], dim=1)
+        return (self.params.coef * torch.linalg.vector_norm(diff, dim=1)).sum()
 
 
 REFERENCE_WIDTH = 64

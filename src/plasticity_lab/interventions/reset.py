@@ -17,7 +17,8 @@ from torch import nn
 
 from plasticity_lab.interventions.anchors import ParamAnchors
 from plasticity_lab.interventions.base import Intervention, Params, register
-from plasticity_lab.nets.surgery import FreshDraw, assign, fresh_draws, fresh_params, param_layers
+from plasticity_lab.interventions.cohort import Cohort
+from plasticity_lab.nets.surgery import FreshDraw, fresh_draws, fresh_params, param_layers
 
 Part = Literal["encoder", "policy", "value"]
 
@@ -25,6 +26,21 @@ Part = Literal["encoder", "policy", "value"]
 def part_layers(model: nn.Module, parts: list[str]) -> list[nn.Module]:
     modules = {"encoder": model.blocks, "policy": model.policy, "value": model.value}
     return [layer for part in parts for layer in param_layers(modules[part])]
+
+
+@torch.no_grad()
+def fresh_stack(cohort: Cohort, layers: list[nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    """(stacked name, (n, ...) fresh values) of every trainable parameter of ``layers``: what
+    torch's default initialiser would draw now for each acting member, from its own stream, layer
+    after layer as its single run draws them."""
+    out = []
+    generators = cohort.generators("cpu")
+    for layer in layers:
+        per_member = [fresh_params(layer, gen) for gen in generators]
+        for i, (param, _) in enumerate(per_member[0]):
+            if param.requires_grad:
+                out.append((cohort.name(param), torch.stack([pairs[i][1] for pairs in per_member])))
+    return out
 
 
 class ResetParams(Params):
@@ -41,11 +57,9 @@ class Reset(Intervention):
     edits_weights = True
     Params = ResetParams
 
-    def at_shift(self, model, optimizer):
-        for layer in part_layers(model, self.params.parts):
-            for param, value in fresh_params(layer, self.streams.on("cpu")):
-                if param.requires_grad:
-                    assign(param, (...,), value, optimizer)
+    def at_shift_members(self, cohort):
+        for name, fresh in fresh_stack(cohort, part_layers(cohort.model, self.params.parts)):
+            cohort.assign(name, None, fresh)
 
 
 class ShrinkPerturbParams(Params):
@@ -65,13 +79,10 @@ class ShrinkPerturb(Intervention):
     edits_weights = True
     Params = ShrinkPerturbParams
 
-    @torch.no_grad()
-    def at_shift(self, model, optimizer):
+    def at_shift_members(self, cohort):
         p = self.params
-        for layer in part_layers(model, p.parts):
-            for param, fresh in fresh_params(layer, self.streams.on("cpu")):
-                if param.requires_grad:
-                    param.mul_(p.shrink).add_(fresh, alpha=p.perturb)
+        for name, fresh in fresh_stack(cohort, part_layers(cohort.model, p.parts)):
+            cohort.edit(name, lambda value, fresh=fresh: value.mul_(p.shrink).add_(fresh, alpha=p.perturb))
 
 
 REFERENCE_SHRINK, REFERENCE_PERTURB = 0.999999, 1e-6
@@ -142,16 +153,16 @@ class SoftShrinkPerturb(Intervention):
     def uses(self, hook):
         return hook != "loss" or self.anchors is not None
 
-    def loss(self, model, ctx):
+    def loss_members(self, cohort, contexts):
         """No loss term: with target=init, sees a parameter created during the run (an injected
         head) before its first update, so its theta_0 is its initial value."""
         if self.anchors is not None:
-            self.anchors.pairs()
+            cohort.stack_anchors("anchors")
         return None
 
     def _draws(self, model) -> list[FreshDraw]:
         """The fresh draws of every trainable parameter, kept while the network's parameters
-        stay the same (this runs at every step of every population member)."""
+        stay the same (this runs at every step)."""
         key = tuple(id(p) for p in model.parameters())
         if key != self._draws_key:
             self._draws_key = key
@@ -159,13 +170,17 @@ class SoftShrinkPerturb(Intervention):
         return self._draw_list
 
     @torch.no_grad()
-    def after_step(self, model, optimizer):
+    def after_step_members(self, cohort):
+        """Every acting member at once, elementwise on the stacked parameters; member j's fresh
+        draws come from its own stream, tensor after tensor as its single run draws them."""
         if self.anchors is not None:
-            for param, target in self.anchors.pairs():
-                param.mul_(self.shrink).add_(target, alpha=self.perturb)
+            for name, target in cohort.stack_anchors("anchors").items():
+                cohort.edit(name, lambda value, target=target: value.mul_(self.shrink).add_(target, alpha=self.perturb))
             return
-        for draw in self._draws(model):
-            draw.param.mul_(self.shrink).add_(draw.draw(self.streams.on(draw.param.device)), alpha=self.perturb)
+        for draw in self._draws(cohort.model):
+            name = cohort.name(draw.param)
+            fresh = cohort.draw(draw.param.shape, draw.param, draw.fill_)
+            cohort.edit(name, lambda value, fresh=fresh: value.mul_(self.shrink).add_(fresh, alpha=self.perturb))
 
     def state_dict(self):
         return {"theta0": self.anchors.state_dict()} if self.anchors is not None else {}

@@ -45,19 +45,13 @@ def fresh_init(layer: nn.Module, generator: torch.Generator | None = None) -> tu
 
 
 @torch.no_grad()
-def assign(
-    param: torch.Tensor,
-    index: tuple,
-    value: torch.Tensor | float,
-    optimizer: torch.optim.Optimizer | None,
-) -> None:
-    """``param[index] = value`` and clear the optimiser's per-entry state (Adam moments) there."""
-    param[index] = value
-    if optimizer is None:
-        return
-    for state_value in optimizer.state.get(param, {}).values():
-        if torch.is_tensor(state_value) and state_value.shape == param.shape:
-            state_value[index] = 0
+def clear_state(optimizer: Any, param: torch.Tensor, where: torch.Tensor) -> None:
+    """Zero ``optimizer``'s per-entry state of ``param`` (Adam's moments, per-entry step counts:
+    every state tensor of the parameter's shape) where the bool ``where`` (broadcast to its
+    shape) holds, so re-initialised entries are not pushed by stale momentum."""
+    for value in (getattr(optimizer, "state", None) or {}).get(param, {}).values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.masked_fill_(where.expand(param.shape), 0)
 
 
 def follow_parameters(optimizer: Any, model: nn.Module) -> None:
@@ -133,11 +127,12 @@ class FreshDraw:
     bound: float | None = None
     fill: float | None = None
 
-    def draw(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A fresh value (``generator`` on the parameter's device; None: the global RNG)."""
+    def fill_(self, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``out`` (the parameter's shape) set to a fresh value, in place (``generator`` on its
+        device; None: the global RNG)."""
         if self.bound is None:
-            return torch.full_like(self.param, self.fill)
-        return torch.empty_like(self.param).uniform_(-self.bound, self.bound, generator=generator)
+            return out.fill_(self.fill)
+        return out.uniform_(-self.bound, self.bound, generator=generator)
 
 
 def fresh_draws(layer: nn.Module) -> list[FreshDraw]:
@@ -160,4 +155,4 @@ def fresh_params(layer: nn.Module, generator: torch.Generator | None = None) -> 
         weight, bias = fresh_init(layer, generator)
         pairs = [(weight_param(layer), weight)]
         return pairs + ([(layer.bias, bias)] if bias is not None else [])
-    return [(d.param, d.draw()) for d in fresh_draws(layer)]
+    return [(d.param, d.fill_(torch.empty_like(d.param))) for d in fresh_draws(layer)]
