@@ -151,7 +151,7 @@ class SoftShrinkPerturb(Intervention):
             self.perturb = params.perturb_ratio * (1.0 - self.shrink)
 
     def uses(self, hook):
-        return hook != "loss" or self.anchors is not None
+        return super().uses(hook) and (hook != "loss" or self.anchors is not None)
 
     def loss_members(self, cohort, contexts):
         """No loss term: with target=init, sees a parameter created during the run (an injected
