@@ -1,5 +1,8 @@
 """Per-step cost of the batched methods: one call over the population's stacked state against
-one call per member on its module (what the loop did before interventions/cohort.py).
+one call per member on its module. The per-member calls are the one-network hooks, which run the
+same batched code on a cohort of one (views of the member's tensors); before
+interventions/cohort.py the loop called each member's own one-network code, whose operations were
+the same per member, so the per-member column approximates the previous engine's hook cost.
 
 For each condition and K, a population of the findings study's network (configs/gridworld_study.yaml)
 is built, and the method's per-step hook (soft S&P's and NaP's ``after_step``, L2 Init's ``loss``

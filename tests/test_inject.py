@@ -299,3 +299,74 @@ def test_diagnostics_probes_and_resets_read_the_injected_network():
     build("reset", model, parts=["encoder", "policy", "value"]).at_shift(model, None)
     assert all(torch.equal(p, frozen[n]) for n, p in model.injected.named_parameters())
 
+
+
+def shifted(tmp_path: Path, interventions: dict) -> Run:
+    """A gridworld run (K = 1) of ``interventions`` after its first epoch and the shift after it."""
+    cfg = RunConfig.model_validate({
+        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
+        "model": {"enc_type": "mlp", "h_size": 16},
+        "ppo_trainer": {"num_epochs": 2, "shift_points": [1], "buffer_size": 32, "batch_size": 16,
+                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
+        "diagnostics": {"enabled": False},
+        "interventions": interventions,
+    })
+    cfg.interventions = validate_interventions(cfg)
+    run_dir = tmp_path / "_".join(interventions)
+    run_dir.mkdir(parents=True)
+    run = Run(cfg, run_dir, seed=0, device="cpu")
+    run.run_epoch(0)
+    run.shift(1)
+    return run
+
+
+@pytest.mark.parametrize("variant", ["paper", "reference"])
+def test_a_method_after_injection_at_a_shift_acts_on_the_network_injection_built(tmp_path, variant):
+    """Methods run in the config's order at a shift, the population re-stacking after each: a
+    reset after injection re-draws the heads injection added (not the frozen copies), and a
+    shrink-perturb after it reaches the wrapped heads."""
+    alone = shifted(tmp_path, {"inject": {"variant": variant}}).member.model
+    both = shifted(tmp_path, {"inject": {"variant": variant}, "reset": {"parts": ["policy", "value"]}}).member.model
+    frozen = {n: p for n, p in alone.named_parameters() if not p.requires_grad}
+    assert frozen or variant == "reference"
+    for name, value in both.named_parameters():
+        if name in frozen:
+            assert torch.equal(value, frozen[name]), name  # the frozen copies keep what they had
+    heads = [n for n, p in both.named_parameters() if p.requires_grad and n.startswith(("policy", "value"))]
+    assert heads and all(not torch.equal(dict(both.named_parameters())[n], dict(alone.named_parameters())[n]) for n in heads)
+    perturbed = shifted(tmp_path / "sp", {"inject": {"variant": variant}, "shrink_perturb": {"parts": ["policy", "value"]}})
+    assert sorted(n for n, _ in perturbed.member.model.named_parameters()) == sorted(n for n, _ in alone.named_parameters())
+
+
+def test_a_repeated_reference_injection_reaches_the_populations_stacked_state(tmp_path):
+    """The reference variant's second injection replaces each head by a merged layer of the same
+    shape; the population re-stacks it, so the members' modules (checkpoints, probes) and the
+    stacked compute (training) stay one network."""
+    cfg = RunConfig.model_validate({
+        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
+        "model": {"enc_type": "mlp", "h_size": 16},
+        "ppo_trainer": {"num_epochs": 3, "shift_points": [1, 2], "buffer_size": 32, "batch_size": 16,
+                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
+        "diagnostics": {"enabled": False},
+        "interventions": {"inject": {"variant": "reference"}},
+    })
+    cfg.interventions = validate_interventions(cfg)
+    dirs = [tmp_path / f"m{k}" for k in range(2)]
+    for d in dirs:
+        d.mkdir()
+    run = Run(cfg, dirs, [0, 1], device="cpu")
+    for epoch in range(3):
+        if epoch in cfg.ppo_trainer.shift_points:
+            run.shift(epoch)
+        run.run_epoch(epoch)
+    obs = torch.from_numpy(run.envs.observe_current())
+    run.net.train(False)
+    with torch.no_grad():
+        head, value, _ = run.net(obs)
+        for k, member in enumerate(run.members):
+            for name, p in member.model.named_parameters():
+                assert p.data_ptr() == run.net.params[name][k].data_ptr(), name
+            member.model.eval()
+            alone = member.model(obs[k])  # the module's own call rounds unlike the batched one: close, not equal
+            torch.testing.assert_close(head[k], alone[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(value[k], alone[1], rtol=1e-5, atol=1e-6)

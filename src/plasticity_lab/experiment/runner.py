@@ -24,7 +24,7 @@ import contextlib
 import math
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,8 @@ class Run:
     def cohort(self, slot: int, acting: Sequence[int], failing: dict[int, str]) -> Cohort:
         """The members at ``acting`` for the batched hooks of method ``slot`` (their stacked
         state, their instances of the method); built once per set of members, structure and
-        optimiser (:meth:`make_optimizer` clears them)."""
+        optimiser: :meth:`make_optimizer` clears them, and it runs whenever the members
+        (:meth:`drop`) or their structure (:meth:`follow_structure`) change."""
         full = self._cohorts.get(slot)
         if full is None:
             full = self._cohorts[slot] = Cohort(
@@ -248,27 +249,34 @@ class Run:
             )  # fmt: skip
         return full.acting(acting, failing)
 
-    def run_hook(self, hook: str, acting: Sequence[int], failing: dict[int, str], what: str, call: Any) -> list[Any]:
-        """Hook ``hook`` of every method for the members at ``acting`` (those failing skipped):
+    def run_hook(
+        self, hook: str, acting: Sequence[int], failing: dict[int, str], what: str, call: Any,
+        after_slot: Callable[[], None] | None = None,
+    ) -> list[Any]:
+        """Hook ``hook`` of every method, in the config's order, for the members at ``acting``
+        that are not failing (a member that fails in one method's hook is skipped by the next):
         once for all of them where the method is batched (``call(iv, cohort=...)``), else member
         by member on its module, a non-finite metric failing that member alone (``call(iv,
-        member=...)``). Returns each batched call's result and each member call's, in order."""
+        member=...)``). ``after_slot`` runs after each method (the shift re-stacks there, so the
+        next method acts on what the previous one built). Returns each batched call's result and
+        each member call's, in order."""
         out = []
-        members = [self.members[k] for k in acting if k not in failing]
-        if not members:
-            return out
-        for slot, first in enumerate(members[0].interventions):
-            if not first.uses(hook):
+        acting = list(acting)
+        for slot, method in enumerate(self.members[0].interventions):
+            members = [self.members[k] for k in acting if k not in failing]
+            if not members:
+                break
+            if not method.uses(hook):
                 continue
-            if first.batched(hook):
+            if method.batched(hook):
                 cohort = self.cohort(slot, [m.index for m in members], failing)
                 out.append(call(members[0].interventions[slot], cohort=cohort))
-                continue
-            for member in members:
-                if member.index in failing:
-                    continue
-                with self.isolated(member, failing, what):
-                    out.append(call(member.interventions[slot], member=member))
+            else:
+                for member in members:
+                    with self.isolated(member, failing, what):
+                        out.append(call(member.interventions[slot], member=member))
+            if after_slot is not None:
+                after_slot()
         return out
 
     def optimizer_view(self, member: Member) -> Any:
@@ -742,12 +750,12 @@ class Run:
             member.task_shifts.append(member.shift_state)
         failing: dict[int, str] = {}
         self.run_hook("at_shift", range(self.size), failing, "a shift hook", lambda iv, cohort=None, member=None: (
-            iv.at_shift_members(cohort) if cohort is not None else iv.at_shift(member.model, self.optimizer_view(member))))
+            iv.at_shift_members(cohort) if cohort is not None else iv.at_shift(member.model, self.optimizer_view(member))),
+            after_slot=self.follow_structure)
         if failing:
             self.drop(failing, epoch)
             if not self.members:
                 return
-        self.follow_structure()
         keeps = any(iv.keeps_optimizer for iv in self.members[0].interventions)
         if self.ppo.reset_optimizer_at_shift and not keeps:
             self.optimizer = self.make_optimizer()

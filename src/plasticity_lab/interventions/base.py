@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from plasticity_lab.interventions.cohort import Cohort
+from plasticity_lab.metrics.plasticity import NonFiniteInput
 from plasticity_lab.streams import Streams
 
 if TYPE_CHECKING:
@@ -153,24 +154,33 @@ class Intervention:
     def loss(self, model: torch.nn.Module, ctx: LossContext) -> torch.Tensor | None:
         """Extra loss term added to the PPO loss of every minibatch."""
         if self.batched("loss"):
-            return self.loss_members(Cohort.of_module(self, model, None), [ctx])
+            return self._alone(model, None, lambda cohort: self.loss_members(cohort, [ctx]))
         return None
 
     def after_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called after every optimiser step."""
         if self.batched("after_step"):
-            self.after_step_members(Cohort.of_module(self, model, optimizer))
+            self._alone(model, optimizer, self.after_step_members)
 
     def periodic(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, obs: torch.Tensor, epoch: int) -> dict[str, float]:
         """Called after every epoch's update with recent observations; returns stats to log."""
         if self.batched("periodic"):
-            return self.periodic_members(Cohort.of_module(self, model, optimizer), [obs], epoch)[0]
+            return self._alone(model, optimizer, lambda cohort: self.periodic_members(cohort, [obs], epoch))[0]
         return {}
 
     def at_shift(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called at each distribution shift, after the environments changed."""
         if self.batched("at_shift"):
-            self.at_shift_members(Cohort.of_module(self, model, optimizer))
+            self._alone(model, optimizer, self.at_shift_members)
+
+    def _alone(self, model: torch.nn.Module, optimizer: Any, call: Any) -> Any:
+        """A batched hook on ``model`` alone (a cohort of one); a non-finite value it met raises,
+        as the one-network hook's caller expects."""
+        cohort = Cohort.of_module(self, model, optimizer)
+        out = call(cohort)
+        if cohort.failing:
+            raise NonFiniteInput(next(iter(cohort.failing.values())))
+        return out
 
     # The same hooks for a cohort of members, on their stacked state (cohort.py); a method that
     # is elementwise or per unit implements these instead of the one-network forms above.

@@ -161,9 +161,6 @@ class Cohort:
             for param, _ in pairs[0].items():
                 name = self.name(param)
                 mine = [dict(m.named_parameters())[name] for m in self.modules]
-                if len(self) == 1:
-                    stacked[name] = pairs[0][param].unsqueeze(0)
-                    continue
                 stacked[name] = torch.stack([p[q] for p, q in zip(pairs, mine)])
                 for anchors, q, row in zip(members, mine, stacked[name]):
                     anchors.values[q] = row

@@ -59,7 +59,17 @@ class PopulationNetwork:
 
     # ------------------------------------------------------------------ stacking
     def structure_changed(self) -> bool:
-        return _structure(self.members[0]) != self._signature
+        """Whether the members' modules no longer match the stacked state: other parameter or
+        buffer names, shapes or trainability, or a tensor that is no longer a view of its stacked
+        slice (a method replaced a layer by a new one of the same shape: the reference injection's
+        merge at its second injection)."""
+        if _structure(self.members[0]) != self._signature:
+            return True
+        for k, member in enumerate(self.members):
+            for stacked, named in ((self.params, member.named_parameters()), (self.buffers, member.named_buffers())):
+                if any(t.data_ptr() != stacked[name][k].data_ptr() for name, t in named):
+                    return True
+        return False
 
     @torch.no_grad()
     def restack(self) -> dict[nn.Parameter, tuple[str, int]]:
