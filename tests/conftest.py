@@ -82,3 +82,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def tiny_gridworld(interventions: dict[str, Any], enc_type: str = "mlp", num_epochs: int = 3,
+                   shift_points: tuple[int, ...] = (1,)) -> Any:
+    """A seconds-long gridworld run configuration of ``interventions`` (validated), without
+    diagnostics: 4 environment copies, 32-transition epochs of two 16-row minibatches."""
+    from plasticity_lab.config import RunConfig
+    from plasticity_lab.interventions import validate_interventions
+
+    cfg = RunConfig.model_validate({
+        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
+        "model": {"enc_type": enc_type, "h_size": 16},
+        "ppo_trainer": {"num_epochs": num_epochs, "shift_points": list(shift_points), "buffer_size": 32,
+                        "batch_size": 16, "num_passes": 1, "test_interval": 10, "test_episodes": 2},
+        "diagnostics": {"enabled": False},
+        "interventions": interventions,
+    })
+    cfg.interventions = validate_interventions(cfg)
+    return cfg

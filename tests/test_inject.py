@@ -12,14 +12,13 @@ import torch
 import yaml
 from torch import nn
 
-from plasticity_lab.config import RunConfig
 from plasticity_lab.experiment.loading import load_agent
 from plasticity_lab.experiment.runner import Run
-from plasticity_lab.interventions import validate_interventions
 from plasticity_lab.interventions.inject import FrozenHeads, HeadNetwork, LinearInjection
 from plasticity_lab.interventions.redo import recycle_units
 from plasticity_lab.metrics.diagnostics import probe_network, weight_stats
 from plasticity_lab.metrics.trainability import TrainabilityProbe
+from tests.conftest import tiny_gridworld
 from tests.test_interventions import build, count, frames, make_model, make_optimizer, snapshot, train_step, trainable
 
 CONFIGS = [
@@ -223,15 +222,7 @@ def test_injection_checkpoint_round_trip(variant):
 
 
 def test_a_run_with_injection_loads_back_with_load_agent(tmp_path: Path):
-    cfg = RunConfig.model_validate({
-        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
-        "model": {"enc_type": "conv11", "h_size": 16},
-        "ppo_trainer": {"num_epochs": 3, "shift_points": [1, 2], "buffer_size": 32, "batch_size": 16,
-                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
-        "diagnostics": {"enabled": False},
-        "interventions": {"inject": {}},
-    })
-    cfg.interventions = validate_interventions(cfg)
+    cfg = tiny_gridworld({"inject": {}}, enc_type="conv11", shift_points=(1, 2))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_yaml_dict()))
@@ -303,15 +294,7 @@ def test_diagnostics_probes_and_resets_read_the_injected_network():
 
 def shifted(tmp_path: Path, interventions: dict) -> Run:
     """A gridworld run (K = 1) of ``interventions`` after its first epoch and the shift after it."""
-    cfg = RunConfig.model_validate({
-        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
-        "model": {"enc_type": "mlp", "h_size": 16},
-        "ppo_trainer": {"num_epochs": 2, "shift_points": [1], "buffer_size": 32, "batch_size": 16,
-                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
-        "diagnostics": {"enabled": False},
-        "interventions": interventions,
-    })
-    cfg.interventions = validate_interventions(cfg)
+    cfg = tiny_gridworld(interventions, num_epochs=2)
     run_dir = tmp_path / "_".join(interventions)
     run_dir.mkdir(parents=True)
     run = Run(cfg, run_dir, seed=0, device="cpu")
@@ -342,15 +325,7 @@ def test_a_repeated_reference_injection_reaches_the_populations_stacked_state(tm
     """The reference variant's second injection replaces each head by a merged layer of the same
     shape; the population re-stacks it, so the members' modules (checkpoints, probes) and the
     stacked compute (training) stay one network."""
-    cfg = RunConfig.model_validate({
-        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
-        "model": {"enc_type": "mlp", "h_size": 16},
-        "ppo_trainer": {"num_epochs": 3, "shift_points": [1, 2], "buffer_size": 32, "batch_size": 16,
-                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
-        "diagnostics": {"enabled": False},
-        "interventions": {"inject": {"variant": "reference"}},
-    })
-    cfg.interventions = validate_interventions(cfg)
+    cfg = tiny_gridworld({"inject": {"variant": "reference"}}, shift_points=(1, 2))
     dirs = [tmp_path / f"m{k}" for k in range(2)]
     for d in dirs:
         d.mkdir()

@@ -12,10 +12,11 @@ from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.agents.population_optim import PopulationAdamW
 from plasticity_lab.interventions import (
-    REGISTRY, TrainingPlan, build_interventions, check_compatible, resolve_optimizer, validate_interventions,
+    REGISTRY, TrainingPlan, build_interventions, check_compatible, resolve_optimizer,
 )
 from plasticity_lab.interventions.base import torch_adam, validate_params
 from plasticity_lab.interventions.cbp import EntrywiseAdamW
+from tests.conftest import tiny_gridworld
 from tests.test_interventions import build, frames, make_model, make_optimizer, snapshot
 
 # importing kron_torch imports torch's inductor, which warns about its own deprecated internals
@@ -205,16 +206,8 @@ def test_edits_weights_is_declared_by_exactly_the_methods_whose_hooks_change_wei
 def test_trac_keeps_its_anchor_and_scale_across_a_shift_in_the_runner(tmp_path):
     """The runner re-creates the optimiser at shifts (reset_optimizer_at_shift: true, the default);
     TRAC's must survive: its reference stays the initial weights and its step count runs on."""
-    cfg = RunConfig.model_validate({
-        "environment": {"name": "gridworld", "task": "gather_4", "env_copies": 4},
-        "model": {"enc_type": "conv11", "h_size": 16},
-        "ppo_trainer": {"num_epochs": 3, "shift_points": [1], "buffer_size": 32, "batch_size": 16,
-                        "num_passes": 1, "test_interval": 10, "test_episodes": 2},
-        "diagnostics": {"enabled": False},
-        "interventions": {"trac": {}},
-    })
+    cfg = tiny_gridworld({"trac": {}}, enc_type="conv11")
     assert cfg.ppo_trainer.reset_optimizer_at_shift
-    cfg.interventions = validate_interventions(cfg)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_yaml_dict()))
     run = Run(cfg, tmp_path, seed=0, device="cpu")
     initial = [p.detach().clone() for p in run.member.model.parameters()]
