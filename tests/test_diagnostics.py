@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from plasticity_lab.config import EnvironmentConfig, ModelConfig
+from plasticity_lab.envs import make_env
 from plasticity_lab.envs.shifts import ShiftState, next_shift, permute_tiles
 from plasticity_lab.experiment.probes import (
     RUN_COLUMNS,
     DiagnosticsLogger,
     PlasticityProbe,
+    collect_members_probe_frames,
     collect_probe_frames,
     default_probe_interval,
     diagnostic_columns,
@@ -210,6 +212,36 @@ def test_collect_probe_frames_deterministic_count_and_permuted():
     permuted = collect_probe_frames(ENV, shifted, **kwargs)
     np.testing.assert_array_equal(permuted, permute_tiles(plain, shifted.tile_perm))
     assert not np.array_equal(permuted, plain)
+
+
+def one_env_probe_frames(env_cfg, shift, seed, n, num_envs, warmup, stride) -> np.ndarray:
+    """The probe-set definition with one member's own vectorised environment and generator."""
+    env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
+    rng = np.random.default_rng(action_seed)
+    env = make_env(env_cfg, num_envs, seed=env_seed, train=True, shift=shift)
+    kept, obs, t = [], env.observe_current(), 0
+    while sum(len(k) for k in kept) < n:
+        if t >= warmup and (t - warmup) % stride == 0:
+            kept.append(obs.copy())
+        obs = env.step(rng.integers(0, env.num_actions, num_envs)).obs
+        t += 1
+    env.close()
+    return np.concatenate(kept)[:n]
+
+
+@pytest.mark.parametrize("env_cfg", [GRID, ENV], ids=["gridworld (one array program)", "procgen (env list)"])
+def test_members_probe_frames_are_each_members_own_set(env_cfg):
+    """A population collects its members' probe sets in one environment; each member's set is the
+    one its own environment and generator give (so diagnostics do not depend on the population)."""
+    tiles = 81 if env_cfg.name == "gridworld" else 256
+    shifts = [ShiftState(), next_shift(ShiftState(), "permute", np.random.default_rng(1), 0, num_tiles=tiles), ShiftState()]
+    seeds = [5, 6, 5]
+    kwargs = dict(n=40, num_envs=16, warmup=1, stride=2)
+    sets = collect_members_probe_frames(env_cfg, shifts, seeds, **kwargs)
+    for shift, seed, got in zip(shifts, seeds, sets):
+        np.testing.assert_array_equal(got, one_env_probe_frames(env_cfg, shift, seed, **kwargs))
+    np.testing.assert_array_equal(sets[0], sets[2])
+    assert not np.array_equal(sets[0], sets[1])
 
 
 @pytest.mark.parametrize("enc_type, layers", [("conv11", ["conv1", "conv2", "dense"]), ("mlp", ["dense1", "dense"])])

@@ -32,6 +32,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from plasticity_lab.config import EnvironmentConfig, RunConfig
-from plasticity_lab.envs import make_env
+from plasticity_lab.envs import make_population_env
 from plasticity_lab.envs.shifts import ShiftState
 from plasticity_lab.experiment.cost_model import ItemCosts, item_costs, task_matrix_evaluations
 from plasticity_lab.experiment.logger import MetricsCSV
@@ -74,47 +75,61 @@ def collect_probe_frames(
     shift_state: ShiftState,
     n: int = 2560,
     seed: int = 0,
-    policy: Callable[[np.ndarray], np.ndarray] | None = None,
     num_envs: int = PROBE_ENVS,
     warmup: int = PROBE_WARMUP,
     stride: int = PROBE_STRIDE,
 ) -> np.ndarray:
     """``n`` real observations (uint8 frames ``(n, H, W, C)`` or float vectors ``(n, D)``) from
-    the training levels of ``env_cfg``'s task under ``shift_state``.
+    the training levels of ``env_cfg``'s task under ``shift_state``: :func:`collect_members_probe_frames`
+    for one member."""
+    return collect_members_probe_frames(env_cfg, [shift_state], [seed], n, num_envs, warmup, stride)[0]
 
-    ``min(num_envs, n)`` environments take random actions (uniform discrete actions, or the
-    untrained Gaussian policy's N(0, I) draws for continuous ones) or ``policy(obs)``'s and, after
-    ``warmup`` steps, every ``stride``-th step's frames are kept, so the set spreads over many
-    levels and over the course of episodes rather than over their first moments. The same seed
-    gives the same frames; only the shift differs between tasks, so a tile-permuted task sees
-    exactly the permuted frames of the unshifted one.
+
+def collect_members_probe_frames(
+    env_cfg: EnvironmentConfig,
+    shift_states: Sequence[ShiftState],
+    seeds: Sequence[int],
+    n: int = 2560,
+    num_envs: int = PROBE_ENVS,
+    warmup: int = PROBE_WARMUP,
+    stride: int = PROBE_STRIDE,
+) -> list[np.ndarray]:
+    """The probe sets of several members at once (member k's from ``seeds[k]`` under
+    ``shift_states[k]``), stepped as one population environment: a population probes all its
+    members at the same epochs, and one array step of every member's environments costs little
+    more than one member's (the gridworld); each member's set is exactly the one it collects alone.
+
+    ``min(num_envs, n)`` environments per member take random actions (uniform discrete actions,
+    or the untrained Gaussian policy's N(0, I) draws for continuous ones) from the member's own
+    generator and, after ``warmup`` steps, every ``stride``-th step's frames are kept, so the set
+    spreads over many levels and over the course of episodes rather than over their first moments.
+    The same seed gives the same frames; only the shift differs between tasks, so a tile-permuted
+    task sees exactly the permuted frames of the unshifted one.
     """
     if n <= 0 or warmup < 0 or stride <= 0:
         raise ValueError(f"collect_probe_frames: need n > 0, warmup >= 0, stride > 0 (got {n}, {warmup}, {stride})")
     envs = min(num_envs, n)
-    env_seed, action_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
-    rng = np.random.default_rng(action_seed)
-    env = make_env(env_cfg, envs, seed=env_seed, train=True, shift=shift_state)
-    continuous = bool(getattr(env, "continuous", False))
+    states = [np.random.SeedSequence(seed).generate_state(2) for seed in seeds]
+    rngs = [np.random.default_rng(int(action_seed)) for _, action_seed in states]
+    env = make_population_env(env_cfg, envs, [int(env_seed) for env_seed, _ in states], train=True, shifts=shift_states)
+    continuous = bool(getattr(env.member(0), "continuous", False))
     try:
         obs = env.observe_current()
-        frames = np.empty((math.ceil(n / envs) * envs, *env.obs_shape), dtype=obs.dtype)
+        frames = np.empty((len(seeds), math.ceil(n / envs) * envs, *env.obs_shape), dtype=obs.dtype)
         stored, t = 0, 0
-        while stored < len(frames):
+        while stored < frames.shape[1]:
             if t >= warmup and (t - warmup) % stride == 0:
-                frames[stored : stored + envs] = obs
+                frames[:, stored : stored + envs] = obs
                 stored += envs
-            if policy is not None:
-                actions = np.asarray(policy(obs))
-            elif continuous:
-                actions = rng.standard_normal((envs, env.num_actions))
+            if continuous:
+                actions = np.stack([rng.standard_normal((envs, env.num_actions)) for rng in rngs])
             else:
-                actions = rng.integers(0, env.num_actions, envs)
-            obs = env.step(actions).obs
+                actions = np.stack([rng.integers(0, env.num_actions, envs) for rng in rngs])
+            obs = np.stack([result.obs for result in env.step(actions)])
             t += 1
     finally:
         env.close()
-    return frames[:n]
+    return [member_frames[:n] for member_frames in frames]
 
 
 # --------------------------------------------------------------------------- schedule and budget
@@ -316,6 +331,7 @@ class PlasticityProbe:
         )
         self._probe_epochs, self._fit_epochs = set(self.plan.probes), set(self.plan.fits)
         self._frames: dict[int, np.ndarray] = {}
+        self._collect_seconds = 0.0  # this probe's share of a population's frame collection
         self._previous: _Previous | None = None
 
     @classmethod
@@ -339,9 +355,13 @@ class PlasticityProbe:
     def frames(self, task_index: int, shift_state: ShiftState) -> np.ndarray:
         """The probe set of task ``task_index`` (cached; :meth:`measure` keeps only the current one)."""
         if task_index not in self._frames:
-            frame_seed = int(np.random.SeedSequence([self.seed, task_index]).generate_state(1)[0])
-            self._frames[task_index] = collect_probe_frames(self.env_cfg, shift_state, self.probe_size, frame_seed)
+            self._frames[task_index] = collect_probe_frames(
+                self.env_cfg, shift_state, self.probe_size, self.frame_seed(task_index))
         return self._frames[task_index]
+
+    def frame_seed(self, task_index: int) -> int:
+        """The seed of task ``task_index``'s probe set: the run seed and the task, nothing else."""
+        return int(np.random.SeedSequence([self.seed, task_index]).generate_state(1)[0])
 
     def measure(self, model: nn.Module, task_index: int, shift_state: ShiftState, epoch: int) -> ProbeResult:
         """Probe ``model`` now; ``stats`` gains churn (from the second probe on), trainability
@@ -360,7 +380,8 @@ class PlasticityProbe:
         self._frames = {task_index: frames}
         if self.trainability_due(epoch):
             result.stats.update(self.trainability.measure(model, frames, key=task_index))
-        result.stats["probe_seconds"] = time.monotonic() - t0
+        result.stats["probe_seconds"] = time.monotonic() - t0 + self._collect_seconds
+        self._collect_seconds = 0.0
         return result
 
     def state_dict(self) -> dict[str, Any]:
@@ -383,6 +404,27 @@ class PlasticityProbe:
         self._previous = None if prev is None else _Previous(
             prev["task_index"], ShiftState.from_dict(prev["shift"]), prev["logits"], prev["values"], prev.get("log_std")
         )
+
+
+def prefetch_probe_frames(due: Sequence[tuple[PlasticityProbe, int, ShiftState]]) -> None:
+    """Collect the probe sets that ``due`` (probe, task index, shift state) lack, every member's
+    in one population environment (:func:`collect_members_probe_frames`), into each probe's
+    cache; :meth:`PlasticityProbe.measure` then finds them. The sets are exactly those each
+    probe collects alone, so a member's diagnostics do not depend on its population."""
+    missing = [(probe, task, shift) for probe, task, shift in due if task not in probe._frames]
+    while missing:
+        first = missing[0][0]
+        same = [first.env_cfg == probe.env_cfg and first.probe_size == probe.probe_size for probe, _, _ in missing]
+        group = [m for m, s in zip(missing, same) if s]
+        t0 = time.monotonic()
+        sets = collect_members_probe_frames(
+            first.env_cfg, [shift for _, _, shift in group], [probe.frame_seed(task) for probe, task, _ in group],
+            first.probe_size)
+        share = (time.monotonic() - t0) / len(group)
+        for (probe, task, _), frames in zip(group, sets):
+            probe._frames[task] = frames
+            probe._collect_seconds += share  # counted in the next probe's probe_seconds
+        missing = [m for m, s in zip(missing, same) if not s]
 
 
 # --------------------------------------------------------------------------- run-directory files

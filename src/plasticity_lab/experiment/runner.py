@@ -51,7 +51,7 @@ from plasticity_lab.experiment.checkpoint import (
 )
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.experiment.cost_model import matrix_episodes
-from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, task_matrix_estimate
+from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, prefetch_probe_frames, task_matrix_estimate
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
 from plasticity_lab.interventions import Intervention, LossContext, TrainingPlan, build_interventions, resolve_optimizer
@@ -933,9 +933,9 @@ class Run:
         """The diagnostics probes due at ``epoch`` (before the checkpoint, so it holds this
         probe's churn reference); a member whose probe meets non-finite values fails alone."""
         failing: dict[int, str] = {}
-        for member in self.members:
-            if member.probe is None or not member.probe.due(epoch):
-                continue
+        due = [member for member in self.members if member.probe is not None and member.probe.due(epoch)]
+        prefetch_probe_frames([(member.probe, member.task_index, member.shift_state) for member in due])
+        for member in due:
             with self.isolated(member, failing, "a diagnostics probe"):
                 result = member.probe.measure(member.model, member.task_index, member.shift_state, epoch)
             if member.index not in failing:
