@@ -21,7 +21,11 @@ sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in 
 and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
 K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
 
+``--condition a,b,...`` times several conditions (the study's, or cbp, trac, cchain at the settings of
+:data:`EXTRA_CONDITIONS`) and prints each one's CPU seconds per member-epoch against the first's.
+
     python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32] [--config FILE]
+    python bench/bench_population.py --members 30 --condition baseline,reset-all,...,cbp,trac,cchain
     python bench/bench_population.py --study 30 [--conditions baseline,l2-init]
 """
 
@@ -44,8 +48,26 @@ from plasticity_lab.experiment.sweep import sweep
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gridworld_study.yaml"
 
 
+EXTRA_CONDITIONS = {
+    # methods outside the findings study, at settings that act within a 25-epoch round
+    "cbp": {"interventions.cbp": {"replacement_rate": 1.0e-4, "maturity_threshold": 100}},
+    "trac": {"interventions.trac": {}},
+    "cchain": {"interventions.cchain": {}},
+}
+
+
+def study_config(config: Path, root: Path) -> Path:
+    """``config`` with :data:`EXTRA_CONDITIONS` added, written under ``root``."""
+    raw = yaml.safe_load(config.read_text())
+    raw["experiment"]["conditions"].update(EXTRA_CONDITIONS)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"with_extras_{config.name}"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def make_run(condition: str, members: int, epochs: int, precision: str, root: Path, config: Path = CONFIG) -> Run:
-    cfg = load_study(config).condition(condition).model_copy(deep=True)
+    cfg = load_study(study_config(config, root)).condition(condition).model_copy(deep=True)
     cfg.ppo_trainer.num_epochs = epochs
     cfg.ppo_trainer.shift_points = [p for p in cfg.ppo_trainer.shift_points if p < epochs]
     cfg.ppo_trainer.precision = precision
@@ -119,7 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", default="1,8,30,100")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--condition", default="baseline")
+    parser.add_argument("--condition", default="baseline", help="comma-separated conditions of the study, or "
+                        f"{', '.join(EXTRA_CONDITIONS)}; the last column compares each with the first")
     parser.add_argument("--config", type=Path, default=CONFIG, help="study config whose condition is timed (K = 1, 8, ... only)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")
@@ -130,19 +153,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp))
         return
-    print(f"torch {torch.__version__}, 1 thread; {args.config.name} condition {args.condition}, {args.epochs} epochs, {args.precision}")
-    print("K | run s/member-epoch | floor s/member-epoch | run / floor | run CPU s/member-epoch")
+    conditions = args.condition.split(",")
+    print(f"torch {torch.__version__}, 1 thread; {args.config.name}, {args.epochs} epochs, {args.precision}")
+    print("condition | K | run s/member-epoch | floor s/member-epoch | run / floor | run CPU s/member-epoch | CPU / first condition's")
     with tempfile.TemporaryDirectory() as tmp:
-        for members in (int(k) for k in args.members.split(",")):
-            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp), args.config)
-            floor = floor_seconds(run) / members
-            run = make_run(args.condition, members, args.epochs, args.precision, Path(tmp) / "timed", args.config)
-            t0, c0 = time.perf_counter(), time.process_time()
-            run.train()
-            per = (time.perf_counter() - t0) / (members * args.epochs)
-            cpu = (time.process_time() - c0) / (members * args.epochs)
-            print(f"{members} | {per * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {per / floor:.2f}x | {cpu * 1e3:.1f} ms", flush=True)
-
+        first: dict[int, float] = {}
+        for condition in conditions:
+            for members in (int(k) for k in args.members.split(",")):
+                root = Path(tmp) / condition / str(members)
+                run = make_run(condition, members, args.epochs, args.precision, root / "floor", args.config)
+                floor = floor_seconds(run) / members
+                run = make_run(condition, members, args.epochs, args.precision, root / "timed", args.config)
+                t0, c0 = time.perf_counter(), time.process_time()
+                run.train()
+                per = (time.perf_counter() - t0) / (members * args.epochs)
+                cpu = (time.process_time() - c0) / (members * args.epochs)
+                first.setdefault(members, cpu)
+                print(f"{condition} | {members} | {per * 1e3:.1f} ms | {floor * 1e3:.1f} ms | {per / floor:.2f}x | "
+                      f"{cpu * 1e3:.1f} ms | {cpu / first[members]:.2f}x", flush=True)
 
 if __name__ == "__main__":
     main()
