@@ -141,3 +141,46 @@ def test_a_population_holds_each_members_anchors_once():
             assert anchor.data_ptr() == stacked[name][k].data_ptr()
         saved = iv.anchors.state_dict()
         assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved.values())
+
+
+@pytest.mark.parametrize("acting", [[0, 2], [1, 2]], ids=["first-acts", "first-idle"])
+@pytest.mark.parametrize("norm", [{}, {"spectral_norm": "encoder"}], ids=["plain", "specnorm"])
+def test_cchain_batched_terms_are_each_members_own(norm, acting):
+    """C-CHAIN's term over a cohort (previous networks stacked, both forwards in the population's
+    batched program) gives each acting member the gradient and statistics its one-network hook
+    gives it, spectral norm's power-iteration buffers included, and nothing to the idle member."""
+    built = []
+    for _ in range(2):
+        models = [make_model(k, OBS, enc_type="mlp", **norm) for k in range(K)]
+        built.append((models, [build("cchain", m, coef=2.0, value_coef=0.5) for m in models]))
+    (models, instances), (singles, single_ivs) = built
+    net = PopulationNetwork(models)
+    cohort = Cohort(instances, models, net.params, lambda k: None, buffers=net.buffers,
+                    forward=net.forward_members).acting(acting, {})
+    (idle,) = set(range(K)) - set(acting)
+    obs = [frames(32, seed=k, shape=OBS) for k in range(K)]
+    assert cohort.instances[0].loss_members(cohort, [ctx(obs[k], 0.5) for k in acting]) is None  # no previous network yet
+    for k in acting:
+        assert single_ivs[k].loss(singles[k], ctx(obs[k], 0.5)) is None
+    perturbed(models)
+    perturbed(singles)
+    buffers_before = {n: b.clone() for n, b in net.buffers.items()}
+    net.zero_grad()
+    cohort.instances[0].loss_members(cohort, [ctx(obs[k], 0.25) for k in acting]).backward()
+    for k in acting:
+        single, iv = singles[k], single_ivs[k]
+        iv.loss(single, ctx(obs[k], 0.25)).backward()
+        assert instances[k].epoch == iv.epoch and instances[k].epoch["reg_steps"] == 1
+        for n, p in single.named_parameters():
+            assert torch.equal(net.params[n].grad[k], p.grad), (n, k)
+        for n, b in single.named_buffers():
+            assert torch.equal(net.buffers[n][k], b), (n, k)
+        for n, t in iv.prev.items():
+            assert torch.equal(instances[k].prev[n], t), (n, k)
+    assert instances[idle].prev is None and instances[idle].epoch["steps"] == 0
+    for n, p in net.trainable().items():
+        assert not p.grad[idle].any(), n
+    for n, b in net.buffers.items():
+        assert torch.equal(b[idle], buffers_before[n][idle]), n
+    if norm:
+        assert any(not torch.equal(b[acting[0]], buffers_before[n][acting[0]]) for n, b in net.buffers.items())

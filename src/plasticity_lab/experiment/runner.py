@@ -246,6 +246,7 @@ class Run:
             full = self._cohorts[slot] = Cohort(
                 [m.interventions[slot] for m in self.members], [m.model for m in self.members], self.net.params,
                 lambda k: self.optimizer_view(self.members[k]),
+                buffers=self.net.buffers, forward=self.net.forward_members,
             )  # fmt: skip
         return full.acting(acting, failing)
 

@@ -16,7 +16,7 @@ churn reduction. As in the paper's code (bluecontra/C-CHAIN, crl_procgen):
 * x_ref batches are drawn as an independent shuffled pass over the buffer (a permutation from
   the run's generator, consumed minibatch by minibatch, redrawn when used up or at a new epoch);
 * pi_prev is the network as it was when the previous minibatch's loss was computed (parameters
-  and buffers kept as a copy, evaluated with ``torch.func.functional_call``);
+  and buffers kept as a copy, evaluated in the population's batched program, as the current one);
 * the coefficient starts each task at ``coef``; after every training iteration (here: epoch)
   from iteration ``warmup_iters`` on it becomes max(target_ratio * mean|L_policy| / mean L_reg, 1)
   with L_policy and L_reg (the CE above) each iteration's means over its minibatches, averaged
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch.func import functional_call
 
 from plasticity_lab.distributions import make_distribution
 from plasticity_lab.interventions.base import Intervention, Params, register
@@ -84,27 +83,47 @@ class CChain(Intervention):
         self.cursor += size
         return buffer[idx]
 
-    def loss(self, model, ctx):
-        stats = self.epoch
-        stats["policy"] += float(ctx.policy_loss)
-        stats["steps"] += 1
+    def loss_members(self, cohort, contexts):
+        """The acting members' terms in one program: their previous networks stacked, both
+        forwards through the population's batched call (:meth:`Cohort.forward`), one KL over
+        (members, rows); each member's reference batch from its own generator and pass."""
+        instances = cohort.instances
+        for iv, policy in zip(instances, torch.stack([ctx.policy_loss for ctx in contexts]).tolist()):
+            iv.epoch["policy"] += policy
+            iv.epoch["steps"] += 1
+        among = [j for j, iv in enumerate(instances) if iv.prev is not None]
         penalty = None
-        if self.prev is not None:
-            ref = self.reference_batch(ctx.buffer_obs, ctx.obs.shape[0], ctx.generator)
+        if among:
+            refs = torch.stack([instances[j].reference_batch(contexts[j].buffer_obs, contexts[j].obs.shape[0], contexts[j].generator)
+                                for j in among])  # fmt: skip
+            names = [*cohort.params, *cohort.buffers]
+            prev = {name: torch.stack([instances[j].prev[name] for j in among]) for name in names}
             with torch.no_grad():
-                prev_head, prev_values, _ = functional_call(model, self.prev, (ref,))
-                prev_dist = make_distribution(prev_head.float(), self.prev.get("log_std"))
-            head, values, _ = model(ref)
-            kl = model.distribution(head).kl_from(prev_dist).mean()
-            cross_entropy = kl + prev_dist.entropy().mean()
-            value_churn = (values.float() - prev_values.float()).pow(2).mean()
-            penalty = self.coef * cross_entropy + self.params.value_coef * value_churn
-            with torch.no_grad():
-                stats["reg"] += float(cross_entropy)
-                stats["kl"] += float(kl)
+                prev_head, prev_values, _ = cohort.forward(refs, among, {n: prev[n] for n in cohort.params},
+                                                           {n: prev[n] for n in cohort.buffers})
+                prev_dist = make_distribution(prev_head.float(), _log_std(prev))
+            head, values, _ = cohort.forward(refs, among)
+            rows = None if len(among) == len(instances) else torch.tensor(among, device=head.device)
+            log_std = cohort.values("log_std") if "log_std" in cohort.params else None
+            if log_std is not None and rows is not None:
+                log_std = log_std.index_select(0, rows)
+            kl = make_distribution(head, _log_std({"log_std": log_std} if log_std is not None else {})).kl_from(prev_dist).mean(dim=1)
+            cross_entropy = kl + prev_dist.entropy().mean(dim=1)
+            value_churn = (values.float() - prev_values.float()).pow(2).mean(dim=1)
+            coef = torch.tensor([instances[j].coef for j in among], dtype=cross_entropy.dtype, device=cross_entropy.device)
+            value_coef = torch.tensor([instances[j].params.value_coef for j in among], dtype=value_churn.dtype, device=value_churn.device)
+            penalty = (coef * cross_entropy + value_coef * value_churn).sum()
+            for j, (ce, k) in zip(among, torch.stack([cross_entropy.detach(), kl.detach()], dim=1).tolist()):
+                stats = instances[j].epoch
+                stats["reg"] += ce
+                stats["kl"] += k
                 stats["reg_steps"] += 1
-        # the network of this step, before its update: the next minibatch's "prev"
-        self.prev = {name: t.detach().clone() for name, t in (*model.named_parameters(), *model.named_buffers())}
+        # the networks of this step, before their update: the next minibatch's "prev" (one copy
+        # of the acting members' rows; each member keeps views of its own)
+        now = {name: cohort.values(name).detach().clone() for name in cohort.params}
+        now.update({name: cohort.buffer_values(name).detach().clone() for name in cohort.buffers})
+        for j, iv in enumerate(instances):
+            iv.prev = {name: t[j] for name, t in now.items()}
         return penalty
 
     def periodic(self, model, optimizer, obs, epoch):
@@ -140,7 +159,9 @@ class CChain(Intervention):
 
     def state_dict(self):
         return {
-            "prev": self.prev, "perm": self.perm, "cursor": self.cursor, "coef": self.coef, "iters": self.iters,
+            # a copy of its own rows (self.prev are views of a stack of every acting member's)
+            "prev": None if self.prev is None else {n: t.clone() for n, t in self.prev.items()},
+            "perm": self.perm, "cursor": self.cursor, "coef": self.coef, "iters": self.iters,
             "policy_means": list(self.policy_means), "reg_means": list(self.reg_means), "epoch": dict(self.epoch),
         }
 
@@ -149,3 +170,9 @@ class CChain(Intervention):
         self.coef, self.iters = state["coef"], state["iters"]
         self.policy_means, self.reg_means = list(state["policy_means"]), list(state["reg_means"])
         self.epoch = dict(state["epoch"])
+
+
+def _log_std(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The Gaussian policy's (members, actions) log std from stacked state, broadcast over rows."""
+    log_std = state.get("log_std")
+    return None if log_std is None else log_std.unsqueeze(1)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from plasticity_lab.metrics.plasticity import NonFiniteInput
+from plasticity_lab.nets.population import forward_of_one
 from plasticity_lab.nets.surgery import clear_state
 
 if TYPE_CHECKING:
@@ -47,9 +48,13 @@ class Cohort:
         index: Sequence[int] | None = None,
         failing: dict[int, str] | None = None,
         parent: Cohort | None = None,
+        buffers: dict[str, torch.Tensor] | None = None,
+        forward: Callable[..., tuple[torch.Tensor, ...]] | None = None,
     ) -> None:
         self.instances, self.modules = list(instances), list(modules)
         self.params = params
+        self.buffers = buffers if buffers is not None else {}
+        self._forward = forward
         self.optimizer = optimizer
         self.positions = list(range(len(self.instances))) if index is None else list(index)
         self.index = None if index is None else torch.tensor(self.positions, device=next(iter(params.values())).device)
@@ -63,7 +68,10 @@ class Cohort:
     def of_module(cls, instance: Intervention, model: nn.Module, optimizer: Any) -> Cohort:
         """A single network as a cohort of one: its parameters seen as (1, ...) tensors."""
         params = {name: p.unsqueeze(0) for name, p in model.named_parameters()}
-        return cls([instance], [model], params, lambda j: optimizer)
+        buffers = {name: b.unsqueeze(0) for name, b in model.named_buffers()}
+        one = forward_of_one(model)
+        return cls([instance], [model], params, lambda j: optimizer, buffers=buffers,
+                   forward=lambda members, obs, params=None, buffers=None: one(obs, params, buffers))
 
     def acting(self, members: Sequence[int], failing: dict[int, str]) -> Cohort:
         """The members at positions ``members`` of this cohort of every member (those that act
@@ -73,7 +81,7 @@ class Cohort:
         members = list(members)
         index = None if members == list(range(len(self))) else members
         return Cohort([self.instances[k] for k in members], [self.modules[k] for k in members], self.params,
-                      lambda j: self.optimizer(members[j]), index, failing, self)
+                      lambda j: self.optimizer(members[j]), index, failing, self, self.buffers, self._forward)
 
     def __len__(self) -> int:
         return len(self.instances)
@@ -94,6 +102,23 @@ class Cohort:
         Differentiable: a loss term on it puts its gradient into the stacked gradient."""
         stacked = self.params[name]
         return stacked if self.index is None else stacked.index_select(0, self.index)
+
+    def buffer_values(self, name: str) -> torch.Tensor:
+        """The acting members' slices of buffer ``name`` (as :meth:`values`)."""
+        stacked = self.buffers[name]
+        return stacked if self.index is None else stacked.index_select(0, self.index)
+
+    def forward(
+        self, obs: torch.Tensor, among: Sequence[int] | None = None, params: dict | None = None, buffers: dict | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The network outputs of acting members ``among`` (positions in this cohort; None: all)
+        on their rows ``obs`` (n, N, ...), in the population's own program (so member k gets what
+        its single run gets): with their training state (gradients reach the stacked parameters),
+        or with ``params``/``buffers`` (name -> (n, ...)), another network of theirs."""
+        positions = self.positions if among is None else [self.positions[j] for j in among]
+        everyone = self.index is None and among is None
+        members = None if everyone else torch.tensor(positions, device=obs.device)
+        return self._forward(members, obs, params, buffers)
 
     @torch.no_grad()
     def store(self, name: str, value: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ values and its optimiser state (:meth:`restack` returns where each old slice wen
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,6 +36,40 @@ def _structure(module: nn.Module) -> tuple:
     params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in module.named_parameters())
     buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers())
     return params, buffers
+
+
+def computes_one_by_one(module: nn.Module) -> bool:
+    """Whether a population of networks like ``module`` computes member after member rather than
+    in one batched call (why: :meth:`PopulationNetwork.__call__`): conv layers on the CPU, or
+    forward hooks."""
+    modules = list(module.modules())
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    conv_on_cpu = any(isinstance(m, nn.Conv2d) for m in modules) and next(module.parameters()).device.type == "cpu"
+    return hooked or conv_on_cpu
+
+
+def forward_of_one(module: nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """``forward(obs (1, N, ...), params=None, buffers=None)`` for a single network computed as a
+    population's member is (:meth:`PopulationNetwork.forward_members` for a population of one
+    that is ``module`` itself), so a method that forwards through a cohort of one gets exactly
+    what a member of a population gets. ``params``/``buffers`` (name -> (1, ...)) replace the
+    module's own (another network of the same architecture); without them gradients reach the
+    module's parameters and buffer updates its buffers."""
+    batched = vmap(lambda params, buffers, obs: functional_call(module, (params, buffers), (obs,)))
+
+    def forward(obs: torch.Tensor, params: dict | None = None, buffers: dict | None = None) -> tuple[torch.Tensor, ...]:
+        if computes_one_by_one(module):
+            if params is None:
+                outs = module(obs[0])
+            else:
+                outs = functional_call(module, ({n: t[0] for n, t in params.items()}, {n: t[0] for n, t in buffers.items()}), (obs[0],))
+            return tuple(out.unsqueeze(0) for out in outs)
+        if params is None:
+            params = {n: t.unsqueeze(0) for n, t in module.named_parameters()}
+            buffers = {n: t.unsqueeze(0) for n, t in module.named_buffers()}
+        return batched(params, buffers, obs)
+
+    return forward
 
 
 class PopulationNetwork:
@@ -106,10 +140,7 @@ class PopulationNetwork:
         template = copy.deepcopy(self.members[0]).to("meta")
         template.train(self.members[0].training)
         self.template = template
-        modules = list(self.members[0].modules())
-        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-        conv_on_cpu = any(isinstance(m, nn.Conv2d) for m in modules) and next(self.members[0].parameters()).device.type == "cpu"
-        self.looped = hooked or conv_on_cpu
+        self.looped = computes_one_by_one(self.members[0])
         return where
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -166,13 +197,34 @@ class PopulationNetwork:
         if computing is None:
             return self._batched(self.params, self.buffers, obs)
         # only the members that need rows: nothing runs, and no state changes, for the others
-        params = {name: p.index_select(0, computing) for name, p in self.params.items()}
-        buffers = {name: b.index_select(0, computing) for name, b in self.buffers.items()}
-        outs = self._batched(params, buffers, obs.index_select(0, computing))
-        with torch.no_grad():  # buffer updates (spectral norm's power iteration) back into the stacked state
-            for name, b in buffers.items():
-                self.buffers[name].index_copy_(0, computing, b)
+        outs = self.forward_members(computing, obs.index_select(0, computing))
         return tuple(self._scatter(computing, out) for out in outs)
+
+    def forward_members(
+        self, members: torch.Tensor | None, obs: torch.Tensor, params: dict | None = None, buffers: dict | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The outputs of the members at positions ``members`` (None: every member) on their
+        rows ``obs`` (n, N, ...), every row computed, in the program :meth:`__call__` uses.
+        Without ``params``/``buffers`` they compute with their stacked state: gradients reach the
+        stacked parameters and buffer updates (spectral norm's power iteration) the stacked
+        buffers. With them (name -> (n, ...)) they compute another network of theirs (C-CHAIN's
+        previous one), whose buffers are updated in place."""
+        own = params is None
+        if own:
+            params = self.params if members is None else {n: p.index_select(0, members) for n, p in self.params.items()}
+            buffers = self.buffers if members is None else {n: b.index_select(0, members) for n, b in self.buffers.items()}
+        if self.looped:
+            chosen = range(self.size) if members is None else members.tolist()
+            outs = [self.members[k](obs[j]) if own else functional_call(
+                        self.members[k], ({n: t[j] for n, t in params.items()}, {n: t[j] for n, t in buffers.items()}), (obs[j],))
+                    for j, k in enumerate(chosen)]  # fmt: skip
+            return tuple(torch.stack(parts) for parts in zip(*outs))
+        outs = self._batched(params, buffers, obs)
+        if own and members is not None:
+            with torch.no_grad():  # buffer updates (spectral norm's power iteration) back into the stacked state
+                for name, b in buffers.items():
+                    self.buffers[name].index_copy_(0, members, b)
+        return outs
 
     def _scatter(self, members: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """(len(members), ...) outputs -> (K, ...), zeros for the members not computed."""
