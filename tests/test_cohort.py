@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from plasticity_lab.agents.population_optim import PopulationAdamW
+from plasticity_lab.config import ModelConfig
 from plasticity_lab.interventions.cohort import Cohort
+from plasticity_lab.nets import build_model
 from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.streams import Streams
 from tests.test_interventions import build, ctx, frames, make_model
@@ -143,22 +145,34 @@ def test_a_population_holds_each_members_anchors_once():
         assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in saved.values())
 
 
+def cchain_model(k: int, kind: str) -> torch.nn.Module:
+    if kind == "gaussian":  # continuous actions: the policy's log std is a parameter of each member
+        torch.manual_seed(k)
+        return build_model(ModelConfig(h_size=32, enc_type="mlp"), 3, (8,), continuous=True)
+    return make_model(k, OBS, enc_type="mlp", **({"spectral_norm": "encoder"} if kind == "specnorm" else {}))
+
+
+def cchain_frames(k: int, kind: str) -> torch.Tensor:
+    return torch.randn(32, 8, generator=torch.Generator().manual_seed(k)) if kind == "gaussian" else frames(32, seed=k, shape=OBS)
+
+
 @pytest.mark.parametrize("acting", [[0, 2], [1, 2]], ids=["first-acts", "first-idle"])
-@pytest.mark.parametrize("norm", [{}, {"spectral_norm": "encoder"}], ids=["plain", "specnorm"])
-def test_cchain_batched_terms_are_each_members_own(norm, acting):
+@pytest.mark.parametrize("kind", ["plain", "specnorm", "gaussian"])
+def test_cchain_batched_terms_are_each_members_own(kind, acting):
     """C-CHAIN's term over a cohort (previous networks stacked, both forwards in the population's
     batched program) gives each acting member the gradient and statistics its one-network hook
-    gives it, spectral norm's power-iteration buffers included, and nothing to the idle member."""
+    gives it, spectral norm's power-iteration buffers and a Gaussian policy's log std included,
+    and nothing to the idle member."""
     built = []
     for _ in range(2):
-        models = [make_model(k, OBS, enc_type="mlp", **norm) for k in range(K)]
+        models = [cchain_model(k, kind) for k in range(K)]
         built.append((models, [build("cchain", m, coef=2.0, value_coef=0.5) for m in models]))
     (models, instances), (singles, single_ivs) = built
     net = PopulationNetwork(models)
     cohort = Cohort(instances, models, net.params, lambda k: None, buffers=net.buffers,
                     forward=net.forward_members).acting(acting, {})
     (idle,) = set(range(K)) - set(acting)
-    obs = [frames(32, seed=k, shape=OBS) for k in range(K)]
+    obs = [cchain_frames(k, kind) for k in range(K)]
     assert cohort.instances[0].loss_members(cohort, [ctx(obs[k], 0.5) for k in acting]) is None  # no previous network yet
     for k in acting:
         assert single_ivs[k].loss(singles[k], ctx(obs[k], 0.5)) is None
@@ -182,5 +196,5 @@ def test_cchain_batched_terms_are_each_members_own(norm, acting):
         assert not p.grad[idle].any(), n
     for n, b in net.buffers.items():
         assert torch.equal(b[idle], buffers_before[n][idle]), n
-    if norm:
+    if kind == "specnorm":
         assert any(not torch.equal(b[acting[0]], buffers_before[n][acting[0]]) for n, b in net.buffers.items())

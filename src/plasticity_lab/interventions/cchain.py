@@ -101,13 +101,10 @@ class CChain(Intervention):
             with torch.no_grad():
                 prev_head, prev_values, _ = cohort.forward(refs, among, {n: prev[n] for n in cohort.params},
                                                            {n: prev[n] for n in cohort.buffers})
-                prev_dist = make_distribution(prev_head.float(), _log_std(prev))
+                prev_dist = make_distribution(prev_head.float(), _over_rows(prev.get("log_std")))
             head, values, _ = cohort.forward(refs, among)
-            rows = None if len(among) == len(instances) else torch.tensor(among, device=head.device)
-            log_std = cohort.values("log_std") if "log_std" in cohort.params else None
-            if log_std is not None and rows is not None:
-                log_std = log_std.index_select(0, rows)
-            kl = make_distribution(head, _log_std({"log_std": log_std} if log_std is not None else {})).kl_from(prev_dist).mean(dim=1)
+            log_std = cohort.values("log_std")[among] if "log_std" in cohort.params else None
+            kl = make_distribution(head, _over_rows(log_std)).kl_from(prev_dist).mean(dim=1)
             cross_entropy = kl + prev_dist.entropy().mean(dim=1)
             value_churn = (values.float() - prev_values.float()).pow(2).mean(dim=1)
             coef = torch.tensor([instances[j].coef for j in among], dtype=cross_entropy.dtype, device=cross_entropy.device)
@@ -172,7 +169,6 @@ class CChain(Intervention):
         self.epoch = dict(state["epoch"])
 
 
-def _log_std(state: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The Gaussian policy's (members, actions) log std from stacked state, broadcast over rows."""
-    log_std = state.get("log_std")
+def _over_rows(log_std: torch.Tensor | None) -> torch.Tensor | None:
+    """A Gaussian policy's (members, actions) log std, broadcast over each member's rows."""
     return None if log_std is None else log_std.unsqueeze(1)
