@@ -22,7 +22,7 @@ and the network-arithmetic floor of the study in each precision (the floor per m
 K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
 
 ``--condition a,b,...`` times several conditions (the study's, or cbp, trac, cchain at the settings of
-:data:`EXTRA_CONDITIONS`) and prints each one's CPU seconds per member-epoch against the first's.
+:data:`BENCH_CONDITIONS`) and prints each one's CPU seconds per member-epoch against the first's.
 
     python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32] [--config FILE]
     python bench/bench_population.py --members 30 --condition baseline,reset-all,...,cbp,trac,cchain
@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
+from plasticity_lab.bench import BENCH_CONDITIONS
 from plasticity_lab.config import load_study
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.experiment.sweep import sweep
@@ -48,18 +49,10 @@ from plasticity_lab.experiment.sweep import sweep
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gridworld_study.yaml"
 
 
-EXTRA_CONDITIONS = {
-    # methods outside the findings study, at settings that act within a 25-epoch round
-    "cbp": {"interventions.cbp": {"replacement_rate": 1.0e-4, "maturity_threshold": 100}},
-    "trac": {"interventions.trac": {}},
-    "cchain": {"interventions.cchain": {}},
-}
-
-
 def study_config(config: Path, root: Path) -> Path:
-    """``config`` with :data:`EXTRA_CONDITIONS` added, written under ``root``."""
+    """``config`` with :data:`BENCH_CONDITIONS` added, written under ``root``."""
     raw = yaml.safe_load(config.read_text())
-    raw["experiment"]["conditions"].update(EXTRA_CONDITIONS)
+    raw["experiment"]["conditions"].update(BENCH_CONDITIONS)
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"with_extras_{config.name}"
     path.write_text(yaml.safe_dump(raw))
@@ -142,7 +135,7 @@ def main() -> None:
     parser.add_argument("--members", default="1,8,30,100")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--condition", default="baseline", help="comma-separated conditions of the study, or "
-                        f"{', '.join(EXTRA_CONDITIONS)}; the last column compares each with the first")
+                        f"{', '.join(BENCH_CONDITIONS)}; the last column compares each with the first")
     parser.add_argument("--config", type=Path, default=CONFIG, help="study config whose condition is timed (K = 1, 8, ... only)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")

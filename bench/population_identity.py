@@ -26,17 +26,17 @@ from pathlib import Path
 
 import yaml
 
+from plasticity_lab.bench import BENCH_CONDITIONS
 from plasticity_lab.config import resolve_config_path
 from plasticity_lab.experiment.identity import run_differences
 
 CONDITIONS = ["baseline", "reset-all", "specnorm", "redo-reset", "ssp-ln", "l2-init", "cbp"]
-CBP = {"interventions.cbp": {"replacement_rate": 1.0e-4, "maturity_threshold": 100}}
 
 
 def study_config(out: Path, epochs: int | None) -> Path:
     """The findings protocol plus the cbp condition, cut to ``epochs`` if given."""
     raw = yaml.safe_load(resolve_config_path("gridworld_study.yaml").read_text())
-    raw["experiment"]["conditions"]["cbp"] = CBP
+    raw["experiment"]["conditions"]["cbp"] = BENCH_CONDITIONS["cbp"]
     if epochs is not None:
         trainer = raw["ppo_trainer"]
         trainer["num_epochs"] = epochs

@@ -22,6 +22,13 @@ from plasticity_lab.experiment.runner import Run
 from plasticity_lab.nets.layers import frozen_conv_weights
 
 WARMUP = 1
+BENCH_CONDITIONS = {
+    # methods outside the findings study, at settings that act within its 25-epoch rounds (CBP
+    # replaces units within a round at this rate and maturity): the benches time and check them
+    "cbp": {"interventions.cbp": {"replacement_rate": 1.0e-4, "maturity_threshold": 100}},
+    "trac": {"interventions.trac": {}},
+    "cchain": {"interventions.cchain": {}},
+}
 
 
 def _sync(device: torch.device) -> None:
