@@ -210,7 +210,7 @@ class PopulationNetwork:
         buffers. With them (name -> (n, ...)) they compute another network of theirs (C-CHAIN's
         previous one), whose buffers are updated in place."""
         own = params is None
-        if own:
+        if own and not self.looped:  # member by member, each member's module holds its own state
             params = self.params if members is None else {n: p.index_select(0, members) for n, p in self.params.items()}
             buffers = self.buffers if members is None else {n: b.index_select(0, members) for n, b in self.buffers.items()}
         if self.looped:
