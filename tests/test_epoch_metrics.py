@@ -19,6 +19,7 @@ from plasticity_lab.config import ACTIVATIONS, NORMS, ModelConfig, RunConfig
 from plasticity_lab.experiment import runner as runner_module
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.metrics import reference_dead_units, weight_change_rms, weight_rms
+from plasticity_lab.metrics.plasticity import NonFiniteInput, weight_change_rms_members, weight_rms_members
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.layers import make_activation
 from plasticity_lab.nets.surgery import applied_weights
@@ -89,6 +90,28 @@ def test_weight_rms_and_change_match_numpy():
         weight_change_rms(before, [after[1], after[0], after[2]])
     with pytest.raises(ValueError, match="at least one"):
         weight_rms([])
+
+
+def test_weight_rms_of_members_is_each_members_own_and_checks_them():
+    """The stacked per-member form (what the training loop reports for a population) gives each
+    member its own pooled RMS (numpy reference per member), refuses lists of different shapes,
+    and names a non-finite weight of any member."""
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(6, 4), (3, 2, 2, 2), (1, 5)]
+    before = [[k * torch.randn(s, generator=gen) for s in shapes] for k in range(1, 4)]  # members of different scales
+    after = [[w + 0.1 * k * torch.randn(w.shape, generator=gen) for w in ws] for k, ws in enumerate(before)]
+    for got, ws in zip(weight_rms_members(before), before):
+        assert got == pytest.approx(np_rms([w.numpy() for w in ws]), rel=1e-12)
+    for got, b, a in zip(weight_change_rms_members(before, after), before, after):
+        assert got == pytest.approx(np_rms([x.double().numpy() - y.double().numpy() for x, y in zip(a, b)]), rel=1e-12)
+    assert len(set(weight_rms_members(before))) == 3
+    with pytest.raises(ValueError, match="shapes"):
+        weight_rms_members([before[0], [before[1][1], before[1][0], before[1][2]]])
+    poisoned = [list(ws) for ws in after]
+    poisoned[2][1] = poisoned[2][1].clone()
+    poisoned[2][1][0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteInput, match="weight_change_rms"):
+        weight_change_rms_members(before, poisoned)
 
 
 def affine_count(model: nn.Module) -> int:

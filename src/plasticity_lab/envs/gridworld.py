@@ -218,8 +218,10 @@ class GridGatherPopulation:
         objects = self.objects[index].reshape(n, cells)
         agent = self.pos[index, 0] * self.size + self.pos[index, 1]
         if self.cell_perm is not None:
-            perm = self.cell_perm[self.block[index]]
-            walls, objects = (np.take_along_axis(a, perm, axis=1) for a in (walls, objects))
+            # row r's cells gathered through its member's permutation, as flat indices: the same
+            # gather as take_along_axis(a, perm, axis=1) at a quarter of its cost per step
+            flat = self.cell_perm[self.block[index]] + (np.arange(n) * cells)[:, None]
+            walls, objects = (np.take(a, flat) for a in (walls, objects))
             agent = self.cell_shown_at[self.block[index], agent]
         obs = np.zeros((n, cells, 3), dtype=np.uint8)
         obs[..., 0] = walls * 255

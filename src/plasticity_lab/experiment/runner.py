@@ -65,8 +65,8 @@ from plasticity_lab.metrics.plasticity import (
     dormant_fraction_from_scores,
     dormant_scores_from_mean_abs,
     reference_dead_units_per_member,
-    weight_change_rms,
-    weight_rms,
+    weight_change_rms_members,
+    weight_rms_members,
 )
 from plasticity_lab.nets import ActorCritic, build_model
 from plasticity_lab.nets.layers import compute_dtype, frozen_conv_weights
@@ -645,8 +645,8 @@ class Run:
         width = obs.shape[1]
         offsets = torch.arange(K, device=dev).unsqueeze(1) * width  # member k's rows in the flattened batch
         flat = [c.flatten(0, 1) for c in (obs, actions, old_logp, adv, rets)]
-        sums = {key: torch.zeros(K, dtype=torch.float64, device=dev) for key in
-                ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")}
+        stat_keys = ("p_loss", "v_loss", "entropy", "v_error", "approx_kl", "clipfrac", "grad_norm", "dead_units")
+        totals = torch.zeros(len(stat_keys), K, dtype=torch.float64, device=dev)  # one row per key: one add per minibatch
         taken = torch.zeros(K, dtype=torch.float64, device=dev)
         unit_abs_sum = None  # for dormant_units
         failing: dict[int, str] = {}  # member index -> why it diverged (its hooks stop running)
@@ -685,16 +685,14 @@ class Run:
             self.optimizer.step(active)
             self.run_hook("after_step", acting, failing, "a step hook", lambda iv, cohort=None, member=None: (
                 iv.after_step_members(cohort) if cohort is not None else iv.after_step(member.model, self.optimizer_view(member))))
-            stats = {
-                "p_loss": parts.policy, "v_loss": parts.value, "entropy": parts.entropy,
-                "v_error": parts.value_error, "approx_kl": parts.approx_kl, "clipfrac": parts.clipfrac,
-                "grad_norm": grad_norm, "dead_units": reference_dead_units_per_member(features, self.cfg.model.activation),
-            }
-            for key, value in stats.items():
-                sums[key] += value.detach().double() * weight
+            stats = (parts.policy, parts.value, parts.entropy, parts.value_error, parts.approx_kl, parts.clipfrac,
+                     grad_norm, reference_dead_units_per_member(features, self.cfg.model.activation))
+            totals += torch.stack([value.detach().double() for value in stats]) * weight
             taken += weight
-            abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float64) * weight.double().unsqueeze(1)
+            # float64 first: the same sums as abs().sum(dtype=float64), in fewer passes over the features
+            abs_sum = features.detach().double().abs_().sum(dim=1) * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
+        sums = dict(zip(stat_keys, totals))
         means = {key: (value / taken).tolist() for key, value in sums.items()}
         failing = self.diverged(sums, trainable, failing)
         outs = [{key: values[k] for key, values in means.items()} for k in everyone]
@@ -834,6 +832,8 @@ class Run:
         test_r = self.evaluate(epoch) if due else [None] * self.size
         task_end = epoch + 1 in p.shift_points or epoch == p.num_epochs - 1
         matrix = self.task_matrix(epoch, test_r) if self.cfg.evaluation.task_matrix and task_end else [None] * self.size
+        weight_m = weight_rms_members(after)
+        weight_diff = weight_change_rms_members([before[k] for k in keep], after)
         rows = []
         for j, (k, member) in enumerate(zip(keep, self.members)):
             rows.append({
@@ -841,8 +841,8 @@ class Run:
                 "train_r": float(np.mean(ep_returns[k])) if ep_returns[k] else None,
                 "train_l": float(np.mean(ep_lengths[k])) if ep_lengths[k] else None,
                 "test_r": test_r[j],
-                "weight_m": weight_rms(after[j]),
-                "weight_diff": weight_change_rms(before[k], after[j]),
+                "weight_m": weight_m[j],
+                "weight_diff": weight_diff[j],
                 "steps_per_s": (member.env_steps - steps_before[k]) / seconds,
                 TASK_MATRIX_KEY: matrix[j],
                 **stats[k],

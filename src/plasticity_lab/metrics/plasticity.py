@@ -64,13 +64,17 @@ class NonFiniteInput(ValueError):
     fails that member alone, DESIGN.md section 8)."""
 
 
+def _as_tensor(x: Any) -> torch.Tensor:
+    """``x`` as a detached tensor of its own dtype and device (numpy -> CPU tensor)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    # ascontiguousarray also copes with negative-stride numpy views, which torch rejects.
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+
+
 def _checked(x: Any, name: str) -> torch.Tensor:
     """``x`` as a detached tensor of its own dtype and device (numpy -> CPU tensor); real, finite."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        # ascontiguousarray also copes with negative-stride numpy views, which torch rejects.
-        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    t = _as_tensor(x)
     if t.is_complex():
         raise ValueError(f"{name}: complex input is not supported")
     if t.is_floating_point() and t.numel() > 0 and not _all_finite(t):
@@ -422,11 +426,35 @@ def reference_dead_units_per_member(activations: torch.Tensor, activation: str) 
 # --------------------------------------------------------------------------- weights
 
 
-def _weight_list(weights: Sequence[Any], name: str) -> list[torch.Tensor]:
-    tensors = [_to_float64(w, name) for w in weights]
-    if not tensors or sum(t.numel() for t in tensors) == 0:
+def _stacked_weights(members: Sequence[Sequence[Any]], name: str) -> list[torch.Tensor]:
+    """Each member's i-th weight stacked into a float64 (K, ...) tensor, checked once for all."""
+    lists = [list(ws) for ws in members]
+    if not lists or any(len(ws) != len(lists[0]) for ws in lists):
+        raise ValueError(f"{name}: expected one equally long weight list per member, got lengths {[len(ws) for ws in lists]}")
+    stacked = []
+    for i, group in enumerate(zip(*lists)):
+        tensors = [_as_tensor(w) for w in group]
+        if any(t.shape != tensors[0].shape for t in tensors):
+            raise ValueError(f"{name}: weight {i} has shapes {sorted({tuple(t.shape) for t in tensors})} across members")
+        stacked.append(_checked(torch.stack(tensors), name).to(torch.float64))
+    if not stacked or sum(t[0].numel() for t in stacked) == 0:
         raise ValueError(f"{name}: expected at least one non-empty weight tensor")
-    return tensors
+    return stacked
+
+
+def _pooled_rms(stacked: list[torch.Tensor]) -> list[float]:
+    """Pooled RMS of each member's row of (K, ...) tensors: one reduction per tensor for all K."""
+    total = sum(t.pow(2).flatten(1).sum(dim=1) for t in stacked)
+    return torch.sqrt(total / sum(t[0].numel() for t in stacked)).tolist()
+
+
+def weight_rms_members(members: Sequence[Sequence[Any]]) -> list[float]:
+    r""":func:`weight_rms` of each member's list of weights (the same shapes for every member).
+
+    Stacked, so a population pays one reduction per layer for all members, not one per member
+    and layer (the training loop reports it every epoch).
+    """
+    return _pooled_rms(_stacked_weights(members, "weight_rms"))
 
 
 def weight_rms(weights: Sequence[Any]) -> float:
@@ -436,21 +464,25 @@ def weight_rms(weights: Sequence[Any]) -> float:
 
     Pooled (not a mean of per-tensor RMS), so every weight counts once whatever layer it is in.
     """
-    tensors = _weight_list(weights, "weight_rms")
-    total = sum(t.pow(2).sum().item() for t in tensors)
-    return math.sqrt(total / sum(t.numel() for t in tensors))
+    return weight_rms_members([weights])[0]
+
+
+def weight_change_rms_members(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[float]:
+    """:func:`weight_change_rms` of each member (``before[k]`` and ``after[k]``), stacked as in
+    :func:`weight_rms_members`."""
+    if len(before) != len(after) or any(len(b) != len(a) for b, a in zip(before, after)):
+        raise ValueError(f"weight_change_rms: {[len(b) for b in before]} tensors before, {[len(a) for a in after]} after")
+    old = _stacked_weights(before, "weight_change_rms")
+    new = _stacked_weights(after, "weight_change_rms")
+    for a, b in zip(old, new):
+        if a.shape != b.shape:
+            raise ValueError(f"weight_change_rms: shape {tuple(a.shape[1:])} before, {tuple(b.shape[1:])} after")
+    return _pooled_rms([b - a.to(b.device) for a, b in zip(old, new)])
 
 
 def weight_change_rms(before: Sequence[Any], after: Sequence[Any]) -> float:
     """:func:`weight_rms` of ``after - before``, tensor by tensor (same shapes, same order)."""
-    if len(before) != len(after):
-        raise ValueError(f"weight_change_rms: {len(before)} tensors before, {len(after)} after")
-    old = _weight_list(before, "weight_change_rms")
-    new = _weight_list(after, "weight_change_rms")
-    for a, b in zip(old, new):
-        if a.shape != b.shape:
-            raise ValueError(f"weight_change_rms: shape {tuple(a.shape)} before, {tuple(b.shape)} after")
-    return weight_rms([b - a.to(b.device) for a, b in zip(old, new)])
+    return weight_change_rms_members([before], [after])[0]
 
 
 def stable_rank(weight: Any) -> float:
