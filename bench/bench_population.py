@@ -19,14 +19,15 @@ study's condition (e.g. configs/minatar_permuted.yaml) instead of the findings s
 250-epoch protocol) three ways on the same cores, one after another in this process: ``plab
 sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in fp32 and in bf16;
 and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
-K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset.
+K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset,
+``--modes`` which of the three (single, population, bf16) are timed.
 
 ``--condition a,b,...`` times several conditions (the study's, or cbp, trac, cchain at the settings of
 :data:`BENCH_CONDITIONS`) and prints each one's CPU seconds per member-epoch against the first's.
 
     python bench/bench_population.py [--members 1,8,30,100] [--epochs 30] [--precision fp32] [--config FILE]
     python bench/bench_population.py --members 30 --condition baseline,reset-all,...,cbp,trac,cchain
-    python bench/bench_population.py --study 30 [--conditions baseline,l2-init]
+    python bench/bench_population.py --study 30 [--conditions baseline,l2-init] [--modes single,population,bf16]
 """
 
 from __future__ import annotations
@@ -98,21 +99,26 @@ def floor_seconds(run: Run, repeats: int = 3) -> float:
     return statistics.median(times[1:])
 
 
-def time_study(seeds: int, conditions: list[str] | None, root: Path) -> None:
+STUDY_MODES = {  # --modes name -> (label, population, precision)
+    "single": ("workers 2, single runs, fp32", False, "fp32"),
+    "population": ("population, workers 2, fp32", True, "fp32"),
+    "bf16": ("population, workers 2, bf16", True, "bf16"),
+}
+
+
+def time_study(seeds: int, conditions: list[str] | None, root: Path, modes: list[str]) -> None:
     study = load_study(CONFIG)
     chosen = conditions or study.conditions
     runs = len(chosen) * seeds
     epochs = study.base.ppo_trainer.num_epochs
     floors = {}
-    for precision in ("fp32", "bf16"):
+    for precision in sorted({STUDY_MODES[m][2] for m in modes}):
         per = statistics.median(floor_seconds(make_run(c, seeds, 2, precision, root / "floor" / precision)) / seeds for c in chosen[:2])
         floors[precision] = per * epochs * runs / 2
     print(f"study: {len(chosen)} conditions x {seeds} seeds, {epochs} epochs; network floor on 2 cores: "
-          f"fp32 {floors['fp32']:.0f} s, bf16 {floors['bf16']:.0f} s", flush=True)
+          + ", ".join(f"{precision} {floor:.0f} s" for precision, floor in floors.items()), flush=True)
     walls = {}
-    for label, population, precision in (("workers 2, single runs, fp32", False, "fp32"),
-                                         ("population, workers 2, fp32", True, "fp32"),
-                                         ("population, workers 2, bf16", True, "bf16")):
+    for label, population, precision in (STUDY_MODES[m] for m in modes):
         raw = yaml.safe_load(CONFIG.read_text())
         raw["ppo_trainer"]["precision"] = precision
         config = root / f"{precision}.yaml"
@@ -123,11 +129,12 @@ def time_study(seeds: int, conditions: list[str] | None, root: Path) -> None:
         walls[label] = time.perf_counter() - t0
         assert all(s.status == "done" for s in states), [s.error for s in states if s.status != "done"]
         print(f"{label}: {walls[label]:.0f} s", flush=True)
-    base = walls["workers 2, single runs, fp32"]
+    base = walls.get(STUDY_MODES["single"][0])
     print("mode | wall s | speed-up vs workers 2 | wall / floor of its precision")
     for label, wall in walls.items():
         precision = label.rsplit(" ", 1)[1]
-        print(f"{label} | {wall:.0f} | {base / wall:.2f}x | {wall / floors[precision]:.2f}x")
+        speedup = f"{base / wall:.2f}x" if base else "- (single not timed)"
+        print(f"{label} | {wall:.0f} | {speedup} | {wall / floors[precision]:.2f}x")
 
 
 def main() -> None:
@@ -140,11 +147,16 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--study", type=int, default=None, metavar="SEEDS", help="time the whole findings study instead")
     parser.add_argument("--conditions", default=None, help="with --study: comma-separated subset of conditions")
+    parser.add_argument("--modes", default=",".join(STUDY_MODES), help=f"with --study: which of {', '.join(STUDY_MODES)} to time")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.study:
         with tempfile.TemporaryDirectory() as tmp:
-            time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp))
+            modes = args.modes.split(",")
+            unknown = sorted(set(modes) - set(STUDY_MODES))
+            if unknown:
+                parser.error(f"--modes: unknown {', '.join(unknown)}; allowed: {', '.join(STUDY_MODES)}")
+            time_study(args.study, args.conditions.split(",") if args.conditions else None, Path(tmp), modes)
         return
     conditions = args.condition.split(",")
     print(f"torch {torch.__version__}, 1 thread; {args.config.name}, {args.epochs} epochs, {args.precision}")
