@@ -48,26 +48,39 @@ def computes_one_by_one(module: nn.Module) -> bool:
     return hooked or conv_on_cpu
 
 
+def compute_members(
+    modules: Sequence[nn.Module], batched: Callable[..., tuple[torch.Tensor, ...]], looped: bool,
+    obs: torch.Tensor, params: dict | None, buffers: dict | None,
+) -> tuple[torch.Tensor, ...]:
+    """``modules[j]`` on rows ``obs[j]``, stacked: the one program of a population's members
+    (:meth:`PopulationNetwork.__call__` says why it loops or batches). ``params``/``buffers``
+    (name -> (n, ...)) are the state computed with; looping, None means each module's own state.
+    ``batched`` is the vmap of ``functional_call`` over (params, buffers, obs)."""
+    if not looped:
+        return batched(params, buffers, obs)
+    if params is None:
+        outs = [module(rows) for module, rows in zip(modules, obs)]
+    else:
+        outs = [functional_call(module, ({n: t[j] for n, t in params.items()}, {n: t[j] for n, t in buffers.items()}), (obs[j],))
+                for j, module in enumerate(modules)]  # fmt: skip
+    return tuple(torch.stack(parts) for parts in zip(*outs))
+
+
 def forward_of_one(module: nn.Module) -> Callable[..., tuple[torch.Tensor, ...]]:
     """``forward(obs (1, N, ...), params=None, buffers=None)`` for a single network computed as a
-    population's member is (:meth:`PopulationNetwork.forward_members` for a population of one
-    that is ``module`` itself), so a method that forwards through a cohort of one gets exactly
-    what a member of a population gets. ``params``/``buffers`` (name -> (1, ...)) replace the
-    module's own (another network of the same architecture); without them gradients reach the
-    module's parameters and buffer updates its buffers."""
+    population's member is (:func:`compute_members`, the program of
+    :meth:`PopulationNetwork.forward_members`), so a method that forwards through a cohort of one
+    gets exactly what a member of a population gets. ``params``/``buffers`` (name -> (1, ...))
+    replace the module's own (another network of the same architecture); without them gradients
+    reach the module's parameters and buffer updates its buffers."""
     batched = vmap(lambda params, buffers, obs: functional_call(module, (params, buffers), (obs,)))
 
     def forward(obs: torch.Tensor, params: dict | None = None, buffers: dict | None = None) -> tuple[torch.Tensor, ...]:
-        if computes_one_by_one(module):
-            if params is None:
-                outs = module(obs[0])
-            else:
-                outs = functional_call(module, ({n: t[0] for n, t in params.items()}, {n: t[0] for n, t in buffers.items()}), (obs[0],))
-            return tuple(out.unsqueeze(0) for out in outs)
-        if params is None:
+        looped = computes_one_by_one(module)
+        if params is None and not looped:
             params = {n: t.unsqueeze(0) for n, t in module.named_parameters()}
             buffers = {n: t.unsqueeze(0) for n, t in module.named_buffers()}
-        return batched(params, buffers, obs)
+        return compute_members([module], batched, looped, obs, params, buffers)
 
     return forward
 
@@ -213,14 +226,9 @@ class PopulationNetwork:
         if own and not self.looped:  # member by member, each member's module holds its own state
             params = self.params if members is None else {n: p.index_select(0, members) for n, p in self.params.items()}
             buffers = self.buffers if members is None else {n: b.index_select(0, members) for n, b in self.buffers.items()}
-        if self.looped:
-            chosen = range(self.size) if members is None else members.tolist()
-            outs = [self.members[k](obs[j]) if own else functional_call(
-                        self.members[k], ({n: t[j] for n, t in params.items()}, {n: t[j] for n, t in buffers.items()}), (obs[j],))
-                    for j, k in enumerate(chosen)]  # fmt: skip
-            return tuple(torch.stack(parts) for parts in zip(*outs))
-        outs = self._batched(params, buffers, obs)
-        if own and members is not None:
+        chosen = self.members if members is None else [self.members[k] for k in members.tolist()]
+        outs = compute_members(chosen, self._batched, self.looped, obs, params, buffers)
+        if own and members is not None and not self.looped:
             with torch.no_grad():  # buffer updates (spectral norm's power iteration) back into the stacked state
                 for name, b in buffers.items():
                     self.buffers[name].index_copy_(0, members, b)
