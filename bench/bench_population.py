@@ -19,7 +19,8 @@ study's condition (e.g. configs/minatar_permuted.yaml) instead of the findings s
 250-epoch protocol) three ways on the same cores, one after another in this process: ``plab
 sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in fp32 and in bf16;
 and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
-K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a subset,
+K = N, times the study's member-epochs, over 2 cores), measured with both cores busy (two
+processes side by side, as the study runs), before and after the timed runs. ``--conditions`` picks a subset,
 ``--modes`` which of the three (single, population, bf16) are timed.
 
 ``--condition a,b,...`` times several conditions (the study's, or cbp, trac, cchain at the settings of
@@ -33,9 +34,11 @@ K = N, times the study's member-epochs, over 2 cores). ``--conditions`` picks a 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -106,17 +109,39 @@ STUDY_MODES = {  # --modes name -> (label, population, precision)
 }
 
 
+def member_epoch_floor(job: tuple[str, int, str, Path]) -> float:
+    """:func:`floor_seconds` per member-epoch of one condition at K = ``members``, in a process of
+    its own (one thread, as a study's workers)."""
+    condition, members, precision, root = job
+    torch.set_num_threads(1)
+    return floor_seconds(make_run(condition, members, 2, precision, root), repeats=5) / members
+
+
+def study_floor(chosen: list[str], members: int, precision: str, root: Path) -> float:
+    """The study's network floor per member-epoch with both cores busy, as they are in the study:
+    the first two conditions' floors measured at the same time in two processes (cores that share
+    caches, memory bandwidth and a power budget run slower together than one alone), their mean."""
+    jobs = [(c, members, precision, root / f"{precision}_{i}") for i, c in enumerate((chosen * 2)[:2])]
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return statistics.mean(pool.map(member_epoch_floor, jobs))
+
+
 def time_study(seeds: int, conditions: list[str] | None, root: Path, modes: list[str]) -> None:
     study = load_study(CONFIG)
     chosen = conditions or study.conditions
     runs = len(chosen) * seeds
     epochs = study.base.ppo_trainer.num_epochs
-    floors = {}
-    for precision in sorted({STUDY_MODES[m][2] for m in modes}):
-        per = statistics.median(floor_seconds(make_run(c, seeds, 2, precision, root / "floor" / precision)) / seeds for c in chosen[:2])
-        floors[precision] = per * epochs * runs / 2
-    print(f"study: {len(chosen)} conditions x {seeds} seeds, {epochs} epochs; network floor on 2 cores: "
-          + ", ".join(f"{precision} {floor:.0f} s" for precision, floor in floors.items()), flush=True)
+    precisions = sorted({STUDY_MODES[m][2] for m in modes})
+
+    def floors(when: str) -> dict[str, float]:
+        """The study's floor in each precision: per member-epoch x member-epochs / 2 cores."""
+        out = {p: study_floor(chosen, seeds, p, root / f"floor_{when}") * epochs * runs / 2 for p in precisions}
+        print(f"network floor of the study on 2 cores ({when} the runs): "
+              + ", ".join(f"{p} {floor:.0f} s" for p, floor in out.items()), flush=True)
+        return out
+
+    print(f"study: {len(chosen)} conditions x {seeds} seeds, {epochs} epochs", flush=True)
+    before = floors("before")
     walls = {}
     for label, population, precision in (STUDY_MODES[m] for m in modes):
         raw = yaml.safe_load(CONFIG.read_text())
@@ -129,12 +154,14 @@ def time_study(seeds: int, conditions: list[str] | None, root: Path, modes: list
         walls[label] = time.perf_counter() - t0
         assert all(s.status == "done" for s in states), [s.error for s in states if s.status != "done"]
         print(f"{label}: {walls[label]:.0f} s", flush=True)
+    after = floors("after")  # the machine's speed can drift during an hour of runs: the floor is bracketed
     base = walls.get(STUDY_MODES["single"][0])
-    print("mode | wall s | speed-up vs workers 2 | wall / floor of its precision")
+    print("mode | wall s | speed-up vs workers 2 | wall / floor of its precision (mean of before and after)")
     for label, wall in walls.items():
         precision = label.rsplit(" ", 1)[1]
         speedup = f"{base / wall:.2f}x" if base else "- (single not timed)"
-        print(f"{label} | {wall:.0f} | {speedup} | {wall / floors[precision]:.2f}x")
+        floor = (before[precision] + after[precision]) / 2
+        print(f"{label} | {wall:.0f} | {speedup} | {wall / floor:.2f}x")
 
 
 def main() -> None:
