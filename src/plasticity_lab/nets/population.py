@@ -223,10 +223,11 @@ class PopulationNetwork:
         buffers. With them (name -> (n, ...)) they compute another network of theirs (C-CHAIN's
         previous one), whose buffers are updated in place."""
         own = params is None
-        if own and not self.looped:  # member by member, each member's module holds its own state
+        if own and not self.looped:  # the batched call computes with the stacked state (looping, each module holds its own)
             params = self.params if members is None else {n: p.index_select(0, members) for n, p in self.params.items()}
             buffers = self.buffers if members is None else {n: b.index_select(0, members) for n, b in self.buffers.items()}
-        chosen = self.members if members is None else [self.members[k] for k in members.tolist()]
+        # the modules matter only when looping: no host sync for the member index otherwise
+        chosen = [self.members[k] for k in members.tolist()] if self.looped and members is not None else self.members
         outs = compute_members(chosen, self._batched, self.looped, obs, params, buffers)
         if own and members is not None and not self.looped:
             with torch.no_grad():  # buffer updates (spectral norm's power iteration) back into the stacked state
