@@ -290,38 +290,6 @@ def test_runs_resuming_at_different_epochs_form_separate_populations(tmp_path):
     assert sorted(len(g) for g in chunks) == [1, 3, 3]
 
 
-def test_a_sweep_splits_each_condition_over_its_workers_so_the_cores_finish_together():
-    """Without experiment.population_size, a sweep of W workers gives each condition W
-    near-equal populations (none under MIN_SPLIT_MEMBERS), queued next to each other; with the
-    findings study's unequal costs (ssp-ln 1.25x the baseline per member) the sweep's queue then
-    finishes at half the total work, where one population per condition waits on ssp-ln."""
-    from plasticity_lab.experiment.population import MIN_SPLIT_MEMBERS, sweep_chunks
-
-    sizes = lambda members, size, workers: [len(c) for c in sweep_chunks(list(range(members)), size, workers)]
-    assert sizes(30, None, 2) == [15, 15]
-    assert sizes(17, None, 2) == [9, 8]
-    assert sizes(40, None, 4) == [10, 10, 10, 10]
-    assert sizes(20, None, 4) == [10, 10]  # four of 5 would be under the minimum
-    assert sizes(2 * MIN_SPLIT_MEMBERS - 1, None, 2) == [2 * MIN_SPLIT_MEMBERS - 1]  # the demo's 12 seeds stay one
-    assert sizes(30, None, 1) == [30]
-    assert sizes(30, 10, 2) == [10, 10, 10]  # a configured size is kept as it is
-    assert [c[0] for c in sweep_chunks(list(range(30)), None, 2)] == [0, 15]  # seed order kept
-
-    def finish_time(chunks_per_condition, workers):
-        """The LocalBackend's queue: the next population goes to the first free worker."""
-        free = [0.0] * workers
-        for cost, chunks in chunks_per_condition:
-            for chunk in chunks:
-                i = free.index(min(free))
-                free[i] += cost * len(chunk)
-        return max(free)
-
-    costs = {"baseline": 1.0, "ssp-ln": 1.25}
-    one_each = finish_time([(c, [list(range(30))]) for c in costs.values()], 2)
-    split = finish_time([(c, sweep_chunks(list(range(30)), None, 2)) for c in costs.values()], 2)
-    assert one_each == 37.5 and split == 30 * sum(costs.values()) / 2 == 33.75
-
-
 def test_population_over_the_memory_limit_is_refused_in_one_line():
     from plasticity_lab.config import ConfigError
     from plasticity_lab.experiment.population import check_population_fits, population_memory

@@ -114,29 +114,6 @@ def resume_epochs(run_dir: Path) -> set[int]:
         return {-1}
 
 
-MIN_SPLIT_MEMBERS = 8
-"""The smallest population a sweep makes by splitting a condition over its workers: below about
-8 members the per-member cost rises steeply (BENCHMARKS.md: K = 1 costs 1.8x K = 8 per member)."""
-
-
-def sweep_chunks(members: list, size: int | None, workers: int) -> list[list]:
-    """One condition's unfinished runs as a sweep's populations, in order.
-
-    A configured ``size`` (``experiment.population_size``) caps them. Without one, the condition
-    is split into ``workers`` near-equal populations (fewer if one would have under
-    :data:`MIN_SPLIT_MEMBERS`); the sweep queues them next to each other, so every core trains a
-    share of every condition and the cores finish together however unequal the conditions' costs.
-    One population per condition would leave a core idle while the costliest condition finishes
-    (the findings study's ssp-ln costs 1.25x its baseline per member). A member computes the same
-    in any population, so the split changes no result; members whose checkpoints stand at
-    different epochs are separated again by :func:`population_groups` in the child.
-    """
-    if size is None:
-        parts = max(1, min(workers, len(members) // MIN_SPLIT_MEMBERS))
-        size = -(-len(members) // parts)
-    return [members[i : i + size] for i in range(0, len(members), size)]
-
-
 def population_groups(specs: list[RunSpec], size: int | None, resume: bool) -> list[list[RunSpec]]:
     """Unfinished runs grouped into populations: per condition, in seed order, split by the epoch
     they resume from, then into chunks of at most ``size`` members. Runs that share a checkpoint

@@ -28,7 +28,7 @@ import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
-from plasticity_lab.experiment.population import check_population_fits, sweep_chunks
+from plasticity_lab.experiment.population import check_population_fits
 from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
@@ -314,8 +314,7 @@ def sweep(
     (``--grid KEY=V1,V2``) crosses the chosen conditions with the values (see
     :meth:`StudyConfig.with_grid`). Both are baked into the frozen config every run reads.
     ``population`` (default: ``experiment.population``) trains each condition's unfinished seeds
-    as populations of at most ``experiment.population_size`` members, or without that setting as
-    ``workers`` populations per condition (:func:`sweep_chunks`), one process each.
+    as populations of at most ``experiment.population_size`` members, one process each.
     """
     study = load_study(config, overrides)
     name = name or Path(study.source).stem
@@ -348,7 +347,8 @@ def sweep(
         by_condition: dict[str, list[RunState]] = {}
         for state in todo:
             by_condition.setdefault(state.spec.condition, []).append(state)
-        tasks = [Task(chunk) for group in by_condition.values() for chunk in sweep_chunks(group, size, workers)]
+        tasks = [Task(group[i : i + (size or len(group))]) for group in by_condition.values()
+                 for i in range(0, len(group), size or len(group))]
         for task in tasks:  # every refusal before anything starts
             check_population_fits(task.specs[0].cfg, len(task.states), target, f"{name}/{task.specs[0].condition}")
     else:
