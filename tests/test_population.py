@@ -570,3 +570,85 @@ def test_the_findings_protocol_identity_check_in_short(tmp_path):
     spec.loader.exec_module(bench)
     results = bench.check(["baseline", "cbp"], seeds=3, epochs=30, out=tmp_path)
     assert results == {"baseline": [[], [], []], "cbp": [[], [], []]}
+
+
+# ----------------------------------------------------------------- hand-over to an idle worker
+
+
+def test_members_handed_over_mid_run_and_resumed_elsewhere_are_their_single_runs(tmp_path):
+    """A population of three asked (experiment/handover.py) for seeds 1 and 2 checkpoints every
+    member at the next epoch boundary, stops those two (their locks released first, then the
+    answer), and finishes seed 0; the two resumed as a population of their own end bit-identical
+    to their single runs, as does seed 0."""
+    from plasticity_lab.experiment.handover import Handover
+
+    cfg = config(num_epochs=6, shift_points=[2, 4])
+    dirs = [tmp_path / "three" / f"seed_{s}" for s in (0, 1, 2)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    handover = Handover(tmp_path / "three" / "population_seed_0")
+    run = Run(cfg, dirs, [0, 1, 2], device="cpu")
+    step = run.run_epoch
+
+    def ask_at_epoch_2(epoch):
+        if epoch == 2:
+            handover.ask([1, 2])
+        return step(epoch)
+
+    run.run_epoch = ask_at_epoch_2
+    released = []
+    run.train(handover=handover, released=lambda seeds: released.append((seeds, handover.answered())))
+    assert released == [([1, 2], None)]  # unlocked before the answer
+    assert handover.answered() == ([1, 2], 3) and handover.asked() is None
+    assert [m.seed for m in run.handed_over] == [1, 2] and not run.failed
+    assert (dirs[0] / "DONE").exists() and not (dirs[1] / "DONE").exists() and not (dirs[2] / "DONE").exists()
+    rest = Run(cfg, dirs[1:], [1, 2], device="cpu")
+    states = rest.load_resume_state()
+    assert [s["next_epoch"] for s in states] == [3, 3]
+    assert rest.train(states) == "done"
+    for seed in (0, 1, 2):
+        assert_same_run(dirs[seed], train_single(cfg, tmp_path, seed))
+
+
+def test_a_request_too_late_in_the_run_is_declined(tmp_path):
+    """Asked for members when fewer than MIN_REMAINING of the epochs remain, a population answers
+    with no seeds and finishes them all itself."""
+    from plasticity_lab.experiment.handover import Handover
+
+    cfg = config(num_epochs=3, shift_points=[1])
+    dirs = [tmp_path / f"seed_{s}" for s in (0, 1)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    handover = Handover(tmp_path / "population_seed_0")
+    run = Run(cfg, dirs, [0, 1], device="cpu")
+    step = run.run_epoch
+    run.run_epoch = lambda epoch: (handover.ask([1]) if epoch == 2 else None, step(epoch))[1]
+    assert run.train(handover=handover) == "done"
+    assert handover.answered() == ([], 3) and not run.handed_over
+    assert all((d / "DONE").exists() for d in dirs)
+
+
+def test_an_idle_sweep_worker_takes_over_half_of_a_running_population(tmp_path):
+    """One population of eight on two workers: the worker left without a task asks it for
+    members, it hands four over at its next epoch boundary and the worker resumes them; every
+    run finishes, the sweep's log says so, and a handed-over member is its seed's single run bit
+    for bit."""
+    from plasticity_lab.experiment.sweep import sweep
+
+    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], "num_epochs": 12, "shift_points": [6], "test_interval": 4},
+           "diagnostics": {"probe_interval": 6, "probe_size": 32, "trainability_every": 0, "budget": None},
+           "experiment": {"conditions": {"baseline": {}}, "save_freq": 12}}
+    path = tmp_path / "share.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    states = sweep(path, seeds=list(range(8)), workers=2, out_dir=out, population=True)
+    assert [s.status for s in states] == ["done"] * 8
+    study = out / "results" / "share"
+    log = (study / "sweep.log").read_text()
+    assert "baseline: seeds 4,5,6,7 handed over at epoch" in log, log
+    assert all((study / "baseline" / f"seed_{k}" / "DONE").exists() for k in range(8))
+    single = tmp_path / "single"
+    code = subprocess.run([sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "share", "-p", str(path),
+                           "-s", "6", "-o", str(single), "--threads", "1", "--device", "cpu"], capture_output=True).returncode
+    assert code == 0
+    assert_same_run(study / "baseline" / "seed_6", single / "results" / "share" / "baseline" / "seed_6")

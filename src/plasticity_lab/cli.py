@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
 from plasticity_lab.config import ConfigError
 
@@ -27,6 +28,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--population", action="store_true",
                         help="train the seeds of each condition as one population in this process (= experiment.population: true)")
+    parser.add_argument("--handover", type=Path, default=None, metavar="STEM",
+                        help="(set by plab sweep) where an idle worker may ask this population for members: "
+                             "STEM.handover.json, answered in STEM.handed-over.json")
     add_override_args(parser)
 
 
@@ -76,9 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{spec.label}: already finished, skipping")
     if args.population or study.base.experiment.population:
         groups = population_groups(specs, study.base.experiment.population_size, args.resume)
+        if args.handover is not None and len(groups) > 1:
+            raise ConfigError(f"--handover: this command trains {len(groups)} populations; it is for one (one condition, as plab sweep starts them)")
         for group in groups:  # every refusal before any population starts
             check_population_fits(group[0].cfg, len(group), device, f"{args.name}/{group[0].condition}")
     else:
+        if args.handover is not None:
+            raise ConfigError("--handover: only for a population (--population)")
         groups = [[spec] for spec in specs if not (spec.run_dir / "DONE").exists()]
     diverged = 0
     for group in groups:
@@ -96,13 +104,16 @@ def train_group(study, args: argparse.Namespace, group: list, device: str) -> in
     import contextlib
 
     from plasticity_lab.experiment.checkpoint import CheckpointError
+    from plasticity_lab.experiment.handover import Handover
     from plasticity_lab.experiment.runner import Run
     from plasticity_lab.experiment.study import EXIT_DIVERGED, prepare_run_dir, run_lock, write_study_config
 
     run = Run(group[0].cfg, [s.run_dir for s in group], [s.seed for s in group], device=device, label=[s.label for s in group])
     with contextlib.ExitStack() as locks:
+        member_locks = {}  # seed -> its run directory's lock, released on its own when the member is handed over
         for spec in group:
-            locks.enter_context(run_lock(spec.run_dir))
+            member_locks[spec.seed] = locks.enter_context(contextlib.ExitStack())
+            member_locks[spec.seed].enter_context(run_lock(spec.run_dir))
         try:
             # checked before anything is written, so a refused resume leaves the runs as they were
             states = run.load_resume_state() if args.resume else None
@@ -115,7 +126,10 @@ def train_group(study, args: argparse.Namespace, group: list, device: str) -> in
         what = group[0].label if len(group) == 1 else f"{group[0].condition} (population of {len(group)}: seeds {','.join(str(s.seed) for s in group)})"
         print(f"{what}: {group[0].run_dir.parent if len(group) > 1 else group[0].run_dir} on {device}; "
               f"hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
-        status = run.train(states)
+        status = run.train(
+            states, Handover(args.handover) if args.handover is not None else None,
+            released=lambda seeds: [member_locks[seed].close() for seed in seeds],
+        )
     if status == "interrupted":
         print(f"{group[0].condition}: stopped; checkpoints written. Resume with the same command plus -r.", flush=True)
         return 128 + int(run.stop_signal or signal.SIGINT)

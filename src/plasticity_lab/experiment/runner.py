@@ -51,6 +51,7 @@ from plasticity_lab.experiment.checkpoint import (
 )
 from plasticity_lab.experiment.logger import BASE_COLUMNS, MetricsCSV, Progress
 from plasticity_lab.experiment.cost_model import matrix_episodes
+from plasticity_lab.experiment.handover import MIN_REMAINING, Handover
 from plasticity_lab.experiment.probes import DiagnosticsLogger, PlasticityProbe, prefetch_probe_frames, task_matrix_estimate
 from plasticity_lab.experiment.study import FAILED_NAME, write_atomic
 from plasticity_lab.experiment.tracking import WandbTracker
@@ -208,6 +209,8 @@ class Run:
         self.current_epoch = 0
         self.failed: list[tuple[Member, int, str]] = []
         """Members stopped as FAILED: (member, epoch, cause), in the order they failed."""
+        self.handed_over: list[Member] = []
+        """Members stopped so that another process resumes them (:meth:`hand_over`)."""
 
     @property
     def size(self) -> int:
@@ -320,7 +323,11 @@ class Run:
         continues exactly as in a population without the failed ones (DESIGN.md section 8)."""
         for k, cause in sorted(failing.items()):
             self.failed.append((self.members[k], epoch, cause))
-        keep = [k for k in range(self.size) if k not in failing]
+        self.continue_with([k for k in range(self.size) if k not in failing])
+
+    def continue_with(self, keep: list[int]) -> None:
+        """Go on with the members at ``keep`` only (a failure, a hand-over), each exactly as it
+        would have gone on with the others."""
         self.members = [self.members[k] for k in keep]
         if not self.members:
             return
@@ -877,10 +884,18 @@ class Run:
             states.append(state)
         return states
 
-    def train(self, resume_states: Sequence[dict[str, Any] | None] | None = None) -> str:
+    def train(
+        self, resume_states: Sequence[dict[str, Any] | None] | None = None, handover: Handover | None = None,
+        released: Callable[[list[int]], None] = lambda seeds: None,
+    ) -> str:
         """Run (or continue from ``resume_states``, one per member) to the last epoch. Returns
         "done" (every member still training finished; those that diverged are in
-        :attr:`failed`, each with a FAILED file), "interrupted", or "failed" (no member left)."""
+        :attr:`failed`, each with a FAILED file; those handed over to another process, see
+        ``handover``, in :attr:`handed_over`), "interrupted", or "failed" (no member left).
+
+        ``handover``: where a sweep's idle worker may ask for members (experiment/handover.py);
+        ``released(seeds)`` runs when members are handed over, before the answer (the caller
+        unlocks their run directories there)."""
         if resume_states is not None:
             self.restore(resume_states)
         p = self.ppo
@@ -913,8 +928,12 @@ class Run:
                         break
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
-                    if stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points or nxt == p.num_epochs:
+                    leaving = self.members_asked_for(handover, nxt) if stop_signal is None else []
+                    if (stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points
+                            or nxt == p.num_epochs or leaving):
                         self.save(nxt, time.monotonic() - t0)
+                    if leaving:
+                        self.hand_over(leaving, logs, handover, nxt, time.monotonic() - t0, released)
                     if stop_signal is not None and nxt < p.num_epochs:
                         status = "interrupted"
                         self.stop_signal = stop_signal
@@ -929,6 +948,36 @@ class Run:
             for member in self.members:
                 (member.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
         return status
+
+    def members_asked_for(self, handover: Handover | None, next_epoch: int) -> list[Member]:
+        """The members a sweep's idle worker asks for, all but one at most; none (the request is
+        declined) once fewer than :data:`MIN_REMAINING` of the epochs remain."""
+        seeds = handover.asked() if handover is not None else None
+        if seeds is None:
+            return []
+        remaining = self.ppo.num_epochs - next_epoch
+        asked = [m for m in self.members if m.seed in set(seeds)][: self.size - 1]
+        leaving = asked if remaining >= max(1.0, MIN_REMAINING * self.ppo.num_epochs) else []
+        if not leaving:
+            handover.reply([], next_epoch)
+        return leaving
+
+    def hand_over(
+        self, leaving: list[Member], logs: dict[Member, MemberLogs], handover: Handover, next_epoch: int, wall_time: float,
+        released: Callable[[list[int]], None],
+    ) -> None:
+        """Stop ``leaving`` (their checkpoint at ``next_epoch`` is written) so another process
+        resumes them; the others go on as if nothing happened."""
+        for member in leaving:
+            logs.pop(member).close(False, wall_time)
+        self.handed_over += leaving
+        gone = {m.index for m in leaving}
+        self.continue_with([k for k in range(self.size) if k not in gone])
+        seeds = [m.seed for m in leaving]
+        released(seeds)
+        handover.reply(seeds, next_epoch)
+        print(f"[{self.members[0].label}] handed seeds {','.join(map(str, seeds))} over at epoch {next_epoch} "
+              f"to an idle worker; {self.size} members go on here", flush=True)
 
     def probe(self, epoch: int, logs: dict[Member, MemberLogs]) -> None:
         """The diagnostics probes due at ``epoch`` (before the checkpoint, so it holds this

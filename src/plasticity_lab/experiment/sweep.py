@@ -28,6 +28,7 @@ import yaml
 
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
+from plasticity_lab.experiment.handover import Handover
 from plasticity_lab.experiment.population import check_population_fits
 from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
@@ -66,11 +67,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code} ({name})" if name else f"exit code {code}"
 
 
-def train_command(specs: list[RunSpec], config_path: Path, out_dir: Path, device: str, threads: int, population: bool) -> list[str]:
+def train_command(
+    specs: list[RunSpec], config_path: Path, out_dir: Path, device: str, threads: int, population: bool, handover: Handover | None = None,
+) -> list[str]:
     return [
         sys.executable, "-m", "plasticity_lab.cli", "train", "-n", specs[0].name, "-p", str(config_path),
         "-c", specs[0].condition, "-s", ",".join(str(s.seed) for s in specs), "-o", str(out_dir), "-r",
         "--device", device, "--threads", str(threads), *(["--population"] if population else []),
+        *(["--handover", str(handover.stem)] if handover is not None else []),
     ]
 
 
@@ -93,6 +97,17 @@ class Task:
             return first.run_dir / LOG_NAME
         return first.run_dir.parent / f"population_seed_{first.seed}.log"
 
+    @property
+    def handover(self) -> Handover:
+        """Where an idle worker asks this population for members (beside its log)."""
+        return Handover(self.log_path.with_suffix(""))
+
+    def split(self, seeds: list[int]) -> Task:
+        """The runs of ``seeds`` as a task of their own (handed over), the rest staying here."""
+        leaving = [s for s in self.states if s.spec.seed in seeds]
+        self.states = [s for s in self.states if s.spec.seed not in seeds]
+        return Task(leaving)
+
 
 def tail(path: Path, lines: int = 3) -> str:
     try:
@@ -110,11 +125,14 @@ def core_slots(workers: int) -> list[list[int]]:
 
 
 class LocalBackend:
-    """W child processes at a time, each pinned to its share of the cores."""
+    """W child processes at a time, each pinned to its share of the cores. With ``share``
+    (populations), a worker with nothing left to start asks the largest running population for
+    half of its members and resumes them itself (experiment/handover.py)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, share: bool = False) -> None:
         self.workers = workers
         self.slots = core_slots(workers)
+        self.share = share
 
     def threads(self) -> int:
         return len(self.slots[0])
@@ -122,17 +140,27 @@ class LocalBackend:
     def run(self, tasks: list[Task], command: Callable[[Task], list[str]], retries: int, view: SweepView, states: list[RunState]) -> None:
         queue = deque(tasks)
         running: dict[int, tuple[Task, subprocess.Popen]] = {}
+        asked: Task | None = None  # the population asked for members, until it answers or ends
+        declined: set[int] = set()  # populations (id of their task) that answered no: not asked again
         try:
             while queue or running:
                 for slot in range(self.workers):
                     if slot not in running and queue:
                         task = queue.popleft()
                         running[slot] = (task, self._launch(task, command(task), self.slots[slot]))
+                if self.share and asked is None and not queue and len(running) < self.workers:
+                    asked = self._ask_for_members([t for t, _ in running.values()], declined)
+                if asked is not None and self._take_members(asked, queue, declined, view):
+                    asked = None
                 for slot, (task, proc) in list(running.items()):
                     code = proc.poll()
                     if code is None:
                         continue
                     del running[slot]
+                    if task is asked:  # it ended before or after answering: what it handed over still moves
+                        self._take_members(task, queue, declined, view)
+                        asked = None
+                    task.handover.clear()
                     if finish(task, code, retries):
                         view.retrying(task.states[0], retries)
                         queue.appendleft(task)
@@ -148,8 +176,38 @@ class LocalBackend:
             raise
 
     @staticmethod
+    def _ask_for_members(running: list[Task], declined: set[int]) -> Task | None:
+        """Ask the running population with the most members (at least 2) for the later half of
+        them; returns it, or None when none qualifies."""
+        candidates = [t for t in running if len(t.states) >= 2 and id(t) not in declined]
+        if not candidates:
+            return None
+        task = max(candidates, key=lambda t: len(t.states))
+        task.handover.ask([s.spec.seed for s in task.states[len(task.states) // 2 :]])
+        return task
+
+    @staticmethod
+    def _take_members(task: Task, queue: deque, declined: set[int], view: SweepView) -> bool:
+        """If ``task`` answered: queue what it handed over first (so the idle worker starts it);
+        True once answered."""
+        answer = task.handover.answered()
+        if answer is None:
+            return False
+        seeds, epoch = answer
+        task.handover.clear()
+        if not seeds:
+            declined.add(id(task))
+            return True
+        moved = task.split(seeds)
+        queue.appendleft(moved)
+        view.event(f"{moved.states[0].spec.condition}: seeds {','.join(map(str, seeds))} handed over at epoch {epoch} "
+                   f"to the idle worker ({len(task.states)} stay in their population)")
+        return True
+
+    @staticmethod
     def _launch(task: Task, cmd: list[str], cores: list[int]) -> subprocess.Popen:
         start_attempt(task)
+        task.handover.clear()  # a request left by a sweep that was stopped is nobody's now
         with open(task.log_path, "a") as log:  # the child keeps its own copy
             return subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -165,6 +223,8 @@ def start_attempt(task: Task) -> None:
         state.spec.run_dir.mkdir(parents=True, exist_ok=True)
         (state.spec.run_dir / FAILED_NAME).unlink(missing_ok=True)
         log = state.spec.run_dir / LOG_NAME
+        if log.is_symlink() and log.resolve() != task.log_path.resolve():
+            log.unlink()  # it trained in another population before (handed over): this one's log now
         if len(task.states) > 1 and not log.exists():  # a member's log is its population's
             log.symlink_to(os.path.relpath(task.log_path, state.spec.run_dir))
 
@@ -354,7 +414,7 @@ def sweep(
     else:
         tasks = [Task([state]) for state in todo]
     if backend == "local":
-        runner: LocalBackend | RayBackend = LocalBackend(workers)
+        runner: LocalBackend | RayBackend = LocalBackend(workers, share=bool(population))
     elif backend == "ray":
         cpus = cpus_per_run or max(1, len(os.sched_getaffinity(0)) // workers)
         runner = RayBackend(address, cpus, gpus_per_run)
@@ -375,7 +435,9 @@ def sweep(
                f"backend {backend}, {unit} {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
-        runner.run(tasks, lambda task: train_command(task.specs, config_path, out_dir, device, threads, population),
+        share = isinstance(runner, LocalBackend) and runner.share
+        runner.run(tasks, lambda task: train_command(task.specs, config_path, out_dir, device, threads, population,
+                                                     task.handover if share and len(task.states) > 1 else None),
                    retries, view, states)
     finally:
         if previous is not None:
