@@ -575,9 +575,21 @@ def test_the_findings_protocol_identity_check_in_short(tmp_path):
 # ----------------------------------------------------------------- hand-over to an idle worker
 
 
+def asking_at(run: Run, handover, epoch: int, count: int) -> None:
+    """``run`` is asked for ``count`` members while it trains epoch ``epoch``."""
+    step = run.run_epoch
+
+    def run_epoch(e):
+        if e == epoch:
+            handover.ask(count)
+        return step(e)
+
+    run.run_epoch = run_epoch
+
+
 def test_members_handed_over_mid_run_and_resumed_elsewhere_are_their_single_runs(tmp_path):
-    """A population of three asked (experiment/handover.py) for seeds 1 and 2 checkpoints every
-    member at the next epoch boundary, stops those two (their locks released first, then the
+    """A population of three asked (experiment/handover.py) for two members checkpoints every
+    member at the next epoch boundary, stops its last two (their locks released first, then the
     answer), and finishes seed 0; the two resumed as a population of their own end bit-identical
     to their single runs, as does seed 0."""
     from plasticity_lab.experiment.handover import Handover
@@ -588,14 +600,7 @@ def test_members_handed_over_mid_run_and_resumed_elsewhere_are_their_single_runs
         d.mkdir(parents=True)
     handover = Handover(tmp_path / "three" / "population_seed_0")
     run = Run(cfg, dirs, [0, 1, 2], device="cpu")
-    step = run.run_epoch
-
-    def ask_at_epoch_2(epoch):
-        if epoch == 2:
-            handover.ask([1, 2])
-        return step(epoch)
-
-    run.run_epoch = ask_at_epoch_2
+    asking_at(run, handover, epoch=2, count=2)
     released = []
     run.train(handover=handover, released=lambda seeds: released.append((seeds, handover.answered())))
     assert released == [([1, 2], None)]  # unlocked before the answer
@@ -610,36 +615,70 @@ def test_members_handed_over_mid_run_and_resumed_elsewhere_are_their_single_runs
         assert_same_run(dirs[seed], train_single(cfg, tmp_path, seed))
 
 
-def test_a_request_too_late_in_the_run_is_declined(tmp_path):
-    """Asked for members when fewer than MIN_REMAINING of the epochs remain, a population answers
-    with no seeds and finishes them all itself."""
+@pytest.mark.parametrize("asked_at, moves", [(17, True), (18, False)])
+def test_members_move_only_while_a_tenth_of_the_epochs_remains(tmp_path, asked_at, moves):
+    """20 epochs: asked while epoch 17 trains, 2 epochs (10%) remain after it and a member moves;
+    asked while epoch 18 trains, 1 remains and the population answers with no seeds, finishing
+    every member itself."""
     from plasticity_lab.experiment.handover import Handover
 
-    cfg = config(num_epochs=3, shift_points=[1])
+    cfg = config(num_epochs=20, shift_points=[10], test_interval=10)
     dirs = [tmp_path / f"seed_{s}" for s in (0, 1)]
     for d in dirs:
         d.mkdir(parents=True)
     handover = Handover(tmp_path / "population_seed_0")
     run = Run(cfg, dirs, [0, 1], device="cpu")
-    step = run.run_epoch
-    run.run_epoch = lambda epoch: (handover.ask([1]) if epoch == 2 else None, step(epoch))[1]
+    asking_at(run, handover, epoch=asked_at, count=1)
     assert run.train(handover=handover) == "done"
-    assert handover.answered() == ([], 3) and not run.handed_over
-    assert all((d / "DONE").exists() for d in dirs)
+    assert handover.answered() == (([1], 18) if moves else ([], 19))
+    assert (dirs[1] / "DONE").exists() != moves and (dirs[0] / "DONE").exists()
+
+
+def test_a_population_whose_environments_restart_episodes_on_resume_keeps_its_members(tmp_path):
+    """Where a resume restarts the episodes in progress (ALE, Gymnasium, MuJoCo), a moved member
+    would not be its uninterrupted run: the population declines."""
+    import dataclasses
+
+    from plasticity_lab.experiment.handover import Handover
+
+    cfg = config(num_epochs=12, shift_points=[6])
+    dirs = [tmp_path / f"seed_{s}" for s in (0, 1)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    handover = Handover(tmp_path / "population_seed_0")
+    run = Run(cfg, dirs, [0, 1], device="cpu")
+    run.spec = dataclasses.replace(run.spec, resumes_mid_episode=False)
+    asking_at(run, handover, epoch=1, count=1)
+    assert run.train(handover=handover) == "done"
+    assert handover.answered() == ([], 2) and all((d / "DONE").exists() for d in dirs)
+
+
+def share_study(tmp_path: Path, save_freq: int = 12) -> Path:
+    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], "num_epochs": 12, "shift_points": [6], "test_interval": 4},
+           "diagnostics": {"probe_interval": 6, "probe_size": 32, "trainability_every": 0, "budget": None},
+           "experiment": {"conditions": {"baseline": {}}, "save_freq": save_freq}}
+    path = tmp_path / "share.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def assert_is_single_run(path: Path, study: Path, seed: int, tmp_path: Path) -> None:
+    """Run ``seed`` of study ``share`` in ``study`` equals ``plab train -s seed`` bit for bit."""
+    single = tmp_path / f"single_{seed}"
+    code = subprocess.run([sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "share", "-p", str(path),
+                           "-s", str(seed), "-o", str(single), "--threads", "1", "--device", "cpu"], capture_output=True).returncode
+    assert code == 0
+    assert_same_run(study / "baseline" / f"seed_{seed}", single / "results" / "share" / "baseline" / f"seed_{seed}")
 
 
 def test_an_idle_sweep_worker_takes_over_half_of_a_running_population(tmp_path):
     """One population of eight on two workers: the worker left without a task asks it for
-    members, it hands four over at its next epoch boundary and the worker resumes them; every
-    run finishes, the sweep's log says so, and a handed-over member is its seed's single run bit
-    for bit."""
+    members, it hands its last four over at its next epoch boundary and the worker resumes them;
+    every run finishes, the sweep's log says so, no moved member's train.log is its first
+    population's, and a moved member is its seed's single run bit for bit."""
     from plasticity_lab.experiment.sweep import sweep
 
-    raw = {**GRID, "ppo_trainer": {**GRID["ppo_trainer"], "num_epochs": 12, "shift_points": [6], "test_interval": 4},
-           "diagnostics": {"probe_interval": 6, "probe_size": 32, "trainability_every": 0, "budget": None},
-           "experiment": {"conditions": {"baseline": {}}, "save_freq": 12}}
-    path = tmp_path / "share.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = share_study(tmp_path)
     out = tmp_path / "out"
     states = sweep(path, seeds=list(range(8)), workers=2, out_dir=out, population=True)
     assert [s.status for s in states] == ["done"] * 8
@@ -647,8 +686,26 @@ def test_an_idle_sweep_worker_takes_over_half_of_a_running_population(tmp_path):
     log = (study / "sweep.log").read_text()
     assert "baseline: seeds 4,5,6,7 handed over at epoch" in log, log
     assert all((study / "baseline" / f"seed_{k}" / "DONE").exists() for k in range(8))
-    single = tmp_path / "single"
-    code = subprocess.run([sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "share", "-p", str(path),
-                           "-s", "6", "-o", str(single), "--threads", "1", "--device", "cpu"], capture_output=True).returncode
-    assert code == 0
-    assert_same_run(study / "baseline" / "seed_6", single / "results" / "share" / "baseline" / "seed_6")
+    # (how often members move on depends on timing: the last population may be split again)
+    assert all((study / "baseline" / f"seed_{k}" / "train.log").resolve().name != "population_seed_0.log" for k in (4, 5, 6, 7))
+    assert_is_single_run(path, study, 6, tmp_path)
+
+
+def test_a_sweep_resumes_runs_stopped_at_different_epochs_as_separate_populations(tmp_path):
+    """Runs of one condition whose checkpoints are at different epochs (a hand-over or a failure
+    before the sweep stopped) resume as separate populations, each handing over or not, and
+    every run finishes as its single run."""
+    from plasticity_lab.config import load_study
+    from plasticity_lab.experiment.sweep import sweep
+
+    path = share_study(tmp_path, save_freq=1)  # checkpoints at every epoch
+    cfg = load_study(path).condition("baseline")
+    study = tmp_path / "out" / "results" / "share"
+    dirs = [study / "baseline" / f"seed_{s}" for s in range(4)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    interrupt_at(Run(cfg, dirs[:2], [0, 1], device="cpu"), 2)
+    interrupt_at(Run(cfg, dirs[2:], [2, 3], device="cpu"), 5)
+    states = sweep(path, seeds=[0, 1, 2, 3], workers=2, out_dir=tmp_path / "out", population=True)
+    assert [s.status for s in states] == ["done"] * 4
+    assert_is_single_run(path, study, 3, tmp_path)

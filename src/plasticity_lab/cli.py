@@ -128,7 +128,7 @@ def train_group(study, args: argparse.Namespace, group: list, device: str) -> in
               f"hooks: {', '.join(run.hook_list()) or 'none'}", flush=True)
         status = run.train(
             states, Handover(args.handover) if args.handover is not None else None,
-            released=lambda seeds: [member_locks[seed].close() for seed in seeds],
+            released=lambda seeds: release_locks(member_locks, seeds),
         )
     if status == "interrupted":
         print(f"{group[0].condition}: stopped; checkpoints written. Resume with the same command plus -r.", flush=True)
@@ -138,6 +138,12 @@ def train_group(study, args: argparse.Namespace, group: list, device: str) -> in
         print(f"FAILED: {failed}; each run directory has a FAILED file, the other runs finished", flush=True)
         return EXIT_DIVERGED
     return 0
+
+
+def release_locks(locks: dict, seeds: list[int]) -> None:
+    """Unlock the run directories of ``seeds`` (handed over to another process)."""
+    for seed in seeds:
+        locks[seed].close()
 
 
 def build_parser() -> argparse.ArgumentParser:

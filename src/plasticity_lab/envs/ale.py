@@ -123,6 +123,7 @@ def num_game_actions(settings: AleSettings) -> int:
 def spec(cfg: Any) -> EnvSpec:
     settings = AleSettings.from_config(cfg)
     return EnvSpec(
+        resumes_mid_episode=False,
         obs_shape=(FRAME, FRAME, settings.frame_stack), obs_dtype="uint8",
         num_actions=num_game_actions(settings), continuous=False, shift_types=SHIFTS, encoders=ENCODERS,
         num_tiles=(FRAME // 4) ** 2, num_games=len(settings.games), num_flavours=max(1, len(settings.flavours)),

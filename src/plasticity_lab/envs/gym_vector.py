@@ -97,6 +97,7 @@ def gym_spec(settings: GymSettings, shift_types: tuple[str, ...]) -> EnvSpec:
     if not tiles:
         shift_types = tuple(s for s in shift_types if s != "permute")
     return EnvSpec(
+        resumes_mid_episode=False,
         obs_shape=tuple(int(d) for d in obs_space.shape), obs_dtype="uint8" if image else "float32",
         num_actions=int(act_space.shape[0]) if continuous else int(act_space.n), continuous=continuous,
         shift_types=shift_types, encoders=IMAGE_ENCODERS if image else VECTOR_ENCODERS, num_tiles=tiles,

@@ -69,6 +69,9 @@ class EnvSpec:
     """K of a level-based task (the ``window`` / ``expand`` step); 0 when there are no levels."""
     num_games: int = 1
     num_flavours: int = 1
+    resumes_mid_episode: bool = True
+    """Whether a checkpoint holds the episodes in progress (False: a resume restarts them, so a
+    resumed run is reproducible but not its uninterrupted one; README, "Resuming")."""
     info: dict[str, Any] = field(default_factory=dict, compare=False)
     """Family-specific facts for messages (e.g. the resolved game list)."""
 

@@ -6,7 +6,8 @@ Without it, a study's last populations decide its wall time: two conditions on t
 population asked for members checkpoints every member at its next epoch boundary (one unit, as
 always), stops the members asked for and answers; the sweep resumes them as a population of
 their own. Nothing about them changes: a member resumed from a population's checkpoint, alone
-or with others, continues bit for bit as uninterrupted (DESIGN.md section 8).
+or with others, continues bit for bit as uninterrupted (docs/populations.md) on CPU, where the
+environments hold their episodes in progress; elsewhere the population declines.
 
 The two sides talk through two small files beside the population's log, written atomically:
 the sweep and its children already share the run directories, and a file needs no signal
@@ -29,9 +30,9 @@ new process costs seconds to start, and near the end splitting saves less than t
 
 @dataclass(frozen=True)
 class Handover:
-    """The request (``<stem>.handover.json``: the seeds asked for) and the answer
-    (``<stem>.handed-over.json``: the seeds handed over, possibly none, and the epoch their
-    checkpoint is at) of one population."""
+    """The request (``<stem>.handover.json``: how many members are asked for; the population
+    picks its last ones still training) and the answer (``<stem>.handed-over.json``: the seeds
+    handed over, possibly none, and the epoch their checkpoint is at) of one population."""
 
     stem: Path
 
@@ -44,9 +45,9 @@ class Handover:
         return self.stem.with_name(self.stem.name + ".handed-over.json")
 
     # the sweep's side
-    def ask(self, seeds: list[int]) -> None:
+    def ask(self, count: int) -> None:
         self.answer.unlink(missing_ok=True)
-        write_atomic(self.request, json.dumps({"seeds": seeds}))
+        write_atomic(self.request, json.dumps({"members": count}))
 
     def answered(self) -> tuple[list[int], int] | None:
         """(seeds handed over, their checkpoint epoch) once the population answered, else None."""
@@ -61,14 +62,15 @@ class Handover:
         self.answer.unlink(missing_ok=True)
 
     # the population's side
-    def asked(self) -> list[int] | None:
-        """The seeds asked for, or None while nobody asks."""
+    def asked(self) -> int | None:
+        """How many members are asked for, or None while nobody asks."""
         try:
-            return [int(s) for s in json.loads(self.request.read_text())["seeds"]]
+            return int(json.loads(self.request.read_text())["members"])
         except FileNotFoundError:
             return None
 
     def reply(self, seeds: list[int], epoch: int) -> None:
-        """Answer the request: ``seeds`` (empty: declined) were checkpointed at ``epoch`` and stopped."""
-        write_atomic(self.answer, json.dumps({"seeds": seeds, "epoch": epoch}))
+        """Answer the request: ``seeds`` (empty: declined) were checkpointed at ``epoch`` and
+        stopped. The request goes first, so a new one asked after this answer is never lost."""
         self.request.unlink(missing_ok=True)
+        write_atomic(self.answer, json.dumps({"seeds": seeds, "epoch": epoch}))

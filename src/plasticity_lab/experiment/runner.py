@@ -928,7 +928,10 @@ class Run:
                         break
                     nxt = epoch + 1
                     stop_signal = stop.signal  # read once: a signal arriving now is seen next epoch
-                    leaving = self.members_asked_for(handover, nxt) if stop_signal is None else []
+                    asked = handover.asked() if handover is not None and stop_signal is None else None
+                    leaving = self.members_to_hand_over(asked, nxt) if asked is not None else []
+                    if asked is not None and not leaving:
+                        handover.reply([], nxt)  # declined
                     if (stop_signal is not None or nxt % self.cfg.experiment.save_freq == 0 or nxt in p.shift_points
                             or nxt == p.num_epochs or leaving):
                         self.save(nxt, time.monotonic() - t0)
@@ -949,18 +952,17 @@ class Run:
                 (member.run_dir / "DONE").write_text(f"finished {p.num_epochs} epochs\n")
         return status
 
-    def members_asked_for(self, handover: Handover | None, next_epoch: int) -> list[Member]:
-        """The members a sweep's idle worker asks for, all but one at most; none (the request is
-        declined) once fewer than :data:`MIN_REMAINING` of the epochs remain."""
-        seeds = handover.asked() if handover is not None else None
-        if seeds is None:
-            return []
+    def members_to_hand_over(self, asked: int, next_epoch: int) -> list[Member]:
+        """The last ``asked`` members (all but one at most) for a sweep's idle worker; none where
+        moving them would save too little (fewer than :data:`MIN_REMAINING` of the epochs left)
+        or change them: environments that restart their episodes on resume (ALE, Gymnasium,
+        MuJoCo with fixed-length collection), or a GPU, whose batched kernels round differently
+        with the number of members."""
         remaining = self.ppo.num_epochs - next_epoch
-        asked = [m for m in self.members if m.seed in set(seeds)][: self.size - 1]
-        leaving = asked if remaining >= max(1.0, MIN_REMAINING * self.ppo.num_epochs) else []
-        if not leaving:
-            handover.reply([], next_epoch)
-        return leaving
+        exact = self.spec.resumes_mid_episode or self.ppo.rollout == "episodes"
+        if not exact or self.device.type != "cpu" or remaining < max(1.0, MIN_REMAINING * self.ppo.num_epochs):
+            return []
+        return self.members[max(1, self.size - asked) :]
 
     def hand_over(
         self, leaving: list[Member], logs: dict[Member, MemberLogs], handover: Handover, next_epoch: int, wall_time: float,

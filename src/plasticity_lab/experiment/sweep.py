@@ -29,7 +29,7 @@ import yaml
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.handover import Handover
-from plasticity_lab.experiment.population import check_population_fits
+from plasticity_lab.experiment.population import check_population_fits, population_groups
 from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
@@ -84,6 +84,8 @@ class Task:
 
     states: list[RunState]
     attempts: int = 0
+    declined: bool = False
+    """It answered a request for members with none: not asked again."""
 
     @property
     def specs(self) -> list[RunSpec]:
@@ -106,7 +108,9 @@ class Task:
         """The runs of ``seeds`` as a task of their own (handed over), the rest staying here."""
         leaving = [s for s in self.states if s.spec.seed in seeds]
         self.states = [s for s in self.states if s.spec.seed not in seeds]
-        return Task(leaving)
+        for state in leaving:
+            state.status = "pending"
+        return Task(leaving, attempts=self.attempts)  # the runs' retries are counted on, not restarted
 
 
 def tail(path: Path, lines: int = 3) -> str:
@@ -141,7 +145,6 @@ class LocalBackend:
         queue = deque(tasks)
         running: dict[int, tuple[Task, subprocess.Popen]] = {}
         asked: Task | None = None  # the population asked for members, until it answers or ends
-        declined: set[int] = set()  # populations (id of their task) that answered no: not asked again
         try:
             while queue or running:
                 for slot in range(self.workers):
@@ -149,8 +152,8 @@ class LocalBackend:
                         task = queue.popleft()
                         running[slot] = (task, self._launch(task, command(task), self.slots[slot]))
                 if self.share and asked is None and not queue and len(running) < self.workers:
-                    asked = self._ask_for_members([t for t, _ in running.values()], declined)
-                if asked is not None and self._take_members(asked, queue, declined, view):
+                    asked = self._ask_for_members([t for t, _ in running.values()])
+                if asked is not None and self._take_members(asked, queue, view):
                     asked = None
                 for slot, (task, proc) in list(running.items()):
                     code = proc.poll()
@@ -158,7 +161,7 @@ class LocalBackend:
                         continue
                     del running[slot]
                     if task is asked:  # it ended before or after answering: what it handed over still moves
-                        self._take_members(task, queue, declined, view)
+                        self._take_members(task, queue, view)
                         asked = None
                     task.handover.clear()
                     if finish(task, code, retries):
@@ -176,18 +179,18 @@ class LocalBackend:
             raise
 
     @staticmethod
-    def _ask_for_members(running: list[Task], declined: set[int]) -> Task | None:
-        """Ask the running population with the most members (at least 2) for the later half of
-        them; returns it, or None when none qualifies."""
-        candidates = [t for t in running if len(t.states) >= 2 and id(t) not in declined]
+    def _ask_for_members(running: list[Task]) -> Task | None:
+        """Ask the running population with the most members (at least 2) for half of them;
+        returns it, or None when none qualifies."""
+        candidates = [t for t in running if len(t.states) >= 2 and not t.declined]
         if not candidates:
             return None
         task = max(candidates, key=lambda t: len(t.states))
-        task.handover.ask([s.spec.seed for s in task.states[len(task.states) // 2 :]])
+        task.handover.ask(len(task.states) // 2)
         return task
 
     @staticmethod
-    def _take_members(task: Task, queue: deque, declined: set[int], view: SweepView) -> bool:
+    def _take_members(task: Task, queue: deque, view: SweepView) -> bool:
         """If ``task`` answered: queue what it handed over first (so the idle worker starts it);
         True once answered."""
         answer = task.handover.answered()
@@ -196,7 +199,7 @@ class LocalBackend:
         seeds, epoch = answer
         task.handover.clear()
         if not seeds:
-            declined.add(id(task))
+            task.declined = True
             return True
         moved = task.split(seeds)
         queue.appendleft(moved)
@@ -223,8 +226,8 @@ def start_attempt(task: Task) -> None:
         state.spec.run_dir.mkdir(parents=True, exist_ok=True)
         (state.spec.run_dir / FAILED_NAME).unlink(missing_ok=True)
         log = state.spec.run_dir / LOG_NAME
-        if log.is_symlink() and log.resolve() != task.log_path.resolve():
-            log.unlink()  # it trained in another population before (handed over): this one's log now
+        if log.is_symlink() and (len(task.states) == 1 or log.resolve() != task.log_path.resolve()):
+            log.unlink()  # it trained in another population before (handed over): its own log now
         if len(task.states) > 1 and not log.exists():  # a member's log is its population's
             log.symlink_to(os.path.relpath(task.log_path, state.spec.run_dir))
 
@@ -404,11 +407,10 @@ def sweep(
         except ValueError as err:
             raise ConfigError(str(err)) from None
         size = study.base.experiment.population_size
-        by_condition: dict[str, list[RunState]] = {}
-        for state in todo:
-            by_condition.setdefault(state.spec.condition, []).append(state)
-        tasks = [Task(group[i : i + (size or len(group))]) for group in by_condition.values()
-                 for i in range(0, len(group), size or len(group))]
+        # as plab train groups them: runs resuming from different checkpoint epochs (a hand-over
+        # or a failure before the sweep was stopped) are separate populations
+        state_of = {id(state.spec): state for state in todo}
+        tasks = [Task([state_of[id(spec)] for spec in group]) for group in population_groups([s.spec for s in todo], size, resume=True)]
         for task in tasks:  # every refusal before anything starts
             check_population_fits(task.specs[0].cfg, len(task.states), target, f"{name}/{task.specs[0].condition}")
     else:
