@@ -674,14 +674,15 @@ def assert_is_single_run(path: Path, study: Path, seed: int, tmp_path: Path) -> 
 def test_an_idle_sweep_worker_takes_over_half_of_a_running_population(tmp_path):
     """One population of eight on two workers: the worker left without a task asks it for
     members, it hands its last four over at its next epoch boundary and the worker resumes them;
-    every run finishes, the sweep's log says so, no moved member's train.log is its first
-    population's, and a moved member is its seed's single run bit for bit."""
+    every run finishes on its first attempt, the sweep's log says so, no moved member's
+    train.log is its first population's, and a moved member is its seed's single run bit for bit."""
     from plasticity_lab.experiment.sweep import sweep
 
     path = share_study(tmp_path)
     out = tmp_path / "out"
     states = sweep(path, seeds=list(range(8)), workers=2, out_dir=out, population=True)
     assert [s.status for s in states] == ["done"] * 8
+    assert [s.attempts for s in states] == [1] * 8  # moving is not a retry: the retry budget stays whole
     study = out / "results" / "share"
     log = (study / "sweep.log").read_text()
     assert "baseline: seeds 4,5,6,7 handed over at epoch" in log, log

@@ -110,7 +110,7 @@ class Task:
         self.states = [s for s in self.states if s.spec.seed not in seeds]
         for state in leaving:
             state.status = "pending"
-        return Task(leaving, attempts=self.attempts)  # the runs' retries are counted on, not restarted
+        return Task(leaving, attempts=self.attempts - 1)  # its launch counts one: moving is not a new attempt
 
 
 def tail(path: Path, lines: int = 3) -> str:
