@@ -409,14 +409,15 @@ def sweep(
         size = study.base.experiment.population_size
         # as plab train groups them: runs resuming from different checkpoint epochs (a hand-over
         # or a failure before the sweep was stopped) are separate populations
-        state_of = {id(state.spec): state for state in todo}
-        tasks = [Task([state_of[id(spec)] for spec in group]) for group in population_groups([s.spec for s in todo], size, resume=True)]
+        state_of = {state.spec.run_dir: state for state in todo}
+        tasks = [Task([state_of[spec.run_dir] for spec in group]) for group in population_groups([s.spec for s in todo], size, resume=True)]
         for task in tasks:  # every refusal before anything starts
             check_population_fits(task.specs[0].cfg, len(task.states), target, f"{name}/{task.specs[0].condition}")
     else:
         tasks = [Task([state]) for state in todo]
+    share = backend == "local" and bool(population)  # idle local workers take over members (Ray schedules its own)
     if backend == "local":
-        runner: LocalBackend | RayBackend = LocalBackend(workers, share=bool(population))
+        runner: LocalBackend | RayBackend = LocalBackend(workers, share=share)
     elif backend == "ray":
         cpus = cpus_per_run or max(1, len(os.sched_getaffinity(0)) // workers)
         runner = RayBackend(address, cpus, gpus_per_run)
@@ -437,7 +438,6 @@ def sweep(
                f"backend {backend}, {unit} {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
-        share = isinstance(runner, LocalBackend) and runner.share
         runner.run(tasks, lambda task: train_command(task.specs, config_path, out_dir, device, threads, population,
                                                      task.handover if share and len(task.states) > 1 else None),
                    retries, view, states)
