@@ -20,7 +20,8 @@ study's condition (e.g. configs/minatar_permuted.yaml) instead of the findings s
 sweep --workers 2`` of single runs (fp32), then ``--population --workers 2`` in fp32 and in bf16;
 and the network-arithmetic floor of the study in each precision (the floor per member-epoch at
 K = N, times the study's member-epochs, over 2 cores), measured with both cores busy (two
-processes side by side, as the study runs), before and after the timed runs. ``--conditions`` picks a subset,
+processes side by side, as the study runs, timing epochs over the same 20 s), before and after the
+timed runs. ``--conditions`` picks a subset,
 ``--modes`` which of the three (single, population, bf16) are timed.
 
 ``--condition a,b,...`` times several conditions (the study's, or cbp, trac, cchain at the settings of
@@ -34,12 +35,15 @@ processes side by side, as the study runs), before and after the timed runs. ``-
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -74,16 +78,16 @@ def make_run(condition: str, members: int, epochs: int, precision: str, root: Pa
     return Run(cfg, dirs, list(range(members)), device="cpu")
 
 
-def floor_seconds(run: Run, repeats: int = 3) -> float:
-    """Median seconds of one epoch's pure network arithmetic for the run's K members."""
+def floor_epochs(run: Run) -> Iterator[float]:
+    """Seconds of one epoch's pure network arithmetic for the run's K members, epoch after epoch
+    (the first, which warms up the allocator, not yielded)."""
     p, K, envs = run.ppo, run.size, run.env_cfg.env_copies
     net = run.net
     opt = PopulationAdamW(net.trainable(), lr=p.lr)
     frames = torch.randint(0, 256, (K, p.buffer_size, *run.obs_shape), dtype=torch.uint8)
     actions = torch.randint(0, run.num_actions, (K, p.buffer_size))
     params = list(net.trainable().values())
-    times = []
-    for _ in range(repeats + 1):
+    for repeat in itertools.count():
         t0 = time.perf_counter()
         with torch.no_grad(), run.amp():
             for start in range(0, p.buffer_size, envs):
@@ -98,8 +102,46 @@ def floor_seconds(run: Run, repeats: int = 3) -> float:
                 loss.backward()
                 clip_member_grad_norms(params, p.max_grad_norm)
                 opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+        if repeat:
+            yield time.perf_counter() - t0
+
+
+def floor_seconds(run: Run, repeats: int = 3) -> float:
+    """Median seconds of one epoch's pure network arithmetic for the run's K members."""
+    return statistics.median(itertools.islice(floor_epochs(run), repeats))
+
+
+FLOOR_SECONDS = 20.0
+"""How long each process of :func:`study_floor` times epochs: ~25 epochs at K = 30, so the
+median moves ~1% between measurements where 5 epochs moved it up to 8%."""
+
+
+def member_epoch_floor(job: tuple[str, int, str, Path], start: Any, seconds: float = FLOOR_SECONDS) -> float:
+    """:func:`floor_epochs` per member-epoch of one condition at K = ``members``, in a process of
+    its own (one thread, as a study's workers): the median epoch of those begun within
+    ``seconds`` after every process has passed the barrier ``start``."""
+    condition, members, precision, root = job
+    torch.set_num_threads(1)
+    epochs = floor_epochs(make_run(condition, members, 2, precision, root))
+    next(epochs)  # warm, then start together
+    start.wait()
+    t0, times = time.perf_counter(), []
+    while time.perf_counter() - t0 < seconds:
+        times.append(next(epochs))
+    return statistics.median(times) / members
+
+
+def study_floor(chosen: list[str], members: int, precision: str, root: Path) -> float:
+    """The study's network floor per member-epoch with both cores busy, as they are in the study:
+    the first two conditions' floors measured in two processes over the same window (cores that
+    share caches, memory bandwidth and a power budget run slower together than one alone; a
+    barrier starts both clocks at once, so neither times epochs while the other is still
+    starting), their mean."""
+    context = multiprocessing.get_context("spawn")
+    jobs = [(c, members, precision, root / f"{precision}_{i}") for i, c in enumerate((chosen * 2)[:2])]
+    with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
+        start = manager.Barrier(2)  # a proxy: it can be sent to the workers with their jobs
+        return statistics.mean(pool.map(member_epoch_floor, jobs, [start] * 2))
 
 
 STUDY_MODES = {  # --modes name -> (label, population, precision)
@@ -107,23 +149,6 @@ STUDY_MODES = {  # --modes name -> (label, population, precision)
     "population": ("population, workers 2, fp32", True, "fp32"),
     "bf16": ("population, workers 2, bf16", True, "bf16"),
 }
-
-
-def member_epoch_floor(job: tuple[str, int, str, Path]) -> float:
-    """:func:`floor_seconds` per member-epoch of one condition at K = ``members``, in a process of
-    its own (one thread, as a study's workers)."""
-    condition, members, precision, root = job
-    torch.set_num_threads(1)
-    return floor_seconds(make_run(condition, members, 2, precision, root), repeats=5) / members
-
-
-def study_floor(chosen: list[str], members: int, precision: str, root: Path) -> float:
-    """The study's network floor per member-epoch with both cores busy, as they are in the study:
-    the first two conditions' floors measured at the same time in two processes (cores that share
-    caches, memory bandwidth and a power budget run slower together than one alone), their mean."""
-    jobs = [(c, members, precision, root / f"{precision}_{i}") for i, c in enumerate((chosen * 2)[:2])]
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return statistics.mean(pool.map(member_epoch_floor, jobs))
 
 
 def time_study(seeds: int, conditions: list[str] | None, root: Path, modes: list[str]) -> None:

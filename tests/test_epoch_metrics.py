@@ -19,7 +19,9 @@ from plasticity_lab.config import ACTIVATIONS, NORMS, ModelConfig, RunConfig
 from plasticity_lab.experiment import runner as runner_module
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.metrics import reference_dead_units, weight_change_rms, weight_rms
-from plasticity_lab.metrics.plasticity import NonFiniteInput, weight_change_rms_members, weight_rms_members
+from plasticity_lab.metrics.plasticity import (
+    NonFiniteInput, reference_dead_units_per_member, weight_change_rms_members, weight_rms_members,
+)
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.layers import make_activation
 from plasticity_lab.nets.surgery import applied_weights
@@ -63,6 +65,28 @@ def test_reference_dead_units_matches_numpy_and_is_nan_where_undefined(activatio
         assert 0.05 < value < 0.95  # the draw exercises both outcomes
     else:
         assert math.isnan(value)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "mish"])
+def test_reference_dead_units_per_member_is_each_members_own_value(activation):
+    """The training loop's batched count (for ReLU a sum of signs) equals numpy's count of each
+    member's dead entries exactly, negative zeros and members with no dead entry included."""
+    gen = torch.Generator().manual_seed(1)
+    pre = torch.randn(4, 40, 17, generator=gen) * 2.0
+    pre[0, :5] = 0.0
+    pre[3] = pre[3].abs() + 0.1  # a member without dead entries
+    h = make_activation(activation)(pre)
+    if activation == "relu":
+        h[1, :3] = -0.0  # ReLU can output -0.0: dead by the reference's h == 0
+    values = reference_dead_units_per_member(h, activation)
+    assert values.dtype == torch.float64 and values.shape == (4,)
+    for k in range(4):
+        if activation in NP_DEAD:
+            assert float(values[k]) == float(np.mean(NP_DEAD[activation](h[k].numpy())))
+        else:
+            assert math.isnan(float(values[k]))
+    if activation == "relu":
+        assert float(values[3]) == 0.0 and float(values[0]) > float(values[2])
 
 
 def test_crelu_exact_zero_fraction_is_at_least_half_by_construction():

@@ -63,6 +63,7 @@ class Cohort:
         self._anchors: dict[str, dict[str, torch.Tensor]] = {}
         """Stacked anchors by instance attribute (held once: the instances' anchors are views)."""
         self._names = {p: n for n, p in self.modules[0].named_parameters()}
+        self._generators: dict[torch.device, list[torch.Generator]] = {}
 
     @classmethod
     def of_module(cls, instance: Intervention, model: nn.Module, optimizer: Any) -> Cohort:
@@ -160,8 +161,12 @@ class Cohort:
 
     # ------------------------------------------------------------------ per member
     def generators(self, device: torch.device | str) -> list[torch.Generator]:
-        """Each acting member's own generator on ``device`` (:mod:`plasticity_lab.streams`)."""
-        return [iv.streams.on(device) for iv in self.instances]
+        """Each acting member's own generator on ``device`` (:mod:`plasticity_lab.streams`),
+        looked up once per cohort (a method that perturbs every step draws for every tensor)."""
+        device = torch.device(device)
+        if device not in self._generators:
+            self._generators[device] = [iv.streams.on(device) for iv in self.instances]
+        return self._generators[device]
 
     def draw(self, shape: Sequence[int], like: torch.Tensor, fill: Callable[[torch.Tensor, torch.Generator], Any]) -> torch.Tensor:
         """(n, *shape): member j's row filled by ``fill(row, its generator)`` (in place), each

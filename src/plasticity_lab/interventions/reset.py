@@ -179,7 +179,10 @@ class SoftShrinkPerturb(Intervention):
             return
         for draw in self._draws(cohort.model):
             name = cohort.name(draw.param)
-            fresh = cohort.draw(draw.param.shape, draw.param, draw.fill_)
+            if draw.bound is None:  # a norm's constant init: nothing to draw
+                fresh = torch.full((len(cohort), *draw.param.shape), draw.fill, dtype=draw.param.dtype, device=draw.param.device)
+            else:
+                fresh = cohort.draw(draw.param.shape, draw.param, draw.fill_)
             cohort.edit(name, lambda value, fresh=fresh: value.mul_(self.shrink).add_(fresh, alpha=self.perturb))
 
     def state_dict(self):

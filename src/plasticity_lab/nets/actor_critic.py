@@ -174,10 +174,14 @@ class ActorCritic(nn.Module):
             self.obs_norm.set_order(perm)
 
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, H, W, C) frames -> float (N, C, H, W) in [0, 1]; vectors -> standardised."""
+        """uint8 (N, H, W, C) frames -> float (N, C, H, W) in [0, 1], flattened to (N, C*H*W) for
+        an MLP encoder; vectors -> standardised."""
         if self.obs_norm is not None:
             return self.obs_norm(obs)
-        return obs.permute(0, 3, 1, 2).float().div_(255.0)
+        frames = obs.permute(0, 3, 1, 2)
+        if self.num_conv == 0:  # flattened while uint8: the copy moves a quarter of the bytes
+            frames = frames.flatten(1)
+        return frames.float().div_(255.0)
 
     def distribution(self, head_out: torch.Tensor) -> ActionDistribution:
         """The action distribution of the policy head's output (logits or means)."""
@@ -193,7 +197,7 @@ class ActorCritic(nn.Module):
         x = self.preprocess(obs)
         for i, block in enumerate(self.blocks):
             if i == self.num_conv:
-                x = x.flatten(1)
+                x = x.flatten(1)  # conv maps -> one vector (a view for an MLP's input)
             x = block(x)
             outs.append(x)
         return outs
