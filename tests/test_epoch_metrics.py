@@ -87,6 +87,8 @@ def test_reference_dead_units_per_member_is_each_members_own_value(activation):
             assert math.isnan(float(values[k]))
     if activation == "relu":
         assert float(values[3]) == 0.0 and float(values[0]) > float(values[2])
+        # bf16 features (autocast): counted exactly, although a bf16 sum of 680 ones would round
+        assert torch.equal(reference_dead_units_per_member(h.bfloat16(), activation), values)
 
 
 def test_crelu_exact_zero_fraction_is_at_least_half_by_construction():

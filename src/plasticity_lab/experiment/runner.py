@@ -697,8 +697,9 @@ class Run:
             totals += torch.stack([value.detach().double() for value in stats]) * weight
             taken += weight
             # each minibatch's float32 sum (relative error ~1e-7, far from moving a unit across ReDo's
-            # 2.5% threshold), accumulated over the update in float64: a third of a float64 pass's cost
-            abs_sum = features.detach().abs().sum(dim=1).double() * weight.double().unsqueeze(1)
+            # 2.5% threshold; bf16 features too), accumulated over the update in float64: a third of
+            # a float64 pass's cost
+            abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float32).double() * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         sums = dict(zip(stat_keys, totals))
         means = {key: (value / taken).tolist() for key, value in sums.items()}
