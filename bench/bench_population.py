@@ -122,9 +122,13 @@ def member_epoch_floor(job: tuple[str, int, str, Path], start: Any, seconds: flo
     ``seconds`` after every process has passed the barrier ``start``."""
     condition, members, precision, root = job
     torch.set_num_threads(1)
-    epochs = floor_epochs(make_run(condition, members, 2, precision, root))
-    next(epochs)  # warm, then start together
-    start.wait()
+    try:
+        epochs = floor_epochs(make_run(condition, members, 2, precision, root))
+        next(epochs)  # warm, then start together
+    except BaseException:
+        start.abort()  # the other process would wait at the barrier for ever
+        raise
+    start.wait(timeout=600)
     t0, times = time.perf_counter(), []
     while time.perf_counter() - t0 < seconds:
         times.append(next(epochs))

@@ -515,8 +515,8 @@ class Run:
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
             results = self.envs.step(actions.cpu().numpy())
             # (K, envs) arrays of every member at once; only members with ended episodes are visited
-            terminated = np.stack([res.terminated for res in results], dtype=bool)
-            truncated = np.stack([res.truncated for res in results], dtype=bool)
+            terminated = np.stack([res.terminated for res in results]).astype(bool, copy=False)
+            truncated = np.stack([res.truncated for res in results]).astype(bool, copy=False)
             done = terminated | truncated
             for k in np.flatnonzero(done.any(axis=1)):
                 res, ended = results[k], done[k]
@@ -525,11 +525,11 @@ class Run:
                 if truncated[k].any():
                     idx = np.flatnonzero(truncated[k])
                     finals[k].append((t, idx, res.final_obs[idx]))
-            rewards = np.stack([member.scaled_reward(res) for member, res in zip(self.members, results)], dtype=np.float32)
+            rewards = np.stack([member.scaled_reward(res) for member, res in zip(self.members, results)]).astype(np.float32, copy=False)
             ro.rewards[t] = torch.from_numpy(rewards).to(self.device)
             ro.terminated[t] = torch.from_numpy(terminated).to(self.device)
             ro.truncated[t] = torch.from_numpy(truncated).to(self.device)
-            obs = torch.from_numpy(np.stack([res.obs for res in results], dtype=self._obs_numpy_dtype())).to(self.device)
+            obs = torch.from_numpy(np.stack([res.obs for res in results]).astype(self._obs_numpy_dtype(), copy=False)).to(self.device)
         ro.last_values = self.values_of(obs)
         self.bootstrap_truncated(ro.next_values, finals)
         for member in self.members:

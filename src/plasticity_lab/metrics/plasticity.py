@@ -421,11 +421,11 @@ def reference_dead_units_per_member(activations: torch.Tensor, activation: str) 
         return torch.full((activations.shape[0],), float("nan"), dtype=torch.float64, device=activations.device)
     h = activations.detach().flatten(1)
     if activation == "relu" and h.shape[1] < 2**24:
-        # ReLU outputs are >= 0 (or NaN), so sign() is 1 where an entry lives and 0 (-0) where it is
-        # dead: the dead count is n minus a float32 sum of signs (bf16 features too), exact below
-        # 2^24 entries. About 5x faster on the CPU than count_nonzero(h == 0) (a boolean
-        # temporary and a slow reduction); a NaN entry makes its member's value NaN instead of
-        # counting as alive.
+        # ReLU outputs are >= 0, so sign() is 1 where an entry lives and 0 (-0) where it is dead:
+        # the dead count is n minus a float32 sum of signs (bf16 features too), exact below 2^24
+        # entries. About 5x faster on the CPU than count_nonzero(h == 0) (a boolean temporary and
+        # a slow reduction). torch's sign(NaN) is 0, so a NaN entry counts as dead here (h == 0
+        # counts it alive); a member with NaN features has a NaN loss and fails that epoch anyway.
         return (h.shape[1] - torch.sign(h).sum(dim=1, dtype=torch.float32)).to(torch.float64) / h.shape[1]
     return torch.count_nonzero(rule(h), dim=1).to(torch.float64) / h.shape[1]
 
