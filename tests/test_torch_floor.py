@@ -197,6 +197,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.relu": "1.0",
     "torch.save": "1.0",
     "torch.set_num_threads": "1.0",
+    "torch.sign": "1.0",
     "torch.sin": "1.0",
     "torch.special": "1.9",
     "torch.special.xlogy": "1.10",
