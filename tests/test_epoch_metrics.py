@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from plasticity_lab.config import ACTIVATIONS, NORMS, ModelConfig, RunConfig
 from plasticity_lab.experiment import runner as runner_module
@@ -24,6 +25,7 @@ from plasticity_lab.metrics.plasticity import (
 )
 from plasticity_lab.nets import build_model
 from plasticity_lab.nets.layers import make_activation
+from plasticity_lab.nets.population import PopulationNetwork
 from plasticity_lab.nets.surgery import applied_weights
 
 GRID = {
@@ -199,6 +201,32 @@ def test_frozen_layers_are_left_out():
     model = build_model(ModelConfig(h_size=32), num_actions=9)
     model.value.requires_grad_(False)
     assert len(applied_weights(model)) == 6
+
+
+def test_a_populations_applied_weights_are_each_members_stacked():
+    """PopulationNetwork.applied_weights (what the loop reads every epoch) is every member's
+    applied_weights stacked: the stacked tensors where no parametrization sits between, W / sigma
+    member by member under spectral norm, frozen layers left out; reading changes nothing, and a
+    later update of the stacked state does not reach the copies."""
+    torch.manual_seed(6)
+    members = [build_model(ModelConfig(enc_type="mlp", h_size=16, spectral_norm="encoder"), num_actions=4, obs_shape=(5, 5, 3))
+               for _ in range(3)]
+    for model in members:
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randint(0, 255, (4, 5, 5, 3), dtype=torch.uint8))  # the power iterations move apart
+        model.value.requires_grad_(False)
+    net = PopulationNetwork(members)
+    state = {k: v.clone() for k, v in net.buffers.items()}
+    got = net.applied_weights()
+    want = [torch.stack(ws) for ws in zip(*(applied_weights(m) for m in members))]
+    assert len(got) == len(want) == len(applied_weights(members[0])) and all(torch.equal(a, b) for a, b in zip(got, want))
+    assert any(parametrize.is_parametrized(m, "weight") for m in members[0].modules())
+    assert all(torch.equal(state[k], v) for k, v in net.buffers.items())
+    with torch.no_grad():
+        for p in net.trainable().values():
+            p.add_(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 # ----------------------------------------------------------------- the runner's columns

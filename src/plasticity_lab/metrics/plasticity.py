@@ -434,7 +434,7 @@ def reference_dead_units_per_member(activations: torch.Tensor, activation: str) 
 
 
 def _stacked_weights(members: Sequence[Sequence[Any]], name: str) -> list[torch.Tensor]:
-    """Each member's i-th weight stacked into a float64 (K, ...) tensor, checked once for all."""
+    """Each member's i-th weight stacked into a (K, ...) tensor."""
     lists = [list(ws) for ws in members]
     if not lists or any(len(ws) != len(lists[0]) for ws in lists):
         raise ValueError(f"{name}: expected one equally long weight list per member, got lengths {[len(ws) for ws in lists]}")
@@ -443,10 +443,16 @@ def _stacked_weights(members: Sequence[Sequence[Any]], name: str) -> list[torch.
         tensors = [_as_tensor(w) for w in group]
         if any(t.shape != tensors[0].shape for t in tensors):
             raise ValueError(f"{name}: weight {i} has shapes {sorted({tuple(t.shape) for t in tensors})} across members")
-        stacked.append(_checked(torch.stack(tensors), name).to(torch.float64))
-    if not stacked or sum(t[0].numel() for t in stacked) == 0:
-        raise ValueError(f"{name}: expected at least one non-empty weight tensor")
+        stacked.append(torch.stack(tensors))
     return stacked
+
+
+def _float64_stacked(stacked: Sequence[Any], name: str) -> list[torch.Tensor]:
+    """(K, ...) weight tensors checked once for all members, as float64."""
+    out = [_checked(t, name).to(torch.float64) for t in stacked]
+    if not out or sum(t[0].numel() for t in out) == 0:
+        raise ValueError(f"{name}: expected at least one non-empty weight tensor")
+    return out
 
 
 def _pooled_rms(stacked: list[torch.Tensor]) -> list[float]:
@@ -455,13 +461,16 @@ def _pooled_rms(stacked: list[torch.Tensor]) -> list[float]:
     return torch.sqrt(total / sum(t[0].numel() for t in stacked)).tolist()
 
 
-def weight_rms_members(members: Sequence[Sequence[Any]]) -> list[float]:
-    r""":func:`weight_rms` of each member's list of weights (the same shapes for every member).
+def weight_rms_stacked(stacked: Sequence[Any]) -> list[float]:
+    r""":func:`weight_rms` of each member from (K, ...) tensors, one per weight (member k's
+    weights are row k of each): a population's stacked weights, one reduction per layer for all
+    members (the training loop reports it every epoch)."""
+    return _pooled_rms(_float64_stacked(stacked, "weight_rms"))
 
-    Stacked, so a population pays one reduction per layer for all members, not one per member
-    and layer (the training loop reports it every epoch).
-    """
-    return _pooled_rms(_stacked_weights(members, "weight_rms"))
+
+def weight_rms_members(members: Sequence[Sequence[Any]]) -> list[float]:
+    """:func:`weight_rms` of each member's list of weights (the same shapes for every member)."""
+    return weight_rms_stacked(_stacked_weights(members, "weight_rms"))
 
 
 def weight_rms(weights: Sequence[Any]) -> float:
@@ -474,17 +483,23 @@ def weight_rms(weights: Sequence[Any]) -> float:
     return weight_rms_members([weights])[0]
 
 
-def weight_change_rms_members(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[float]:
-    """:func:`weight_change_rms` of each member (``before[k]`` and ``after[k]``), stacked as in
-    :func:`weight_rms_members`."""
-    if len(before) != len(after) or any(len(b) != len(a) for b, a in zip(before, after)):
-        raise ValueError(f"weight_change_rms: {[len(b) for b in before]} tensors before, {[len(a) for a in after]} after")
-    old = _stacked_weights(before, "weight_change_rms")
-    new = _stacked_weights(after, "weight_change_rms")
+def weight_change_rms_stacked(before: Sequence[Any], after: Sequence[Any]) -> list[float]:
+    """:func:`weight_change_rms` of each member from (K, ...) tensors as in :func:`weight_rms_stacked`."""
+    old = _float64_stacked(before, "weight_change_rms")
+    new = _float64_stacked(after, "weight_change_rms")
+    if len(old) != len(new):
+        raise ValueError(f"weight_change_rms: {len(old)} tensors before, {len(new)} after")
     for a, b in zip(old, new):
         if a.shape != b.shape:
             raise ValueError(f"weight_change_rms: shape {tuple(a.shape[1:])} before, {tuple(b.shape[1:])} after")
     return _pooled_rms([b - a.to(b.device) for a, b in zip(old, new)])
+
+
+def weight_change_rms_members(before: Sequence[Sequence[Any]], after: Sequence[Sequence[Any]]) -> list[float]:
+    """:func:`weight_change_rms` of each member (``before[k]`` and ``after[k]``)."""
+    if len(before) != len(after) or any(len(b) != len(a) for b, a in zip(before, after)):
+        raise ValueError(f"weight_change_rms: {[len(b) for b in before]} tensors before, {[len(a) for a in after]} after")
+    return weight_change_rms_stacked(_stacked_weights(before, "weight_change_rms"), _stacked_weights(after, "weight_change_rms"))
 
 
 def weight_change_rms(before: Sequence[Any], after: Sequence[Any]) -> float:

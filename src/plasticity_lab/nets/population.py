@@ -27,8 +27,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.nn.utils import parametrize
 
 from plasticity_lab.distributions import ActionDistribution, make_distribution
+from plasticity_lab.nets.surgery import AFFINE, applied_weight, weight_param
 
 
 def _structure(module: nn.Module) -> tuple:
@@ -168,6 +170,23 @@ class PopulationNetwork:
         for param, alias in self._grad_aliases:
             if param.grad is not alias:  # something replaced or dropped it: re-alias
                 param.grad = alias
+
+    @torch.no_grad()
+    def applied_weights(self) -> list[torch.Tensor]:
+        """:func:`~plasticity_lab.nets.surgery.applied_weights` of every member, stacked (K, ...)
+        per layer: a weight no parametrization reads is one copy of its stacked tensor (not K
+        copies stacked again); a parametrized one (spectral norm's ``W / sigma``) is read member
+        by member."""
+        out, modules = [], None
+        for name, layer in self.members[0].named_modules():
+            if not isinstance(layer, AFFINE) or not weight_param(layer).requires_grad:
+                continue
+            if not parametrize.is_parametrized(layer, "weight"):
+                out.append(self.params[f"{name}.weight" if name else "weight"].detach().clone())
+                continue
+            modules = modules or [dict(m.named_modules()) for m in self.members]
+            out.append(torch.stack([applied_weight(named[name]) for named in modules]))
+        return out
 
     # ------------------------------------------------------------------ compute
     def _member_forward(self, params: dict, buffers: dict, obs: torch.Tensor):

@@ -87,29 +87,27 @@ def affine_weights(module: nn.Module) -> list[nn.Parameter]:
 @torch.no_grad()
 def applied_weights(module: nn.Module) -> list[torch.Tensor]:
     """Copies of the weights the forward pass applies, for every trainable Linear/Conv2d in
-    ``module`` (biases, norm gains and frozen layers left out), in module order.
+    ``module`` (biases, norm gains and frozen layers left out), in module order (see
+    :func:`applied_weight`)."""
+    return [applied_weight(layer) for layer in module.modules() if isinstance(layer, AFFINE) and weight_param(layer).requires_grad]
 
-    A parametrized weight is read with its parametrization in eval mode, so spectral norm gives
-    ``W / sigma`` from its current power-iteration vectors without advancing them; the module is
-    left exactly as it was.
-    """
-    out = []
-    for layer in module.modules():
-        if not isinstance(layer, AFFINE) or not weight_param(layer).requires_grad:
-            continue
-        if not parametrize.is_parametrized(layer, "weight"):
-            out.append(layer.weight.detach().clone())
-            continue
-        parts = list(layer.parametrizations.weight.modules())
-        modes = [part.training for part in parts]
-        for part in parts:
-            part.training = False
-        try:
-            out.append(layer.weight.detach().clone())
-        finally:
-            for part, mode in zip(parts, modes):
-                part.training = mode
-    return out
+
+@torch.no_grad()
+def applied_weight(layer: nn.Module) -> torch.Tensor:
+    """A copy of the weight ``layer``'s forward pass applies. A parametrized weight is read with
+    its parametrization in eval mode, so spectral norm gives ``W / sigma`` from its current
+    power-iteration vectors without advancing them; the layer is left exactly as it was."""
+    if not parametrize.is_parametrized(layer, "weight"):
+        return layer.weight.detach().clone()
+    parts = list(layer.parametrizations.weight.modules())
+    modes = [part.training for part in parts]
+    for part in parts:
+        part.training = False
+    try:
+        return layer.weight.detach().clone()
+    finally:
+        for part, mode in zip(parts, modes):
+            part.training = mode
 
 
 def init_bound(layer: nn.Module) -> float:
