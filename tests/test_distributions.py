@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch import distributions as D
 
 from plasticity_lab.agents.reward_scaling import RewardScaler
 from plasticity_lab.config import ModelConfig
@@ -68,60 +67,6 @@ def test_categorical_matches_softmax():
     assert torch.allclose(other.kl_from(d), (logp.exp() * (logp - math.log(1 / 3))).sum(-1))
     draws = torch.stack([d.sample(torch.Generator().manual_seed(s)) for s in range(2000)])
     assert abs(float((draws[:, 0] == 2).float().mean()) - float(logp[0, 2].exp())) < 0.03
-
-
-def test_categorical_agrees_with_torch_distributions_on_population_batches():
-    """(K, B, A) logits, held actions-first inside: log-probs, entropy and their gradients, mode,
-    KL and total variation as torch.distributions computes them (to rounding); each member's draws
-    are the inverse CDF of its own uniforms (searchsorted); an impossible action (-inf logit) adds
-    0 to the entropy, not NaN."""
-    gen = torch.Generator().manual_seed(0)
-    x = (3 * torch.randn(3, 40, 5, generator=gen)).requires_grad_()
-    y = x.detach().clone().requires_grad_()
-    actions = torch.randint(0, 5, (3, 40), generator=gen)
-    ours, ref = Categorical(x), D.Categorical(logits=y)
-    assert torch.allclose(ours.log_prob(actions), ref.log_prob(actions), atol=1e-6)
-    assert torch.allclose(ours.entropy(), ref.entropy(), atol=1e-6)
-    (ours.log_prob(actions).sum() + 0.3 * ours.entropy().sum()).backward()
-    (ref.log_prob(actions).sum() + 0.3 * ref.entropy().sum()).backward()
-    assert torch.allclose(x.grad, y.grad, atol=1e-6)
-    assert torch.equal(ours.mode(), ref.probs.argmax(-1))
-    other = Categorical(torch.randn(3, 40, 5, generator=gen))
-    assert torch.allclose(ours.kl_from(other), D.kl_divergence(D.Categorical(logits=other.logits), ref), atol=1e-6)
-    assert torch.allclose(ours.total_variation(other), 0.5 * (ref.probs - D.Categorical(logits=other.logits).probs).abs().sum(-1).double(), atol=1e-6)
-    assert ours.log_prob(torch.tensor(2)).shape == (3, 40)  # one action broadcast over the batch
-    gens = [torch.Generator().manual_seed(10 + k) for k in range(3)]
-    draws = ours.sample(gens)
-    u = torch.stack([torch.rand((40,), generator=torch.Generator().manual_seed(10 + k), dtype=torch.float64) for k in range(3)])
-    cdf = ref.probs.double().cumsum(-1)
-    assert torch.equal(draws, torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1).clamp(max=4))
-    masked = Categorical(torch.tensor([[0.0, float("-inf"), 1.0]]))
-    assert torch.isfinite(masked.entropy()).all() and float(masked.entropy()) == pytest.approx(float(D.Categorical(logits=torch.tensor([0.0, 1.0])).entropy()))
-    assert not bool((masked.sample(torch.Generator().manual_seed(0)) == 1).any())
-
-
-def test_categorical_rows_do_not_depend_on_how_many_share_the_call():
-    """A population member's log-probs, entropy, draws and logit gradients are bit for bit those
-    it gets alone (DESIGN.md section 8), whatever the number of rows (torch's log_softmax over
-    the first dimension rounds its last rows differently: this fails with it), and the gradient
-    reaches the logits contiguous (the policy head's bias gradient sums over it)."""
-    gen = torch.Generator().manual_seed(1)
-    logits = 3 * torch.randn(7, 13, 4, generator=gen)
-    actions = torch.randint(0, 4, (7, 13), generator=gen)
-
-    def member_outputs(x: torch.Tensor, a: torch.Tensor, seeds: list[int]) -> tuple[torch.Tensor, ...]:
-        x = x.clone().requires_grad_()
-        d = Categorical(x)
-        (d.log_prob(a).mean(-1).sum() - 0.01 * d.entropy().mean(-1).sum()).backward()
-        assert x.grad.is_contiguous()
-        draws = d.sample([torch.Generator().manual_seed(s) for s in seeds])
-        return d.log_prob(a).detach(), d.entropy().detach(), draws, x.grad
-
-    together = member_outputs(logits, actions, list(range(7)))
-    for k in range(7):
-        alone = member_outputs(logits[k : k + 1], actions[k : k + 1], [k])
-        for a, b in zip(alone, together):
-            assert torch.equal(a[0], b[k])
 
 
 def test_running_moments_equal_numpy_over_batches():

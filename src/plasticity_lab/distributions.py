@@ -14,7 +14,6 @@ validation is off: it costs time on every minibatch and the inputs are network o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import distributions as D
@@ -38,85 +37,42 @@ def _noise(shape: torch.Size, generators: Generators, like: torch.Tensor, normal
     return torch.stack([draw(shape[1:], generator=g, **f) for g in generators])
 
 
-class _ActionsFirst(torch.autograd.Function):
-    """(..., A) -> a contiguous (A, ...) copy, whose backward hands the gradient back in the
-    (..., A) layout, contiguous: autograd's own transpose would hand on a transposed view, and the
-    policy head's backward reduces over that in an order that depends on how many population
-    members it holds (a member's bias gradient then leaves its single run's in the last bit)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.movedim(-1, 0).contiguous()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad.movedim(0, -1).contiguous()
-
-
-def _log_softmax_first(x: torch.Tensor) -> torch.Tensor:
-    """log_softmax over dimension 0 from elementwise ops and a sum over dimension 0. Not
-    ``torch.log_softmax(x, 0)``: its CPU kernel computes the last rows that do not fill a vector
-    register on a scalar path that rounds differently, so a row's log-probabilities would depend
-    on how many rows (population members) share the call; these ops round the same in both paths
-    (tests/test_distributions.py). The shift by the maximum is a constant (no gradient)."""
-    shifted = x - x.detach().amax(0)
-    return shifted - shifted.exp().sum(0).log()
-
-
 class Categorical:
-    """Discrete actions: the head's outputs are logits.
-
-    Held with the actions as the first dimension, (A, ...): torch's CPU (log-)softmax and sums
-    over a last dimension of a handful of actions vectorise along those few actions (~80 ns a
-    row); over the first they vectorise along the rows. A K = 30 PPO minibatch's log-probs,
-    entropy and their backward (4 actions) take 0.50 ms here against 1.75 ms through
-    ``torch.distributions.Categorical`` (bench/bench_distributions.py; 18 actions: about equal).
-    The KL divergence still goes through ``torch.distributions``."""
+    """Discrete actions: the head's outputs are logits."""
 
     def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits if logits.dtype == torch.float64 else logits.float()
-        # normalised log-probabilities, actions first (contiguous: every op runs along the rows)
-        self._log_p = _log_softmax_first(_ActionsFirst.apply(self.logits))
-        self._p: torch.Tensor | None = None
+        self.dist = D.Categorical(logits=logits if logits.dtype == torch.float64 else logits.float(), validate_args=False)
 
-    def _probs(self) -> torch.Tensor:
-        if self._p is None:
-            self._p = self._log_p.exp()
-        return self._p
+    @property
+    def params(self) -> torch.Tensor:
+        return self.dist.logits
 
     def sample(self, generators: Generators) -> torch.Tensor:
-        """Inverse-CDF draws: the first action whose cumulative probability exceeds U[0, 1)
-        (the number of actions whose cumulative probability is <= u, the last one at most)."""
-        p = self._probs()
-        u = _noise(p.shape[1:], generators, p, normal=False)
-        cdf = p.double().cumsum(0)
-        return (cdf <= u).sum(0).clamp_(max=p.shape[0] - 1)
+        """Inverse-CDF draws: the first action whose cumulative probability exceeds U[0, 1)."""
+        probs = self.dist.probs
+        u = _noise(probs.shape[:-1], generators, probs, normal=False)
+        cdf = probs.double().cumsum(-1)
+        return torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
     def mode(self) -> torch.Tensor:
-        return self._probs().argmax(0)
+        return self.dist.probs.argmax(-1)
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        actions, log_p = torch.broadcast_tensors(actions.long(), self._log_p[0])
-        return self._log_p.expand(-1, *log_p.shape).gather(0, actions.unsqueeze(0)).squeeze(0)
+        return self.dist.log_prob(actions)
 
     def entropy(self) -> torch.Tensor:
-        """-sum_a p(a) log p(a) (log p clamped at the dtype's lowest value, as torch.distributions
-        does, so an impossible action adds 0, not NaN)."""
-        return -(self._log_p.clamp(min=torch.finfo(self._log_p.dtype).min) * self._probs()).sum(0)
+        return self.dist.entropy()
 
     def kl_from(self, prev: Categorical) -> torch.Tensor:
         """KL(prev || self) per state."""
-        return D.kl_divergence(prev._torch(), self._torch())
-
-    def _torch(self) -> D.Categorical:
-        return D.Categorical(logits=self.logits, validate_args=False)
+        return D.kl_divergence(prev.dist, self.dist)
 
     def total_variation(self, other: Categorical, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact 0.5 * sum_a |p(a) - q(a)| per state."""
-        return 0.5 * (self._probs().double() - other._probs().double()).abs().sum(0)
+        return 0.5 * (self.dist.probs.double() - other.dist.probs.double()).abs().sum(-1)
 
     def detach(self) -> Categorical:
-        return Categorical(self.logits.detach())
+        return Categorical(self.dist.logits.detach())
 
 
 class DiagGaussian:
@@ -127,6 +83,10 @@ class DiagGaussian:
         mean = mean.to(dtype)
         self.log_std = log_std.to(dtype).expand_as(mean)
         self.dist = D.Independent(D.Normal(mean, self.log_std.exp(), validate_args=False), 1, validate_args=False)
+
+    @property
+    def params(self) -> torch.Tensor:
+        return torch.cat([self.dist.mean, self.log_std], dim=-1)
 
     def sample(self, generators: Generators) -> torch.Tensor:
         mean, std = self.dist.mean, self.dist.stddev
