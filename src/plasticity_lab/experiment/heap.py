@@ -6,9 +6,8 @@ at run time, up to 32 MiB) with fresh ``mmap`` pages and returns them to the ker
 and it trims the heap's top beyond its trim threshold: a tensor of a few MB that is made and
 dropped in every epoch (a population's float64 weight copies, evaluation batches, the update's
 temporaries) is zero-filled by the kernel, page by page, each time. A K = 30 gridworld population
-took ~20 thousand minor page faults per epoch and ~5% of its time in the kernel; the per-epoch
-weight statistics alone went from 25 ms to 4 ms per epoch with the heap kept
-(``BENCHMARKS.md``). ``mallopt`` is glibc's own interface for exactly this (no library offers
+took ~20 thousand minor page faults per epoch and ~5% of its time in the kernel; its per-epoch
+weight statistics alone took 16-28 ms per epoch, 5.5 ms with the heap kept (``BENCHMARKS.md``). ``mallopt`` is glibc's own interface for exactly this (no library offers
 it from Python; ``ctypes`` calls it); on another C library nothing changes.
 """
 
