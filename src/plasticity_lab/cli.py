@@ -374,9 +374,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from plasticity_lab.bench import run_bench, run_diagnostics_bench
-    from plasticity_lab.experiment.heap import keep_freed_memory
 
-    keep_freed_memory()  # training timed as `plab train` runs it
     if args.config:
         run_diagnostics_bench(device=args.device, config=args.config)
         return 0
