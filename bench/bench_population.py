@@ -51,7 +51,6 @@ import yaml
 from plasticity_lab.agents.population_optim import PopulationAdamW, clip_member_grad_norms
 from plasticity_lab.bench import BENCH_CONDITIONS
 from plasticity_lab.config import load_study
-from plasticity_lab.experiment.heap import keep_freed_memory
 from plasticity_lab.experiment.runner import Run
 from plasticity_lab.experiment.sweep import sweep
 
@@ -123,7 +122,6 @@ def member_epoch_floor(job: tuple[str, int, str, Path], start: Any, seconds: flo
     ``seconds`` after every process has passed the barrier ``start``."""
     condition, members, precision, root = job
     torch.set_num_threads(1)
-    keep_freed_memory()  # as the study's `plab train` processes
     try:
         epochs = floor_epochs(make_run(condition, members, 2, precision, root))
         next(epochs)  # warm, then start together
@@ -208,7 +206,6 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(STUDY_MODES), help=f"with --study: which of {', '.join(STUDY_MODES)} to time")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    keep_freed_memory()  # the runs timed in this process run as `plab train` runs them
     if args.study:
         with tempfile.TemporaryDirectory() as tmp:
             modes = args.modes.split(",")

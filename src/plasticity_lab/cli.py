@@ -52,7 +52,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from plasticity_lab.config import load_study
     from plasticity_lab.experiment.determinism import set_deterministic
-    from plasticity_lab.experiment.heap import keep_freed_memory
     from plasticity_lab.experiment.population import check_population_fits, population_groups
     from plasticity_lab.experiment.runner import pick_device
     from plasticity_lab.experiment.study import EXIT_DIVERGED, check_unlocked, plan_runs
@@ -76,7 +75,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads {args.threads}: must be >= 1")
         torch.set_num_threads(args.threads)
     set_deterministic(study.base.experiment.deterministic)
-    keep_freed_memory()  # before the first network: the epochs' tensors stay in the heap
     for spec in specs:
         if (spec.run_dir / "DONE").exists():
             print(f"{spec.label}: already finished, skipping")
