@@ -7,13 +7,22 @@ import pytest
 import torch
 
 from plasticity_lab.config import ModelConfig
-from plasticity_lab.envs.gridworld import GridGatherVecEnv, make_layouts, parse_gather_task
+from plasticity_lab.envs.gridworld import GridGatherVecEnv, Layouts, make_layouts, parse_gather_task
 from plasticity_lab.envs.shifts import ShiftState, next_shift
 from plasticity_lab.nets import build_model
 
 
+def own_layouts(env: GridGatherVecEnv) -> GridGatherVecEnv:
+    """``env`` with a writable copy of its layouts to build a world by hand (make_layouts' are
+    cached and read-only)."""
+    population = env.population
+    population.member_layouts = [Layouts(*(np.array(a) for a in (lay.walls, lay.objects, lay.start))) for lay in population.member_layouts]
+    population._index_layouts()
+    return env
+
+
 def blank_env(n: int = 2, size: int = 5, steps: int = 4) -> GridGatherVecEnv:
-    env = GridGatherVecEnv("gather_3", n, seed=0, size=size, episode_steps=steps)
+    env = own_layouts(GridGatherVecEnv("gather_3", n, seed=0, size=size, episode_steps=steps))
     env.layouts.walls[:] = False
     env.layout_idx[:] = 0
     env.objects[:] = 0
@@ -64,6 +73,8 @@ def test_collecting_every_good_object_terminates():
 
 def test_layouts_are_fixed_by_id_and_train_test_differ():
     a = make_layouts(0, 3, 9, 6, 3)
+    with pytest.raises(ValueError, match="read-only"):  # cached: shared by every environment on these ids
+        a.walls[0, 0, 0] = True
     b = make_layouts(1, 2, 9, 6, 3)
     assert np.array_equal(a.walls[1:], b.walls) and np.array_equal(a.objects[1:], b.objects)
     train = GridGatherVecEnv("gather_4", 4, seed=0)
@@ -90,7 +101,7 @@ def test_shuffle_maps_actions():
     plain = blank_env(n=4)
     shuffled = blank_env(n=4)
     shuffled.apply_shift(state)
-    shuffled.layouts.walls[:] = False
+    own_layouts(shuffled).layouts.walls[:] = False
     shuffled.objects[:, 0, 0] = plain.objects[:, 0, 0] = 1
     shuffled.step(np.arange(4))
     plain.step(state.action_perm[np.arange(4)])
