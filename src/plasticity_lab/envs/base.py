@@ -6,6 +6,7 @@ is a new module implementing it plus a registry entry (:mod:`plasticity_lab.envs
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +37,50 @@ class StepResult:
     final_obs: np.ndarray | None
     episode_return: np.ndarray
     episode_length: np.ndarray
+
+
+@dataclass(frozen=True)
+class PopulationStep:
+    """One step of a population's environments: every :class:`StepResult` field stacked over
+    the stepped members (leading dimension), and member j's own result as ``step[j]`` (made when
+    asked for). The loop reads the stacked arrays where it treats every member alike, rather
+    than a population splitting its step into K results for the loop to stack again (~0.1 ms of
+    a K = 30 gridworld step). ``final_obs`` is None unless some env was truncated; then rows of
+    envs that were not equal ``obs``."""
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    final_obs: np.ndarray | None
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+
+    @classmethod
+    def stack(cls, results: Sequence[StepResult]) -> PopulationStep:
+        """The members' results (one vectorised environment each) as one population step."""
+        truncated = any(r.final_obs is not None for r in results)
+        return cls(
+            obs=np.stack([r.obs for r in results]), reward=np.stack([r.reward for r in results]),
+            terminated=np.stack([r.terminated for r in results]), truncated=np.stack([r.truncated for r in results]),
+            final_obs=np.stack([r.obs if r.final_obs is None else r.final_obs for r in results]) if truncated else None,
+            episode_return=np.stack([r.episode_return for r in results]),
+            episode_length=np.stack([r.episode_length for r in results]),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+    def __getitem__(self, j: int) -> StepResult:
+        cut = self.truncated[j]
+        return StepResult(
+            obs=self.obs[j], reward=self.reward[j], terminated=self.terminated[j], truncated=cut,
+            final_obs=self.final_obs[j] if self.final_obs is not None and cut.any() else None,
+            episode_return=self.episode_return[j], episode_length=self.episode_length[j],
+        )  # fmt: skip
+
+    def __iter__(self) -> Iterator[StepResult]:
+        return (self[j] for j in range(len(self)))
 
 
 def finish_episodes(length: np.ndarray, ret: np.ndarray, done: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_lab.envs.base import TIME_LIMITS, StepResult
+from plasticity_lab.envs.base import TIME_LIMITS, PopulationStep, StepResult
 from plasticity_lab.envs.registry import EnvSpec
 from plasticity_lab.envs.shifts import ShiftState, level_range
 
@@ -249,9 +249,9 @@ class GridGatherPopulation:
         return self.render().reshape(self.members, self.num_envs, *self.obs_shape)
 
     # ------------------------------------------------------------------ dynamics
-    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> list[StepResult]:
+    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> PopulationStep:
         """One step of every env of ``members`` (default: all), ``actions[j]`` for member
-        ``members[j]``; returns each stepped member's StepResult."""
+        ``members[j]``; row j of the result is member ``members[j]``'s."""
         members = list(range(self.members)) if members is None else list(members)
         actions = np.asarray(actions, dtype=np.int64).reshape(len(members), -1)
         if actions.shape[1] != self.num_envs or actions.min() < 0 or actions.max() >= GRID_ACTIONS:
@@ -289,16 +289,13 @@ class GridGatherPopulation:
         if done.any():
             self._reset(rows[done])
         obs = self.render(shown)
-        out = []
-        for j in range(len(members)):
-            part = slice(j * self.num_envs, (j + 1) * self.num_envs)
-            cut = truncated[part]
-            out.append(StepResult(
-                obs=obs[part], reward=reward[part], terminated=terminated[part], truncated=cut,
-                final_obs=final_obs[part] if final_obs is not None and cut.any() else None,
-                episode_return=episode_return[part], episode_length=episode_length[part],
-            ))  # fmt: skip
-        return out
+        per_member = (len(members), self.num_envs)  # every field (K, num_envs, ...): views of the flat rows
+        return PopulationStep(
+            obs=obs.reshape(*per_member, *self.obs_shape), reward=reward.reshape(per_member),
+            terminated=terminated.reshape(per_member), truncated=truncated.reshape(per_member),
+            final_obs=None if final_obs is None else final_obs.reshape(*per_member, *self.obs_shape),
+            episode_return=episode_return.reshape(per_member), episode_length=episode_length.reshape(per_member),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
     def get_state(self, k: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """A population's environments: every member's vectorised environment, stepped as one.
 
-The loop steps all members with one call and gets each member's :class:`StepResult`; member k's
+The loop steps all members with one call and gets a :class:`PopulationStep` (each member's
+results stacked; ``step[j]`` is member j's :class:`StepResult`); member k's
 environments are exactly those a single run of its seed would build (its seeds, levels, shift
 and random streams). A family may implement the population natively (the gridworld steps every
 member's environments in one array program: ``make_population`` in its module); otherwise
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_lab.envs.base import StepResult
+from plasticity_lab.envs.base import PopulationStep
 
 
 class EnvList:
@@ -34,10 +35,10 @@ class EnvList:
         """(K, num_envs, ...) observations of every member."""
         return np.stack([env.observe_current() for env in self.envs])
 
-    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> list[StepResult]:
+    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> PopulationStep:
         """One step of every env of ``members`` (default: all), ``actions[j]`` for member ``members[j]``."""
         members = range(self.members) if members is None else members
-        return [self.envs[k].step(actions[j]) for j, k in enumerate(members)]
+        return PopulationStep.stack([self.envs[k].step(actions[j]) for j, k in enumerate(members)])
 
     def restart(self, members: Sequence[int]) -> None:
         for k in members:
@@ -66,7 +67,7 @@ class MemberSubset:
     def observe_current(self) -> np.ndarray:
         return self.envs.observe_current()[self.index]
 
-    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> list[StepResult]:
+    def step(self, actions: np.ndarray, members: Sequence[int] | None = None) -> PopulationStep:
         members = range(self.members) if members is None else members
         return self.envs.step(actions, [self.index[j] for j in members])
 

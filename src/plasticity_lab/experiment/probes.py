@@ -125,7 +125,7 @@ def collect_members_probe_frames(
                 actions = np.stack([rng.standard_normal((envs, env.num_actions)) for rng in rngs])
             else:
                 actions = np.stack([rng.integers(0, env.num_actions, envs) for rng in rngs])
-            obs = np.stack([result.obs for result in env.step(actions)])
+            obs = env.step(actions).obs
             t += 1
     finally:
         env.close()

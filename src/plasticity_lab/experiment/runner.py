@@ -510,6 +510,7 @@ class Run:
         lengths: list[list[int]] = [[] for _ in range(K)]
         finals: list[list[tuple[int, np.ndarray, np.ndarray]]] = [[] for _ in range(K)]
         generators = [m.gen for m in self.members]
+        scaled = any(m.reward_scaler is not None for m in self.members)
         obs = torch.from_numpy(self.envs.observe_current()).to(self.device)
         for t in range(steps):
             ro.obs[t] = obs
@@ -517,21 +518,24 @@ class Run:
             ro.actions[t], ro.log_probs[t], ro.values[t] = actions, log_probs, values
             results = self.envs.step(actions.cpu().numpy())
             # (K, envs) arrays of every member at once; only members with ended episodes are visited
-            terminated = np.stack([res.terminated for res in results]).astype(bool, copy=False)
-            truncated = np.stack([res.truncated for res in results]).astype(bool, copy=False)
+            terminated = results.terminated.astype(bool, copy=False)
+            truncated = results.truncated.astype(bool, copy=False)
             done = terminated | truncated
             for k in np.flatnonzero(done.any(axis=1)):
-                res, ended = results[k], done[k]
-                returns[k].extend(res.episode_return[ended].tolist())
-                lengths[k].extend(res.episode_length[ended].tolist())
+                ended = done[k]
+                returns[k].extend(results.episode_return[k][ended].tolist())
+                lengths[k].extend(results.episode_length[k][ended].tolist())
                 if truncated[k].any():
                     idx = np.flatnonzero(truncated[k])
-                    finals[k].append((t, idx, res.final_obs[idx]))
-            rewards = np.stack([member.scaled_reward(res) for member, res in zip(self.members, results)]).astype(np.float32, copy=False)
-            ro.rewards[t] = torch.from_numpy(rewards).to(self.device)
+                    finals[k].append((t, idx, results.final_obs[k][idx]))
+            if scaled:
+                rewards = np.stack([member.scaled_reward(res) for member, res in zip(self.members, results)])
+            else:
+                rewards = results.reward
+            ro.rewards[t] = torch.from_numpy(rewards.astype(np.float32, copy=False)).to(self.device)
             ro.terminated[t] = torch.from_numpy(terminated).to(self.device)
             ro.truncated[t] = torch.from_numpy(truncated).to(self.device)
-            obs = torch.from_numpy(np.stack([res.obs for res in results]).astype(self._obs_numpy_dtype(), copy=False)).to(self.device)
+            obs = torch.from_numpy(results.obs.astype(self._obs_numpy_dtype(), copy=False)).to(self.device)
         ro.last_values = self.values_of(obs)
         self.bootstrap_truncated(ro.next_values, finals)
         for member in self.members:
