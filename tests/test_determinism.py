@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -75,3 +77,13 @@ def test_train_applies_it_before_training_and_cpu_results_do_not_change(write_co
     assert seen == [(False, False, False), (True, True, False)]
     plain, det = (metrics(tmp_path / "results" / f"d{flag}" / "baseline" / "seed_0" / "metrics.csv") for flag in (False, True))
     assert len(plain) == 4 and plain == det
+
+
+def test_the_default_does_not_import_the_compiler_stack():
+    """Off, the default, changes nothing in torch, so it does not call
+    ``torch.use_deterministic_algorithms``, which imports torch's compiler stack (torch._dynamo,
+    ~1.3 s of every training process's start on the project's machine) to set a flag of it."""
+    code = ("import sys; from plasticity_lab.experiment.determinism import set_deterministic; set_deterministic(False); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -295,7 +295,9 @@ def test_population_over_the_memory_limit_is_refused_in_one_line():
     from plasticity_lab.experiment.population import check_population_fits, population_memory
 
     cfg = config()
+    rng = torch.get_rng_state()
     estimate = population_memory(cfg)
+    assert torch.equal(torch.get_rng_state(), rng)  # its network's initialisation draws nothing a run would see
     assert estimate.total(10) - estimate.total(9) == estimate.per_member > 0
     assert population_memory(config(model={"spectral_norm": "encoder"})).per_member == estimate.per_member
     cfg.experiment.population_memory_gib = (estimate.total(4) + estimate.total(5)) / 2 / 1024**3
@@ -303,6 +305,17 @@ def test_population_over_the_memory_limit_is_refused_in_one_line():
     with pytest.raises(ConfigError, match=r"population of 5 members needs about .* at most 4 members fit") as err:
         check_population_fits(cfg, 5, torch.device("cpu"), "s/baseline")
     assert "\n" not in str(err.value)
+
+
+def test_the_memory_estimate_does_not_import_the_compiler_stack():
+    """The estimate every population's process makes before training: on the meta device the
+    network's layers ran torch's Python decompositions, whose first use imports torch._dynamo
+    (~1.5 s of each process's start on the project's machine)."""
+    code = ("import sys; from plasticity_lab.config import load_study; "
+            "from plasticity_lab.experiment.population import population_memory; "
+            "population_memory(load_study('configs/gridworld_study.yaml').base); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]).stdout
+    assert out.strip() == "False"
 
 
 # ----------------------------------------------------------------- a whole short study

@@ -58,9 +58,11 @@ class MemoryEstimate:
 def population_memory(cfg: RunConfig) -> MemoryEstimate:
     """Bytes a population of ``cfg``'s runs needs: fixed + K x per member (see module docstring)."""
     spec = env_spec(cfg.environment)
-    # shapes only, on the meta device; spectral norm adds two vectors per layer and cannot be
-    # initialised without data, so it is left out
-    with torch.device("meta"):
+    # shapes only: one frame through a CPU copy of the network, the global RNG left as it was (on
+    # the meta device its layers would run torch's Python decompositions, whose first use imports
+    # torch's compiler stack: ~1.5 s of every training process's start here); spectral norm adds
+    # two vectors per layer, left out
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         model = build_model(cfg.model.model_copy(update={"spectral_norm": "none"}), spec.num_actions, spec.obs_shape, spec.continuous)
         obs = torch.zeros((1, *spec.obs_shape), dtype=torch.uint8 if spec.obs_dtype == "uint8" else torch.float32)
         activation_floats = sum(a.numel() for a in model.activations(obs))
