@@ -40,21 +40,13 @@ class StepResult:
 
 
 @dataclass(frozen=True)
-class PopulationStep:
+class PopulationStep(StepResult):
     """One step of a population's environments: every :class:`StepResult` field stacked over
     the stepped members (leading dimension), and member j's own result as ``step[j]`` (made when
     asked for). The loop reads the stacked arrays where it treats every member alike, rather
     than a population splitting its step into K results for the loop to stack again (~0.1 ms of
     a K = 30 gridworld step). ``final_obs`` is None unless some env was truncated; then rows of
     envs that were not equal ``obs``."""
-
-    obs: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    final_obs: np.ndarray | None
-    episode_return: np.ndarray
-    episode_length: np.ndarray
 
     @classmethod
     def stack(cls, results: Sequence[StepResult]) -> PopulationStep:
