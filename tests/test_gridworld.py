@@ -13,8 +13,8 @@ from plasticity_lab.nets import build_model
 
 
 def own_layouts(env: GridGatherVecEnv) -> GridGatherVecEnv:
-    """``env`` with a writable copy of its layouts to build a world by hand (make_layouts' are
-    cached and read-only)."""
+    """``env`` (a population of one) with a writable copy of its layouts to build a world by
+    hand (make_layouts' are cached and read-only)."""
     population = env.population
     population.member_layouts = [Layouts(*(np.array(a) for a in (lay.walls, lay.objects, lay.start))) for lay in population.member_layouts]
     population._index_layouts()
@@ -147,3 +147,29 @@ def test_small_encoders(enc):
     logits, value, feats = model(torch.zeros(5, 9, 9, 3, dtype=torch.uint8))
     assert logits.shape == (5, 4) and value.shape == (5,) and feats.shape == (5, 64)
     assert len(model.activations(torch.zeros(2, 9, 9, 3, dtype=torch.uint8))) == len(model.blocks)
+
+
+def test_a_population_renders_each_members_current_permutation_after_a_shift():
+    """The gather index of every row is kept between steps: after one member's shift (and after
+    a restored state) the whole population's frames are each member's own, as a member's view
+    renders them alone."""
+    from plasticity_lab.envs.gridworld import GridGatherPopulation
+
+    rng = np.random.default_rng(3)
+    states = [ShiftState(tile_perm=rng.permutation(49)) for _ in range(3)]
+    population = GridGatherPopulation("gather_4", 5, [0, 1, 2], shifts=states, size=7, episode_steps=6)
+
+    def agrees() -> bool:
+        every = population.observe_current()
+        return all(np.array_equal(every[k], population.member(k).observe_current()) for k in range(3))
+
+    for t in range(8):
+        population.step(rng.integers(0, 4, (3, 5)))
+        assert agrees()
+        if t == 2:
+            population.apply_shift(1, next_shift(states[1], "permute", rng, k=1, num_tiles=49))
+        if t == 5:
+            saved = population.get_state(0)
+            population.apply_shift(0, ShiftState(tile_perm=rng.permutation(49)))
+            assert agrees()
+            population.set_state(0, saved)

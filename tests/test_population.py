@@ -724,3 +724,36 @@ def test_a_sweep_resumes_runs_stopped_at_different_epochs_as_separate_population
     states = sweep(path, seeds=[0, 1, 2, 3], workers=2, out_dir=tmp_path / "out", population=True)
     assert [s.status for s in states] == ["done"] * 4
     assert_is_single_run(path, study, 3, tmp_path)
+
+
+def test_envlist_stacks_its_members_steps_and_gives_each_its_own_back():
+    """A family without a native population steps member after member (EnvList): the step is
+    one PopulationStep whose member j is exactly member j's own result, a member without a
+    truncation keeping final_obs None while another's cut-off frames are stacked."""
+    from plasticity_lab.envs.base import StepResult
+    from plasticity_lab.envs.population import EnvList
+
+    class Scripted:
+        num_envs, obs_shape, num_actions, num_tiles = 2, (3,), 2, 3
+
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def step(self, actions: np.ndarray) -> StepResult:
+            cut = np.array([self.k == 1, False])
+            obs = np.full((2, 3), 10 * self.k, dtype=np.uint8) + actions[:, None].astype(np.uint8)
+            return StepResult(obs=obs, reward=np.array([self.k, -self.k], dtype=np.float32), terminated=np.array([False, self.k == 0]),
+                              truncated=cut, final_obs=obs + 1 if cut.any() else None,
+                              episode_return=np.array([0.5 * self.k, 0.0], dtype=np.float32), episode_length=np.array([self.k, 0]))
+
+    actions = np.array([[0, 1], [1, 0], [1, 1]])
+    step = EnvList([Scripted(k) for k in range(3)]).step(actions)
+    assert step.obs.shape == (3, 2, 3) and step.final_obs.shape == (3, 2, 3) and len(step) == 3
+    for k, got in enumerate(step):
+        want = Scripted(k).step(actions[k])
+        for field in ("obs", "reward", "terminated", "truncated", "episode_return", "episode_length"):
+            assert np.array_equal(getattr(got, field), getattr(want, field)) and getattr(got, field).dtype == getattr(want, field).dtype
+        assert (got.final_obs is None) == (want.final_obs is None)
+        assert want.final_obs is None or np.array_equal(got.final_obs, want.final_obs)
+    subset = EnvList([Scripted(k) for k in range(3)]).step(actions[[0, 2]], [0, 2])
+    assert subset.final_obs is None and np.array_equal(subset[1].obs, step[2].obs)

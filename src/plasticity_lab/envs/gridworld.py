@@ -284,7 +284,7 @@ class GridGatherPopulation:
         done = terminated | truncated
         episode_return = np.where(done, self.returns[rows], 0.0).astype(np.float32)
         episode_length = np.where(done, self.steps[rows], 0)
-        shown = slice(None) if len(members) == self.members else rows
+        shown = slice(None) if members == list(range(self.members)) else rows
         final_obs = self.render(shown) if truncated.any() else None
         if done.any():
             self._reset(rows[done])

@@ -29,9 +29,10 @@ def set_deterministic(enabled: bool) -> None:
     """
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    if torch.are_deterministic_algorithms_enabled() != enabled:
-        # only on a change: the call imports torch's compiler stack (~1.3 s of every training
-        # process's start here) to set a flag of its own, which the default leaves as it is
+    if torch.are_deterministic_algorithms_enabled() != enabled or torch.is_deterministic_algorithms_warn_only_enabled():
+        # only on a change (a warn-only mode set elsewhere is one): the call imports torch's
+        # compiler stack (~1.5 s of every training process's start here) to set a flag of its
+        # own, which the default leaves as it is
         torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = False
