@@ -61,6 +61,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.nn.functional.normalize": "1.0",
     "torch.nn.functional.normalize(dim=)": "1.0",
     "torch.nn.functional.normalize(eps=)": "1.0",
+    "torch.are_deterministic_algorithms_enabled": "1.8",
     "torch.argsort": "1.0",
     "torch.func.vmap": "2.0",  # nets/population.py (a population's batched forward)
     "torch.nn.Parameter(requires_grad=)": "1.0",
@@ -120,6 +121,7 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.func.functional_call": "2.0",
     "torch.get_num_threads": "1.0",
     "torch.get_rng_state": "1.0",
+    "torch.is_deterministic_algorithms_warn_only_enabled": "1.11",
     "torch.is_grad_enabled": "1.0",
     "torch.is_tensor": "1.0",
     "torch.isfinite": "1.2",
