@@ -51,11 +51,11 @@ class PopulationStep(StepResult):
     @classmethod
     def stack(cls, results: Sequence[StepResult]) -> PopulationStep:
         """The members' results (one vectorised environment each) as one population step."""
-        truncated = any(r.final_obs is not None for r in results)
+        cut_off = any(r.final_obs is not None for r in results)
         return cls(
             obs=np.stack([r.obs for r in results]), reward=np.stack([r.reward for r in results]),
             terminated=np.stack([r.terminated for r in results]), truncated=np.stack([r.truncated for r in results]),
-            final_obs=np.stack([r.obs if r.final_obs is None else r.final_obs for r in results]) if truncated else None,
+            final_obs=np.stack([r.obs if r.final_obs is None else r.final_obs for r in results]) if cut_off else None,
             episode_return=np.stack([r.episode_return for r in results]),
             episode_length=np.stack([r.episode_length for r in results]),
         )  # fmt: skip

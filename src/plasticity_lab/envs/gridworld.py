@@ -256,7 +256,8 @@ class GridGatherPopulation:
         actions = np.asarray(actions, dtype=np.int64).reshape(len(members), -1)
         if actions.shape[1] != self.num_envs or actions.min() < 0 or actions.max() >= GRID_ACTIONS:
             raise ValueError(f"actions must be ({self.num_envs},) integers in [0, {GRID_ACTIONS}) per member")
-        if len(members) == self.members:
+        every = members == list(range(self.members))  # every member, in order: all rows as they lie
+        if every:
             rows = np.arange(self.members * self.num_envs)
         else:
             rows = np.concatenate([np.arange(self.rows(k).start, self.rows(k).stop) for k in members])
@@ -284,7 +285,7 @@ class GridGatherPopulation:
         done = terminated | truncated
         episode_return = np.where(done, self.returns[rows], 0.0).astype(np.float32)
         episode_length = np.where(done, self.steps[rows], 0)
-        shown = slice(None) if members == list(range(self.members)) else rows
+        shown = slice(None) if every else rows
         final_obs = self.render(shown) if truncated.any() else None
         if done.any():
             self._reset(rows[done])
