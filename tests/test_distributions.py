@@ -69,6 +69,48 @@ def test_categorical_matches_softmax():
     assert abs(float((draws[:, 0] == 2).float().mean()) - float(logp[0, 2].exp())) < 0.03
 
 
+def test_categorical_equals_torch_distributions_up_to_rounding():
+    """The action-first computation gives torch.distributions.Categorical's numbers (float
+    rounding aside) for population-shaped logits, impossible actions (-inf logits) included, and
+    its inverse-CDF draw is searchsorted's on the same uniforms."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50, 6, generator=g) * 4
+    logits[0, :5, 2] = -torch.inf  # an action the policy never takes
+    ref = torch.distributions.Categorical(logits=logits)
+    d = Categorical(logits)
+    actions = torch.randint(0, 6, (3, 50), generator=g)
+    actions[0, :5] = 0
+    assert torch.allclose(d.params, ref.logits, atol=1e-6)
+    assert torch.allclose(d.probs.movedim(0, -1), ref.probs, atol=1e-7)
+    assert torch.allclose(d.log_prob(actions), ref.log_prob(actions), atol=1e-6)
+    assert torch.allclose(d.entropy(), ref.entropy(), atol=1e-6)
+    assert torch.equal(d.mode(), ref.probs.argmax(-1))
+    prev_logits = torch.randn(3, 50, 6, generator=g)
+    prev = Categorical(prev_logits)
+    kl = d.kl_from(prev)
+    want = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=prev_logits), ref)
+    assert torch.isinf(kl[0, :5]).all() and torch.isinf(want[0, :5]).all()  # prev takes what d never does
+    assert torch.allclose(kl[:, 5:], want[:, 5:], atol=1e-5) and torch.allclose(kl[1:], want[1:], atol=1e-5)
+    assert torch.allclose(prev.kl_from(d), torch.distributions.kl_divergence(ref, torch.distributions.Categorical(logits=prev_logits)), atol=1e-5)
+    gens = [torch.Generator().manual_seed(k) for k in range(3)]
+    u = torch.stack([torch.rand(50, generator=torch.Generator().manual_seed(k), dtype=torch.float64) for k in range(3)])
+    expected = torch.searchsorted(d.probs.movedim(0, -1).double().cumsum(-1), u.unsqueeze(-1), right=True).squeeze(-1).clamp(max=5)
+    drawn = d.sample(gens)
+    assert torch.equal(drawn, expected)
+    assert not (drawn[0, :5] == 2).any()  # never the impossible action
+
+
+def test_categorical_gradients_equal_torch_distributions():
+    """PPO's loss terms (log-probability and entropy) backpropagate as torch's do."""
+    logits = torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    actions = torch.randint(0, 4, (2, 40), generator=torch.Generator().manual_seed(2))
+    d = Categorical(logits)
+    (grad,) = torch.autograd.grad((d.log_prob(actions) * 0.7 + d.entropy() * 0.01).sum(), logits)
+    ref = torch.distributions.Categorical(logits=logits)
+    (want,) = torch.autograd.grad((ref.log_prob(actions) * 0.7 + ref.entropy() * 0.01).sum(), logits)
+    assert torch.allclose(grad, want, atol=1e-6)
+
+
 def test_running_moments_equal_numpy_over_batches():
     rng = np.random.default_rng(0)
     batches = [rng.normal(3, 2, (n, 4)) for n in (1, 7, 50)]

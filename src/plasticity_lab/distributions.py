@@ -3,23 +3,29 @@ interventions use, so no code outside this module knows whether actions are disc
 nothing of the toolkit, so the networks, metrics and interventions that build it need not reach
 into the agent.
 
-``Categorical`` wraps ``torch.distributions.Categorical`` over the policy head's logits;
+``Categorical`` is the categorical distribution over the policy head's logits, computed with
+the actions on the first axis (see its docstring for why it is not ``torch.distributions``');
 ``DiagGaussian`` wraps ``Independent(Normal)`` with the head's outputs as means and a
 state-independent log standard deviation (a parameter of the network, as in PPO's MuJoCo
 setting). Sampling takes an explicit ``torch.Generator`` (torch.distributions samples from the
-global RNG only), so a run's action draws stay on its own checkpointed stream. Argument
-validation is off: it costs time on every minibatch and the inputs are network outputs.
+global RNG only), so a run's action draws stay on its own checkpointed stream. The Gaussian's
+argument validation is off: it costs time on every minibatch and the inputs are network outputs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import distributions as D
 
 # Samples per probe frame for the Monte-Carlo total variation of Gaussian policies.
 TV_SAMPLES = 64
+
+VECTOR_LOOP = 16
+"""Elements per iteration of the widest vectorised loop of torch's CPU kernels (2 x 8 float32)."""
 
 Generators = torch.Generator | Sequence[torch.Generator]
 """One generator for all rows, or one per index of the leading (population member) dimension, so
@@ -37,42 +43,87 @@ def _noise(shape: torch.Size, generators: Generators, like: torch.Tensor, normal
     return torch.stack([draw(shape[1:], generator=g, **f) for g in generators])
 
 
+class _ActionsFirst(torch.autograd.Function):
+    """(..., A) logits -> (A, rows padded to :data:`VECTOR_LOOP`) contiguous, whose backward
+    hands the logits a contiguous gradient in their own layout (a transposed view's would reach
+    the policy head's reductions with strides that depend on the number of rows)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, rows: int, actions: int) -> torch.Tensor:
+        ctx.batch, ctx.rows = logits.shape[:-1], rows
+        out = logits.new_zeros((actions, rows + -rows % VECTOR_LOOP))
+        out[:, :rows].view(actions, *ctx.batch).copy_(logits.movedim(-1, 0))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad[:, : ctx.rows].view(grad.shape[0], *ctx.batch).movedim(0, -1).contiguous(), None, None
+
+
 class Categorical:
-    """Discrete actions: the head's outputs are logits."""
+    """Discrete actions: the head's outputs (..., A) are logits.
+
+    The same quantities as ``torch.distributions.Categorical`` (normalised logits by logsumexp,
+    probabilities by softmax, its entropy and KL conventions), computed with the actions on the
+    first axis: torch's CPU softmax and logsumexp over a last axis as short as an action set
+    spend ~80 ns per row (measured: softmax of (30, 256, 4) logits 632 us, 30 us over the first
+    axis of the same numbers), and PPO takes log-probabilities and entropy on every minibatch and
+    probabilities on every rollout step. Results equal torch's up to float rounding.
+    """
 
     def __init__(self, logits: torch.Tensor) -> None:
-        self.dist = D.Categorical(logits=logits if logits.dtype == torch.float64 else logits.float(), validate_args=False)
+        logits = logits if logits.dtype == torch.float64 else logits.float()
+        *batch, actions = logits.shape
+        rows = math.prod(batch)
+        # (A, rows) with the rows padded to a whole number of torch's vector loops: its CPU exp and
+        # log round the last ulp differently in a loop's scalar remainder, which would make a row's
+        # numbers depend on how many rows (population members) share the call
+        by_action = _ActionsFirst.apply(logits, rows, actions)
+        self.log_pmf = (by_action - by_action.logsumexp(0, keepdim=True))[:, :rows].reshape(actions, *batch)
+        self.probs = torch.softmax(by_action, 0)[:, :rows].reshape(actions, *batch)
+
+    @classmethod
+    def _of(cls, log_pmf: torch.Tensor, probs: torch.Tensor) -> Categorical:
+        out = cls.__new__(cls)
+        out.log_pmf, out.probs = log_pmf, probs
+        return out
 
     @property
     def params(self) -> torch.Tensor:
-        return self.dist.logits
+        """The normalised logits, (..., A)."""
+        return self.log_pmf.movedim(0, -1)
 
     def sample(self, generators: Generators) -> torch.Tensor:
-        """Inverse-CDF draws: the first action whose cumulative probability exceeds U[0, 1)."""
-        probs = self.dist.probs
-        u = _noise(probs.shape[:-1], generators, probs, normal=False)
-        cdf = probs.double().cumsum(-1)
-        return torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+        """Inverse-CDF draws: the first action whose cumulative probability exceeds U[0, 1)
+        (the number of cumulative probabilities at or below the draw)."""
+        u = _noise(self.probs.shape[1:], generators, self.probs, normal=False)
+        cdf = self.probs.double().cumsum(0)
+        return (cdf <= u.unsqueeze(0)).sum(0).clamp_(max=self.probs.shape[0] - 1)
 
     def mode(self) -> torch.Tensor:
-        return self.dist.probs.argmax(-1)
+        return self.probs.argmax(0)
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.dist.log_prob(actions)
+        return self.log_pmf.gather(0, actions.long().unsqueeze(0)).squeeze(0)
 
     def entropy(self) -> torch.Tensor:
-        return self.dist.entropy()
+        """-sum p log p, with log 0 taken as the dtype's lowest finite value (so 0 log 0 = 0), as
+        torch.distributions does."""
+        return -(self.log_pmf.clamp(min=torch.finfo(self.log_pmf.dtype).min) * self.probs).sum(0)
 
     def kl_from(self, prev: Categorical) -> torch.Tensor:
-        """KL(prev || self) per state."""
-        return D.kl_divergence(prev.dist, self.dist)
+        """KL(prev || self) per state, with torch.distributions' conventions: terms where prev has
+        probability 0 are 0, terms where only self has probability 0 are infinite."""
+        t = prev.probs * (prev.log_pmf - self.log_pmf)
+        t = torch.where(self.probs == 0, math.inf, t)
+        return torch.where(prev.probs == 0, 0.0, t).sum(0)
 
     def total_variation(self, other: Categorical, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact 0.5 * sum_a |p(a) - q(a)| per state."""
-        return 0.5 * (self.dist.probs.double() - other.dist.probs.double()).abs().sum(-1)
+        return 0.5 * (self.probs.double() - other.probs.double()).abs().sum(0)
 
     def detach(self) -> Categorical:
-        return Categorical(self.dist.logits.detach())
+        return Categorical._of(self.log_pmf.detach(), self.probs.detach())
 
 
 class DiagGaussian:
