@@ -57,7 +57,7 @@ class _ActionsFirst(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return grad[:, : ctx.rows].view(grad.shape[0], *ctx.batch).movedim(0, -1).contiguous(), None, None
+        return grad[:, : ctx.rows].reshape(grad.shape[0], *ctx.batch).movedim(0, -1).contiguous(), None, None
 
 
 class Categorical:
