@@ -111,6 +111,58 @@ def test_categorical_gradients_equal_torch_distributions():
     assert torch.allclose(grad, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("actions", [4, 6, 15])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_categorical_row_numbers_do_not_depend_on_the_rows_beside_them(actions, dtype):
+    """A member's log-probabilities, entropy, probabilities, draws, KL, total variation and
+    gradients in a (K, N, A) call equal its own (N, A) call bit for bit, for action counts where
+    torch's sum over dim 0 associates differently with the number of columns (A >= 5) and row
+    counts that are not whole vector loops."""
+    for members, rows in ((2, 11), (3, 20), (5, 16)):
+        g = torch.Generator().manual_seed(members * 100 + rows)
+        logits = (torch.randn(members, rows, actions, generator=g, dtype=dtype) * 3).requires_grad_()
+        prev = torch.randn(members, rows, actions, generator=g, dtype=dtype)
+        acts = torch.randint(0, actions, (members, rows), generator=g)
+        both = Categorical(logits)
+        loss = (both.log_prob(acts) * 0.7 + both.entropy() * 0.01).sum()
+        (grad,) = torch.autograd.grad(loss, logits)
+        drawn = both.sample([torch.Generator().manual_seed(k) for k in range(members)])
+        for k in range(members):
+            own_logits = logits[k].detach().clone().requires_grad_()
+            own = Categorical(own_logits)
+            (own_grad,) = torch.autograd.grad((own.log_prob(acts[k]) * 0.7 + own.entropy() * 0.01).sum(), own_logits)
+            assert torch.equal(both.log_prob(acts)[k], own.log_prob(acts[k]))
+            assert torch.equal(both.entropy()[k], own.entropy())
+            assert torch.equal(both.probs[:, k], own.probs)
+            assert torch.equal(grad[k], own_grad)
+            assert torch.equal(drawn[k], own.sample(torch.Generator().manual_seed(k)))
+            assert torch.equal(both.kl_from(Categorical(prev))[k], own.kl_from(Categorical(prev[k])))
+            assert torch.equal(both.total_variation(Categorical(prev))[k], own.total_variation(Categorical(prev[k])))
+
+
+def test_categorical_draw_on_a_cumulative_probability_takes_the_next_action(monkeypatch):
+    """Inverse CDF with ties resolved as searchsorted(right=True): a uniform equal to the
+    cumulative probability of actions 0..a draws action a + 1; the mode is the first of equal
+    maxima; a uniform at the top of the last cumulative value stays the last action."""
+    import plasticity_lab.distributions as dist_module
+
+    d = Categorical(torch.zeros(3, 4))  # cdf 0.25, 0.5, 0.75, 1.0: exact in float64
+    monkeypatch.setattr(dist_module, "_noise", lambda shape, *a, **k: torch.tensor([0.25, 0.5, 1.0], dtype=torch.float64))
+    assert d.sample(torch.Generator()).tolist() == [1, 2, 3]
+    assert d.mode().tolist() == [0, 0, 0]
+
+
+def test_categorical_kl_is_infinite_where_a_probability_underflows():
+    """float32 exp(-120) is 0: self never takes action 1 although its log-probability is finite,
+    so KL(prev || self) is infinite where prev takes it (torch.distributions' convention)."""
+    d = Categorical(torch.tensor([[0.0, -120.0]]))
+    prev = Categorical(torch.zeros(1, 2))
+    want = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=torch.zeros(1, 2)),
+                                             torch.distributions.Categorical(logits=torch.tensor([[0.0, -120.0]])))
+    assert torch.isinf(want).all() and torch.isinf(d.kl_from(prev)).all()
+    assert torch.equal(d.kl_from(d), torch.zeros(1))
+
+
 def test_running_moments_equal_numpy_over_batches():
     rng = np.random.default_rng(0)
     batches = [rng.normal(3, 2, (n, 4)) for n in (1, 7, 50)]

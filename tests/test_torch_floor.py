@@ -80,7 +80,6 @@ TORCH_API_SINCE: dict[str, str] = {
     "torch.bfloat16": "1.5",
     "torch.bool": "1.2",
     "torch.cat": "1.0",
-    "torch.softmax": "1.0",
     "torch.stack": "1.0",
     "torch.cat(dim=)": "1.0",
     "torch.stack(dim=)": "1.0",
