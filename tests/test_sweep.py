@@ -206,3 +206,42 @@ def test_the_plain_view_summarises_a_running_population():
     rows = [("baseline", s, "running", "12/250", "900", "1.50" if s % 2 else "0.50") for s in range(6)]
     rows += [("mish", 0, "running", "3/250", "800", "-"), ("mish", 1, "done", "250/250", "-", "1.00")]
     assert running_summary(rows) == ["baseline x6 seeds 12/250 mean test_r 1.00", "mish/seed_0 3/250 800 steps/s test_r -"]
+
+
+
+def test_a_forked_child_is_the_command_a_fresh_interpreter_runs(config, tmp_path):
+    """The local backend forks CPU one-thread children from the sweep (experiment/launch.py): the
+    same output, exit code, ``sys.argv`` (run.json records it) and training, bit for bit, as the
+    command run in a fresh interpreter; other commands are not forked."""
+    import json
+    import re
+
+    from plasticity_lab.experiment.launch import ForkedChild, can_fork, start_child
+
+    def timings(log: str) -> str:  # the log with its speeds and durations blanked
+        return re.sub(r"[0-9.]+ ?(steps/s|s|%)|eta [0-9]+s", "#", log)
+
+    def command(out: Path, *, config: Path = config, device: str = "cpu", threads: str = "1") -> list[str]:
+        return [sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "forked", "-p", str(config), "-c", "baseline",
+                "-s", "0", "-o", str(out), "-r", "--device", device, "--threads", threads]
+
+    assert can_fork(command(tmp_path))
+    assert not can_fork(command(tmp_path, threads="2"))  # an OpenMP pool the parent started is not in the child
+    assert not can_fork(command(tmp_path, device="cuda"))  # CUDA after a fork
+    assert not can_fork([sys.executable, "-c", "pass", "--device", "cpu", "--threads", "1"])
+    cores = sorted(os.sched_getaffinity(0))[:1]
+    for source in (tmp_path / "missing.yaml", config):
+        child = start_child(command(tmp_path / "a", config=source), tmp_path / "forked.log", cores)
+        assert isinstance(child, ForkedChild)
+        code = child.wait()
+        fresh = subprocess.run(command(tmp_path / "b", config=source), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        assert code == fresh.returncode
+        log = (tmp_path / "forked.log").read_text().replace(str(tmp_path / "a"), str(tmp_path / "b"))
+        assert timings(log) == timings(fresh.stdout), (log, fresh.stdout)
+        (tmp_path / "forked.log").unlink()
+    assert code == 0 and "missing.yaml" not in log
+    a, b = (tmp_path / d / "results/forked/baseline/seed_0" for d in ("a", "b"))
+    assert rows(a / "metrics.csv") == rows(b / "metrics.csv")
+    commands = [json.loads((d / "run.json").read_text())["invocations"][-1]["command"] for d in (a, b)]
+    assert commands[0].replace(str(tmp_path / "a"), str(tmp_path / "b")) == commands[1]

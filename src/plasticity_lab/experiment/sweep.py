@@ -1,7 +1,8 @@
 """Sweeps: conditions x seeds, each run (or each condition's population) in its own process,
 locally or as Ray tasks.
 
-Every task is the ordinary ``plab train ... -r`` command in a child process, so a crash in one
+Every task is the ordinary ``plab train ... -r`` command in a child process (locally, forked from
+the sweep where that is safe: experiment/launch.py), so a crash in one
 cannot take the others down, re-running a sweep skips finished runs and resumes interrupted ones
 from their checkpoints, and the run directories look exactly like those of ``train.py``. With
 ``--population`` (or ``experiment.population: true``) a task is a condition's unfinished seeds
@@ -29,12 +30,18 @@ import yaml
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.handover import Handover
+from plasticity_lab.experiment.launch import Child, start_child
 from plasticity_lab.experiment.population import check_population_fits, population_groups
 from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
 
 LOG_NAME = "train.log"
+POLL_S = 0.1
+"""How often the local backend looks at its children: an idle worker's request for members, the
+answer and the launch each wait for one look (3 x 0.5 s was ~1 s of an idle core per hand-over)."""
+VIEW_EVERY_S = 0.5
+"""How often the view is refreshed (it reads every run's progress)."""
 EXIT_BAD_INPUT = 2
 FROZEN_CONFIG = "sweep_config.yaml"
 PLAN_NAME = "sweep.json"
@@ -143,8 +150,9 @@ class LocalBackend:
 
     def run(self, tasks: list[Task], command: Callable[[Task], list[str]], retries: int, view: SweepView, states: list[RunState]) -> None:
         queue = deque(tasks)
-        running: dict[int, tuple[Task, subprocess.Popen]] = {}
+        running: dict[int, tuple[Task, Child]] = {}
         asked: Task | None = None  # the population asked for members, until it answers or ends
+        next_view = 0.0
         try:
             while queue or running:
                 for slot in range(self.workers):
@@ -167,8 +175,10 @@ class LocalBackend:
                     if finish(task, code, retries):
                         view.retrying(task.states[0], retries)
                         queue.appendleft(task)
-                view.refresh(states)
-                time.sleep(0.5)
+                if time.monotonic() >= next_view:
+                    view.refresh(states)
+                    next_view = time.monotonic() + VIEW_EVERY_S
+                time.sleep(POLL_S)
         except KeyboardInterrupt:
             for _, proc in running.values():
                 proc.send_signal(signal.SIGINT)  # each run checkpoints and exits
@@ -208,14 +218,10 @@ class LocalBackend:
         return True
 
     @staticmethod
-    def _launch(task: Task, cmd: list[str], cores: list[int]) -> subprocess.Popen:
+    def _launch(task: Task, cmd: list[str], cores: list[int]) -> Child:
         start_attempt(task)
         task.handover.clear()  # a request left by a sweep that was stopped is nobody's now
-        with open(task.log_path, "a") as log:  # the child keeps its own copy
-            return subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=lambda: os.sched_setaffinity(0, cores),
-            )
+        return start_child(cmd, task.log_path, cores)
 
 
 def start_attempt(task: Task) -> None:
