@@ -212,36 +212,61 @@ def test_the_plain_view_summarises_a_running_population():
 def test_a_forked_child_is_the_command_a_fresh_interpreter_runs(config, tmp_path):
     """The local backend forks CPU one-thread children from the sweep (experiment/launch.py): the
     same output, exit code, ``sys.argv`` (run.json records it) and training, bit for bit, as the
-    command run in a fresh interpreter; other commands are not forked."""
+    command run in a fresh interpreter, a bad input's error and a stop signal's checkpoint and
+    exit code included; other commands are not forked."""
     import json
     import re
 
-    from plasticity_lab.experiment.launch import ForkedChild, can_fork, start_child
+    from plasticity_lab.experiment.launch import ForkedChild, can_fork, cpu_only_torch, start_child
+
+    def command(out: Path, *, config: Path = config, device: str = "cpu", threads: str = "1", extra: tuple = ()) -> list[str]:
+        return [sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "forked", "-p", str(config), "-c", "baseline",
+                "-s", "0", "-o", str(out), "-r", *extra, "--device", device, "--threads", threads]
 
     def timings(log: str) -> str:  # the log with its speeds and durations blanked
         return re.sub(r"[0-9.]+ ?(steps/s|s|%)|eta [0-9]+s", "#", log)
 
-    def command(out: Path, *, config: Path = config, device: str = "cpu", threads: str = "1") -> list[str]:
-        return [sys.executable, "-m", "plasticity_lab.cli", "train", "-n", "forked", "-p", str(config), "-c", "baseline",
-                "-s", "0", "-o", str(out), "-r", "--device", device, "--threads", threads]
-
-    assert can_fork(command(tmp_path))
     assert not can_fork(command(tmp_path, threads="2"))  # an OpenMP pool the parent started is not in the child
     assert not can_fork(command(tmp_path, device="cuda"))  # CUDA after a fork
     assert not can_fork([sys.executable, "-c", "pass", "--device", "cpu", "--threads", "1"])
+    if not cpu_only_torch():
+        assert not can_fork(command(tmp_path))
+        pytest.skip("this torch has an accelerator compiled in: sweeps start fresh interpreters")
+    assert can_fork(command(tmp_path))
     cores = sorted(os.sched_getaffinity(0))[:1]
+    codes = []
     for source in (tmp_path / "missing.yaml", config):
         child = start_child(command(tmp_path / "a", config=source), tmp_path / "forked.log", cores)
         assert isinstance(child, ForkedChild)
         code = child.wait()
         fresh = subprocess.run(command(tmp_path / "b", config=source), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        assert code == fresh.returncode
         log = (tmp_path / "forked.log").read_text().replace(str(tmp_path / "a"), str(tmp_path / "b"))
+        assert code == fresh.returncode
         assert timings(log) == timings(fresh.stdout), (log, fresh.stdout)
+        codes.append((code, log))
         (tmp_path / "forked.log").unlink()
-    assert code == 0 and "missing.yaml" not in log
+    (bad, bad_log), (good, _) = codes
+    assert bad == 2 and "missing.yaml" in bad_log  # EXIT_BAD_INPUT with its one-line error
+    assert good == 0
     a, b = (tmp_path / d / "results/forked/baseline/seed_0" for d in ("a", "b"))
     assert rows(a / "metrics.csv") == rows(b / "metrics.csv")
     commands = [json.loads((d / "run.json").read_text())["invocations"][-1]["command"] for d in (a, b)]
     assert commands[0].replace(str(tmp_path / "a"), str(tmp_path / "b")) == commands[1]
+
+    # SIGINT during training: both checkpoint and stop with the same code
+    longer = ("--set", "ppo_trainer.num_epochs=400")
+    stopped = []
+    for out in (tmp_path / "c", tmp_path / "d"):
+        cmd = command(out, extra=longer)
+        child = start_child(cmd, tmp_path / f"{out.name}.log", cores) if out.name == "c" else \
+            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        metrics = out / "results/forked/baseline/seed_0/metrics.csv"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        stopped.append(child.wait())
+        assert list((metrics.parent / "checkpoints").iterdir()), "no checkpoint at the stop"
+    assert stopped[0] == stopped[1] == 128 + signal.SIGINT

@@ -4,26 +4,35 @@ interpreter or forked from the sweep process.
 A fresh interpreter spends ~2 s importing torch and the toolkit before it trains; in a study of
 two populations on two cores that is paid at the start and again, on an idle core, when one
 population hands members over, and the handed-over members then finish that much later than
-their peers. The sweep has already imported both, so a child forked from it starts training
-at once. Forking is used only where it is safe: on Linux, for CPU runs with one thread each
-(a child forked after the parent touched CUDA cannot use it, and an OpenMP pool the parent
-started is not there in the child), with the child's standard streams, signal handlers and
-``sys.argv`` set as a fresh ``python -m plasticity_lab.cli`` would have them. Everywhere else
-the command runs as a subprocess, as before.
+their peers. The sweep has already imported both, so a child forked from it starts training at
+once. Forking is used only where it is safe: on Linux, with a CPU-only build of torch (after a
+backward pass, a build that sees a GPU refuses autograd in forked children, and a CUDA context
+does not survive a fork), for CPU runs with one thread each (an OpenMP pool the parent started
+is not there in the child). The child is set up as a fresh ``python -m plasticity_lab.cli``
+would be: its own standard streams on the log and /dev/null, default signal handlers, its
+``sys.argv``, no exit handlers of the sweep's and its own run at exit, and the code version the
+sweep recorded when it imported the code the child runs (:func:`freeze_code_version`).
+Everywhere else the command runs as a subprocess, as before.
 """
 
 from __future__ import annotations
 
-import io
-import multiprocessing
+import atexit
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+import torch
+
+from plasticity_lab.experiment.provenance import code_version
 
 CLI_MODULE = "plasticity_lab.cli"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Child(Protocol):
@@ -36,10 +45,15 @@ class Child(Protocol):
     def wait(self) -> int: ...
 
 
+def cpu_only_torch() -> bool:
+    """Whether this torch has no accelerator compiled in (asked without initialising one)."""
+    return not torch.backends.cuda.is_built() and torch.version.hip is None and not getattr(torch._C, "_has_xpu", False)
+
+
 def can_fork(cmd: list[str]) -> bool:
     """Fork ``cmd`` (a ``python -m plasticity_lab.cli`` command) rather than exec it?"""
     return (
-        sys.platform == "linux" and cmd[1:3] == ["-m", CLI_MODULE]
+        sys.platform == "linux" and cpu_only_torch() and cmd[1:3] == ["-m", CLI_MODULE]
         and _flag(cmd, "--device") == "cpu" and _flag(cmd, "--threads") == "1"
     )  # fmt: skip
 
@@ -48,52 +62,97 @@ def _flag(cmd: list[str], name: str) -> str | None:
     return cmd[cmd.index(name) + 1] if name in cmd[:-1] else None
 
 
+def freeze_code_version() -> None:
+    """Record the code version now, in the process that forks the children: they run the code
+    imported here, so a commit made during a long sweep must not be what their run.json says."""
+    code_version()
+
+
 def start_child(cmd: list[str], log_path: Path, cores: list[int]) -> Child:
     """``cmd`` with its output appended to ``log_path``, pinned to ``cores``."""
-    if can_fork(cmd):
-        process = multiprocessing.get_context("fork").Process(target=_forked_cli, args=(cmd[3:], str(log_path), cores))
-        process.start()  # flushes this process's stdout and stderr first
-        return ForkedChild(process)
-    with open(log_path, "a") as log:  # the child keeps its own copy
-        return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: os.sched_setaffinity(0, cores),
-        )  # fmt: skip
+    if not can_fork(cmd):
+        with open(log_path, "a") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=lambda: os.sched_setaffinity(0, cores),
+            )  # fmt: skip
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    ctypes.CDLL(None).fflush(None)  # C-level buffers too, or the child would write them again
+    # a stop signal between the fork and the child's own handlers would run the sweep's handler there
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    pid = os.fork()
+    if pid == 0:
+        _child(cmd[3:], str(log_path), cores, blocked)  # never returns
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    return ForkedChild(pid)
 
 
 class ForkedChild:
     """A forked child behind the ``Popen`` calls the sweep makes (exit codes alike: negative
     for a signal)."""
 
-    def __init__(self, process: Any) -> None:
-        self.process = process
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
 
     def poll(self) -> int | None:
-        return self.process.exitcode
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
     def send_signal(self, signum: int) -> None:
-        if self.process.exitcode is None:
-            os.kill(self.process.pid, signum)
+        if self.poll() is None:
+            os.kill(self.pid, signum)
 
     def wait(self) -> int:
-        self.process.join()
-        return self.process.exitcode
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
 
 
-def _forked_cli(args: list[str], log_path: str, cores: list[int]) -> None:
-    """The child: what ``python -m plasticity_lab.cli ARGS > log 2>&1 < /dev/null`` would be."""
-    os.sched_setaffinity(0, cores)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # the sweep's own handlers are not the run's
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    # new stream objects: a lock of the parent's (held by another thread at the fork) is not theirs
-    encoding = sys.stdout.encoding if sys.stdout is not None else "utf-8"
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding=encoding)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding=encoding, line_buffering=True)
-    from plasticity_lab import cli
+def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
+    """The forked child: what ``python -m plasticity_lab.cli ARGS > log 2>&1 < /dev/null`` does."""
+    code = 1
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        for source, target in ((fd, 1), (fd, 2), (null, 0)):
+            os.dup2(source, target)
+        os.close(fd)
+        os.close(null)
+        # new stream objects: a lock of the parent's (held by another thread at the fork) is not theirs
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", encoding=encoding, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, encoding=encoding, errors="backslashreplace", closefd=False)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        atexit._clear()  # the sweep's exit handlers are the sweep's
+        os.sched_setaffinity(0, cores)
+        from plasticity_lab import cli
 
-    sys.argv = [cli.__file__, *args]
-    sys.exit(cli.main(args))
+        sys.argv = [cli.__file__, *args]
+        code = cli.main(args)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        if not isinstance(stop.code, int | None):
+            print(stop.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = -signal.SIGINT  # as an interpreter ends on an uncaught Ctrl-C: killed by SIGINT
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            ctypes.CDLL(None).fflush(None)
+        finally:
+            if code < 0:
+                signal.signal(-code, signal.SIG_DFL)
+                os.kill(os.getpid(), -code)
+            os._exit(code & 0xFF)
