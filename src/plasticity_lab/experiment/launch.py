@@ -5,7 +5,7 @@ A fresh interpreter spends ~2 s importing torch and the toolkit before it trains
 two populations on two cores that is paid at the start and again, on an idle core, when one
 population hands members over, and the handed-over members then finish that much later than
 their peers. The sweep has already imported both, so a child forked from it starts training at
-once. Forking is used only where it is safe: on Linux, with a CPU-only build of torch (after a
+once. Forking is used only where it is safe: on Linux, with a torch built without CUDA and ROCm (after a
 backward pass, a build that sees a GPU refuses autograd in forked children, and a CUDA context
 does not survive a fork), for CPU runs with one thread each (an OpenMP pool the parent started
 is not there in the child). The child is set up as a fresh ``python -m plasticity_lab.cli``
@@ -46,8 +46,8 @@ class Child(Protocol):
 
 
 def cpu_only_torch() -> bool:
-    """Whether this torch has no accelerator compiled in (asked without initialising one)."""
-    return not torch.backends.cuda.is_built() and torch.version.hip is None and not getattr(torch._C, "_has_xpu", False)
+    """Whether this torch was built without CUDA and ROCm (asked without initialising either)."""
+    return torch.version.cuda is None and torch.version.hip is None
 
 
 def can_fork(cmd: list[str]) -> bool:
