@@ -262,11 +262,13 @@ def test_a_forked_child_is_the_command_a_fresh_interpreter_runs(config, tmp_path
         child = start_child(cmd, tmp_path / f"{out.name}.log", cores) if out.name == "c" else \
             subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         metrics = out / "results/forked/baseline/seed_0/metrics.csv"
-        deadline = time.monotonic() + 120
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-            assert child.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        child.send_signal(signal.SIGINT)
-        stopped.append(child.wait())
+        try:
+            deadline = time.monotonic() + 120
+            while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+                assert child.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            child.send_signal(signal.SIGINT)  # a failed wait leaves no run behind
+            stopped.append(child.wait())
         assert list((metrics.parent / "checkpoints").iterdir()), "no checkpoint at the stop"
     assert stopped[0] == stopped[1] == 128 + signal.SIGINT

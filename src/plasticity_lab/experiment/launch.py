@@ -84,9 +84,18 @@ def start_child(cmd: list[str], log_path: Path, cores: list[int]) -> Child:
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:
-        _child(cmd[3:], str(log_path), cores, blocked)  # never returns
-    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    return ForkedChild(pid)
+        try:
+            _child(cmd[3:], str(log_path), cores, blocked)
+        finally:
+            os._exit(1)  # never back into the sweep's code
+    child = ForkedChild(pid)
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # runs a stop signal's handler that came meanwhile
+    except BaseException:
+        child.send_signal(signal.SIGINT)  # the caller never sees this child: it checkpoints and stops
+        child.wait()
+        raise
+    return child
 
 
 class ForkedChild:
@@ -115,7 +124,7 @@ class ForkedChild:
 
 def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
     """The forked child: what ``python -m plasticity_lab.cli ARGS > log 2>&1 < /dev/null`` does."""
-    code = 1
+    code, killed_by = 1, None
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -125,9 +134,9 @@ def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
         os.close(null)
         # new stream objects: a lock of the parent's (held by another thread at the fork) is not theirs
         encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-        sys.stdin = open(0, closefd=False)
-        sys.stdout = open(1, "w", encoding=encoding, closefd=False)
         sys.stderr = open(2, "w", buffering=1, encoding=encoding, errors="backslashreplace", closefd=False)
+        sys.stdout = open(1, "w", encoding=encoding, closefd=False)
+        sys.stdin = open(0, closefd=False)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -136,13 +145,14 @@ def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
         from plasticity_lab import cli
 
         sys.argv = [cli.__file__, *args]
-        code = cli.main(args)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+        raise SystemExit(cli.main(args))
+    except SystemExit as stop:  # as the interpreter turns sys.exit's argument into an exit status
+        code = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 1
         if not isinstance(stop.code, int | None):
             print(stop.code, file=sys.stderr)
     except KeyboardInterrupt:
-        code = -signal.SIGINT  # as an interpreter ends on an uncaught Ctrl-C: killed by SIGINT
+        traceback.print_exc()
+        killed_by = signal.SIGINT  # an interpreter ends on an uncaught Ctrl-C as killed by SIGINT
     except BaseException:
         traceback.print_exc()
     finally:
@@ -152,7 +162,7 @@ def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
             sys.stderr.flush()
             ctypes.CDLL(None).fflush(None)
         finally:
-            if code < 0:
-                signal.signal(-code, signal.SIG_DFL)
-                os.kill(os.getpid(), -code)
+            if killed_by is not None:
+                signal.signal(killed_by, signal.SIG_DFL)
+                os.kill(os.getpid(), killed_by)
             os._exit(code & 0xFF)
