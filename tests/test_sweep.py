@@ -208,7 +208,6 @@ def test_the_plain_view_summarises_a_running_population():
     assert running_summary(rows) == ["baseline x6 seeds 12/250 mean test_r 1.00", "mish/seed_0 3/250 800 steps/s test_r -"]
 
 
-
 def test_a_forked_child_is_the_command_a_fresh_interpreter_runs(config, tmp_path):
     """The local backend forks CPU one-thread children from the sweep (experiment/launch.py): the
     same output, exit code, ``sys.argv`` (run.json records it) and training, bit for bit, as the

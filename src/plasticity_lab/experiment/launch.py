@@ -11,7 +11,7 @@ does not survive a fork), for CPU runs with one thread each (an OpenMP pool the 
 is not there in the child). The child is set up as a fresh ``python -m plasticity_lab.cli``
 would be: its own standard streams on the log and /dev/null, default signal handlers, its
 ``sys.argv``, no exit handlers of the sweep's and its own run at exit, and the code version the
-sweep recorded when it imported the code the child runs (:func:`freeze_code_version`).
+sweep recorded when it imported the code the child runs (``sweep`` asks for it first).
 Everywhere else the command runs as a subprocess, as before.
 """
 
@@ -29,7 +29,6 @@ from typing import Protocol
 
 import torch
 
-from plasticity_lab.experiment.provenance import code_version
 
 CLI_MODULE = "plasticity_lab.cli"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -62,12 +61,6 @@ def _flag(cmd: list[str], name: str) -> str | None:
     return cmd[cmd.index(name) + 1] if name in cmd[:-1] else None
 
 
-def freeze_code_version() -> None:
-    """Record the code version now, in the process that forks the children: they run the code
-    imported here, so a commit made during a long sweep must not be what their run.json says."""
-    code_version()
-
-
 def start_child(cmd: list[str], log_path: Path, cores: list[int]) -> Child:
     """``cmd`` with its output appended to ``log_path``, pinned to ``cores``."""
     if not can_fork(cmd):
@@ -76,10 +69,7 @@ def start_child(cmd: list[str], log_path: Path, cores: list[int]) -> Child:
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=lambda: os.sched_setaffinity(0, cores),
             )  # fmt: skip
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    ctypes.CDLL(None).fflush(None)  # C-level buffers too, or the child would write them again
+    _flush_output()  # or the child would write the sweep's buffered output again
     # a stop signal between the fork and the child's own handlers would run the sweep's handler there
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
@@ -96,6 +86,14 @@ def start_child(cmd: list[str], log_path: Path, cores: list[int]) -> Child:
         child.wait()
         raise
     return child
+
+
+def _flush_output() -> None:
+    """This process's Python and C-level output buffers, written out."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    ctypes.CDLL(None).fflush(None)
 
 
 class ForkedChild:
@@ -158,9 +156,7 @@ def _child(args: list[str], log_path: str, cores: list[int], mask: set) -> None:
     finally:
         try:
             atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            ctypes.CDLL(None).fflush(None)
+            _flush_output()
         finally:
             if killed_by is not None:
                 signal.signal(killed_by, signal.SIG_DFL)

@@ -30,8 +30,9 @@ import yaml
 from plasticity_lab.config import ConfigError, RunConfig, load_study
 from plasticity_lab.experiment.checkpoint import config_mismatch
 from plasticity_lab.experiment.handover import Handover
-from plasticity_lab.experiment.launch import Child, freeze_code_version, start_child
+from plasticity_lab.experiment.launch import Child, start_child
 from plasticity_lab.experiment.population import check_population_fits, population_groups
+from plasticity_lab.experiment.provenance import code_version
 from plasticity_lab.experiment.runner import pick_device
 from plasticity_lab.experiment.study import EXIT_DIVERGED, FAILED_NAME, RunSpec, check_unlocked, plan_runs, study_dir, write_atomic, write_study_config
 from plasticity_lab.experiment.sweep_view import SweepView
@@ -443,7 +444,7 @@ def sweep(
     view.event(f"sweep {name}: {len(states)} runs ({len(states) - len(todo)} already finished), "
                f"backend {backend}, {unit} {workers} at a time, {threads} thread(s) each -> {out_dir / 'results' / name}")
     if backend == "local":
-        freeze_code_version()  # forked children run the code imported now (experiment/launch.py)
+        code_version()  # cached now: forked children run the code imported here, not a later commit's (launch.py)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if is_main_thread() else None
     try:
         runner.run(tasks, lambda task: train_command(task.specs, config_path, out_dir, device, threads, population,
