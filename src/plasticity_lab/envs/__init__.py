@@ -17,13 +17,22 @@ __all__ = ["EnvSpec", "env_spec", "make_env", "make_population_env", "first_epis
 class EpisodeStep(NamedTuple):
     """One step of :func:`first_episode_steps` over a population's environments (leading member
     dimension K); rows where ``active`` is False are not part of any first episode (those envs
-    had finished and repeated their last action, or their member had finished: ``results[k]`` is
-    then None and member k's environments were not stepped)."""
+    had finished and repeated their last action, or their member had finished: that member's
+    environments were not stepped)."""
 
     active: np.ndarray  # bool (K, n): env still in its first episode when this step was taken
     obs: np.ndarray  # (K, n, *obs_shape) observations the step was taken from
     actions: np.ndarray  # (K, n) discrete or (K, n, d) continuous
-    results: list[Any]  # each member's StepResult, or None where the member was not stepped
+    stepped: np.ndarray  # the members stepped (ascending indices)
+    step: Any  # their PopulationStep: row j is member stepped[j]'s
+
+    @property
+    def results(self) -> list[Any]:
+        """Each member's StepResult, or None where the member was not stepped."""
+        results: list[Any] = [None] * len(self.active)
+        for j, k in enumerate(self.stepped):
+            results[k] = self.step[j]
+        return results
 
 
 def first_episode_steps(policy: Any, envs: Any) -> Iterator[EpisodeStep]:
@@ -46,16 +55,12 @@ def first_episode_steps(policy: Any, envs: Any) -> Iterator[EpisodeStep]:
         if actions is None:
             actions = np.zeros_like(chosen)
         actions[active] = chosen[active]
-        stepping = [k for k in range(envs.members) if active[k].any()]
-        stepped = envs.step(actions[stepping], stepping)
-        results: list[Any] = [None] * envs.members
-        for k, res in zip(stepping, stepped):
-            results[k] = res
-        yield EpisodeStep(active, obs, actions.copy(), results)
+        stepping = np.flatnonzero(active.any(axis=1))
+        step = envs.step(actions[stepping], stepping.tolist())
+        yield EpisodeStep(active, obs, actions.copy(), stepping, step)
         obs = obs.copy()
-        for k, res in zip(stepping, stepped):
-            finished[k] |= (res.terminated | res.truncated) & active[k]
-            obs[k] = res.obs
+        finished[stepping] |= (step.terminated | step.truncated) & active[stepping]
+        obs[stepping] = step.obs
 
 
 def first_episodes(policy: Any, envs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -67,12 +72,10 @@ def first_episodes(policy: Any, envs: Any) -> tuple[np.ndarray, np.ndarray]:
     returns = np.zeros((envs.members, envs.num_envs), dtype=np.float32)
     lengths = np.zeros((envs.members, envs.num_envs), dtype=np.int64)
     for step in first_episode_steps(policy, envs):
-        for k, res in enumerate(step.results):
-            if res is None:
-                continue
-            ended = (res.terminated | res.truncated) & step.active[k]
-            returns[k, ended] = res.episode_return[ended]
-            lengths[k, ended] = res.episode_length[ended]
+        res, rows = step.step, step.stepped
+        ended = (res.terminated | res.truncated) & step.active[rows]
+        returns[rows] = np.where(ended, res.episode_return, returns[rows])
+        lengths[rows] = np.where(ended, res.episode_length, lengths[rows])
     return returns, lengths
 
 

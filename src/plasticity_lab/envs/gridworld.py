@@ -261,35 +261,37 @@ class GridGatherPopulation:
             rows = np.arange(self.members * self.num_envs)
         else:
             rows = np.concatenate([np.arange(self.rows(k).start, self.rows(k).stop) for k in members])
+        # the rows' state: views of whole arrays when every member steps (a fancy index copies)
+        own = slice(None) if every else rows
         actions = actions.reshape(-1)
         if self.action_perm is not None:
-            actions = self.action_perm[self.block[rows], actions]
-        pos = self.pos[rows]
+            actions = self.action_perm[self.block[own], actions]
+        pos = self.pos[own]
         target = pos + MOVES[actions]
-        inside = np.all((target >= 0) & (target < self.size), axis=1)
-        target = np.where(inside[:, None], target, pos)
-        layout = self.offset[self.block[rows]] + self.layout_idx[rows]
+        ok = (target >= 0) & (target < self.size)
+        target = np.where((ok[:, 0] & ok[:, 1])[:, None], target, pos)
+        layout = self.offset[self.block[own]] + self.layout_idx[own]
         blocked = self.layouts.walls[layout, target[:, 0], target[:, 1]]
         pos = np.where(blocked[:, None], pos, target)
-        self.pos[rows] = pos
+        self.pos[own] = pos
         reward = self.objects[rows, pos[:, 0], pos[:, 1]].astype(np.float32)
         self.objects[rows, pos[:, 0], pos[:, 1]] = 0
-        self.steps[rows] += 1
-        self.returns[rows] += reward
-        terminated = ~np.any(self.objects[rows] > 0, axis=(1, 2))  # every good object collected
-        capped = ~terminated & (self.steps[rows] >= self.episode_steps)
+        self.steps[own] += 1
+        self.returns[own] += reward
+        terminated = ~np.any(self.objects[own] > 0, axis=(1, 2))  # every good object collected
+        steps = self.steps[own]
+        capped = ~terminated & (steps >= self.episode_steps)
         if self.time_limit == "terminal":  # the reference gridworld: `steps >= step_limit` is a terminal
             terminated, truncated = terminated | capped, np.zeros_like(capped)
         else:
             truncated = capped
         done = terminated | truncated
-        episode_return = np.where(done, self.returns[rows], 0.0).astype(np.float32)
-        episode_length = np.where(done, self.steps[rows], 0)
-        shown = slice(None) if every else rows
-        final_obs = self.render(shown) if truncated.any() else None
+        episode_return = np.where(done, self.returns[own], 0.0).astype(np.float32)
+        episode_length = np.where(done, steps, 0)
+        final_obs = self.render(own) if truncated.any() else None
         if done.any():
             self._reset(rows[done])
-        obs = self.render(shown)
+        obs = self.render(own)
         per_member = (len(members), self.num_envs)  # every field (K, num_envs, ...): views of the flat rows
         return PopulationStep(
             obs=obs.reshape(*per_member, *self.obs_shape), reward=reward.reshape(per_member),

@@ -706,7 +706,9 @@ class Run:
             # each minibatch's float32 sum (relative error ~1e-7, far from moving a unit across ReDo's
             # 2.5% threshold; bf16 features too), accumulated over the update in float64: a third of
             # a float64 pass's cost
-            abs_sum = features.detach().abs().sum(dim=1, dtype=torch.float32).double() * weight.double().unsqueeze(1)
+            # a ReLU trunk's features are >= 0: their sum is their absolute sum (one pass fewer)
+            magnitude = features.detach() if self.cfg.model.activation == "relu" else features.detach().abs()
+            abs_sum = magnitude.sum(dim=1, dtype=torch.float32).double() * weight.double().unsqueeze(1)
             unit_abs_sum = abs_sum if unit_abs_sum is None else unit_abs_sum + abs_sum
         sums = dict(zip(stat_keys, totals))
         means = {key: (value / taken).tolist() for key, value in sums.items()}
