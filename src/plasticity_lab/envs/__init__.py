@@ -72,10 +72,10 @@ def first_episodes(policy: Any, envs: Any) -> tuple[np.ndarray, np.ndarray]:
     returns = np.zeros((envs.members, envs.num_envs), dtype=np.float32)
     lengths = np.zeros((envs.members, envs.num_envs), dtype=np.int64)
     for step in first_episode_steps(policy, envs):
-        res, rows = step.step, step.stepped
-        ended = (res.terminated | res.truncated) & step.active[rows]
-        returns[rows] = np.where(ended, res.episode_return, returns[rows])
-        lengths[rows] = np.where(ended, res.episode_length, lengths[rows])
+        res, members = step.step, step.stepped  # res.obs: after the step (step.obs: before it)
+        ended = (res.terminated | res.truncated) & step.active[members]
+        returns[members] = np.where(ended, res.episode_return, returns[members])
+        lengths[members] = np.where(ended, res.episode_length, lengths[members])
     return returns, lengths
 
 

@@ -279,7 +279,7 @@ class GridGatherPopulation:
         self.steps[own] += 1
         self.returns[own] += reward
         terminated = ~np.any(self.objects[own] > 0, axis=(1, 2))  # every good object collected
-        steps = self.steps[own]
+        steps = self.steps[own]  # a view when every member steps: read before _reset zeroes it
         capped = ~terminated & (steps >= self.episode_steps)
         if self.time_limit == "terminal":  # the reference gridworld: `steps >= step_limit` is a terminal
             terminated, truncated = terminated | capped, np.zeros_like(capped)
